@@ -1,0 +1,1 @@
+"""Alembic migrations for the archsearch schema (see service/migrate.py)."""

@@ -1,0 +1,109 @@
+"""The few domain exceptions, and the one place that maps them to HTTP answers.
+
+Every error body is ``{"error": {"code": ..., "message": ..., "field": ...}}``;
+request validation errors list every broken field with its rule.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+
+class ArchsearchError(Exception):
+    """Base of the domain errors. ``field`` names the offending input, when there is one."""
+
+    status_code = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+class InvalidInput(ArchsearchError):
+    status_code = 422
+    code = "invalid"
+
+
+class NotFound(ArchsearchError):
+    status_code = 404
+    code = "not_found"
+
+
+class Conflict(ArchsearchError):
+    """The request contradicts the stored state (lost lease, different second report)."""
+
+    status_code = 409
+    code = "conflict"
+
+
+class Unauthorized(ArchsearchError):
+    status_code = 401
+    code = "unauthorized"
+
+
+class Forbidden(ArchsearchError):
+    status_code = 403
+    code = "forbidden"
+
+
+class Unavailable(ArchsearchError):
+    """The database cannot be reached right now; retry later."""
+
+    status_code = 503
+    code = "unavailable"
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    field: str | None = None
+    errors: list[dict[str, Any]] | None = None
+
+
+class ErrorBody(BaseModel):
+    """The JSON body of every 4xx/5xx answer (the OpenAPI error model)."""
+
+    error: ErrorDetail
+
+
+def error_response(
+    status: int, code: str, message: str, field: str | None = None, **extra: Any
+) -> JSONResponse:
+    detail = ErrorDetail(code=code, message=message, field=field, **extra)
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse(
+        ErrorBody(error=detail).model_dump(exclude_none=True), status_code=status, headers=headers
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ArchsearchError)
+    async def _domain(_req: Request, exc: ArchsearchError) -> JSONResponse:
+        return error_response(exc.status_code, exc.code, exc.message, exc.field)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_req: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {
+                "field": ".".join(str(p) for p in e["loc"] if p != "body") or "body",
+                "rule": e["type"],
+                "message": e["msg"],
+            }
+            for e in exc.errors()
+        ]
+        first = errors[0] if errors else {"field": "body", "message": "invalid request"}
+        return error_response(
+            422, "invalid", f"{first['field']}: {first['message']}", first["field"], errors=errors
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_req: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(exc.status_code, f"http_{exc.status_code}", str(exc.detail))
