@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Literal
 
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
 from . import __version__
+from .api import spaces, studies, trials, workers
 from .config import Settings, get_settings
 from .db import check_database, engine_from_settings, session_factory
 from .errors import ErrorBody, install_error_handlers
+from .limits import BodySizeLimit
+from .metrics import Metrics
+from .suggestion_queue import SuggestionQueue
+from .trial_store import TrialStore
+
+log = logging.getLogger("archsearch.coordinator")
 
 
 class Health(BaseModel):
@@ -23,30 +33,70 @@ class Health(BaseModel):
     version: str = __version__
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+async def _maintenance_loop(app: FastAPI, interval: float) -> None:
+    """Reap expired leases and top up queues, forever. Errors are logged, not fatal:
+    the database may be away for a while and the loop must outlive that."""
+    store: TrialStore = app.state.store
+    queue: SuggestionQueue = app.state.queue
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            reaped = await run_in_threadpool(store.reap_expired)
+            if reaped:
+                log.info("reaped %d trial(s) with expired leases", reaped)
+            await run_in_threadpool(queue.refill_all)
+        except Exception:  # noqa: BLE001 - keep the loop alive through DB outages
+            log.exception("maintenance pass failed; retrying in %.1f s", interval)
+
+
+def create_app(settings: Settings | None = None, *, maintenance: bool = True) -> FastAPI:
     """Build the app for ``settings`` (default: from the environment).
 
-    The engine is created here and disposed when the app shuts down; the app holds no
-    other state, so several coordinator processes can serve one database.
+    The app keeps no state that the database does not have (the engine, per-process
+    metrics and an in-process refill coalescer only), so several coordinator processes
+    can serve one PostgreSQL. ``maintenance=False`` turns off the background reaper loop
+    (tests drive it by hand).
     """
     settings = settings or get_settings()
     engine = engine_from_settings(settings)
+    sessions = session_factory(engine)
 
-    @asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        yield
-        engine.dispose()
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        task = None
+        if maintenance:
+            task = asyncio.create_task(
+                _maintenance_loop(app, settings.reaper_interval_seconds)
+            )
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            engine.dispose()
 
     app = FastAPI(
         title="archsearch coordinator",
         version=__version__,
+        description="Architecture search for Pinto & Cox style convnets. All errors are "
+        "JSON bodies `{\"error\": {\"code\", \"message\", \"field\"}}`.",
         lifespan=lifespan,
         responses={503: {"model": ErrorBody}},
     )
     app.state.settings = settings
     app.state.engine = engine
-    app.state.sessions = session_factory(engine)
+    app.state.sessions = sessions
+    app.state.store = TrialStore(
+        sessions, lease_seconds=settings.lease_seconds, max_attempts=settings.max_attempts
+    )
+    app.state.queue = SuggestionQueue(app.state.store)
+    app.state.metrics = Metrics(sessions)
     install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    for module in (spaces, studies, workers, trials):
+        app.include_router(module.router)
 
     @app.get("/healthz", response_model=Health, responses={503: {"model": Health}})
     async def healthz() -> JSONResponse | Health:
@@ -56,5 +106,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return Health(status="ok", db="ok")
         body = Health(status="unavailable", db=reason)
         return JSONResponse(body.model_dump(), status_code=503)
+
+    @app.get("/metrics", response_class=Response,
+             responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+    async def metrics() -> Response:
+        """Prometheus text format: trials by state, claims, claim latency histogram."""
+        data = await run_in_threadpool(generate_latest, app.state.metrics.registry)
+        return Response(data, media_type=CONTENT_TYPE_LATEST)
 
     return app

@@ -19,6 +19,12 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+token_app = typer.Typer(help="API tokens (hashed at rest).", no_args_is_help=True)
+app.add_typer(token_app, name="token")
+study_app = typer.Typer(help="Studies on a running coordinator.", no_args_is_help=True)
+app.add_typer(study_app, name="study")
+spaces_app = typer.Typer(help="Built-in search spaces.", invoke_without_command=True)
+app.add_typer(spaces_app, name="spaces")
 
 
 def _settings(**overrides: object):  # -> Settings; imported lazily to keep --help fast
@@ -108,6 +114,174 @@ def serve(
     uvicorn.run(
         create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level
     )
+
+
+@token_app.command("create")
+def token_create(
+    role: str = typer.Option(..., help="admin | worker | reader"),
+    name: str = typer.Option("cli", help="A label to recognise the token by."),
+    database_url: str = typer.Option(None, help="Overrides ARCHSEARCH_DATABASE_URL."),
+) -> None:
+    """Create a bearer token in the database and print it (it is stored hashed only)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from .auth import create_token
+    from .db import engine_from_settings, session_factory, session_scope
+    from .models import Role
+
+    try:
+        role_value = Role(role)
+    except ValueError:
+        typer.echo(f"error: --role must be one of {[r.value for r in Role]}, got {role!r}",
+                   err=True)
+        raise typer.Exit(2) from None
+    engine = engine_from_settings(_settings(database_url=database_url))
+    try:
+        with session_scope(session_factory(engine)) as s:
+            token = create_token(s, role_value, name)
+    except SQLAlchemyError as exc:
+        raise _fail(f"cannot store the token: {exc.orig or exc} (ran `db upgrade`?)") from None
+    finally:
+        engine.dispose()
+    typer.echo(token)
+
+
+# -- talking to a coordinator -----------------------------------------------------------
+CoordinatorOpt = typer.Option(
+    "http://127.0.0.1:8000", "--coordinator", envvar="ARCHSEARCH_COORDINATOR",
+    help="Coordinator base URL.",
+)
+TokenOpt = typer.Option(None, "--token", envvar="ARCHSEARCH_TOKEN", help="Bearer token.")
+
+
+def _call(coordinator: str, token: str | None, fn):  # type: ignore[no-untyped-def]
+    import httpx
+
+    from client import ApiError, Client
+
+    try:
+        with Client(coordinator, token) as c:
+            return fn(c)
+    except ApiError as exc:
+        raise _fail(exc.message + (f" [field: {exc.field}]" if exc.field else "")) from None
+    except httpx.TransportError as exc:
+        raise _fail(f"cannot reach the coordinator at {coordinator}: {exc}") from None
+
+
+def _print_json(data: object) -> None:
+    import json
+
+    typer.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+@study_app.command("create")
+def study_create(
+    name: str = typer.Option(..., help="Study name."),
+    dataset: str = typer.Option(..., help="Dataset URI, e.g. builtin:mnist5k."),
+    space: str = typer.Option("pinto-cox", help="Built-in space name or @file.json."),
+    evaluator: str = typer.Option("screen", help="screen | train | pairs"),
+    algorithm: str = typer.Option("tpe", help="tpe | random | grid"),
+    max_trials: int = typer.Option(100, help="Trials in all."),
+    max_parallel: int = typer.Option(4, help="Suggestion queue depth (parallel workers)."),
+    seed: int = typer.Option(0, help="Study seed (splits, suggestions)."),
+    coordinator: str = CoordinatorOpt,
+    token: str = TokenOpt,
+) -> None:
+    """Create a study and print it as JSON."""
+    import json
+    from pathlib import Path
+
+    space_value: object = space
+    if space.startswith("@"):
+        try:
+            space_value = json.loads(Path(space[1:]).read_text())
+        except (OSError, ValueError) as exc:
+            raise _fail(f"--space {space}: {exc}") from None
+    body = dict(name=name, dataset=dataset, space=space_value, evaluator=evaluator,
+                algorithm=algorithm, max_trials=max_trials, max_parallel=max_parallel,
+                seed=seed)
+    _print_json(_call(coordinator, token, lambda c: c.create_study(**body)))
+
+
+@study_app.command("list")
+def study_list(coordinator: str = CoordinatorOpt, token: str = TokenOpt) -> None:
+    """One line per study: id, state, progress, best score, name."""
+    studies = _call(coordinator, token, lambda c: c.studies())
+    typer.echo(f"{'id':>4}  {'state':9} {'done':>11}  {'best':>8}  name")
+    for s in studies:
+        done = sum(n for k, n in s["counts"].items() if k not in ("WAITING", "RUNNING"))
+        best = "-" if s["best_value"] is None else f"{s['best_value']:.4f}"
+        typer.echo(f"{s['id']:>4}  {s['state']:9} {done:>5}/{s['max_trials']:<5}  {best:>8}  "
+                   f"{s['name']}")
+
+
+@study_app.command("show")
+def study_show(study_id: int, coordinator: str = CoordinatorOpt, token: str = TokenOpt) -> None:
+    """The study as JSON (settings, counts by state, best score, infeasible rate)."""
+    _print_json(_call(coordinator, token, lambda c: c.study(study_id)))
+
+
+@study_app.command("best")
+def study_best(study_id: int, k: int = typer.Option(5, help="How many."),
+               coordinator: str = CoordinatorOpt, token: str = TokenOpt) -> None:
+    """The k best trials: number, validation score, test score, architecture."""
+    trials = _call(coordinator, token, lambda c: c.best(study_id, k))
+    typer.echo(f"{'#':>5}  {'value':>8}  {'test':>8}  architecture")
+    for t in trials:
+        test = "-" if t["test_value"] is None else f"{t['test_value']:.4f}"
+        typer.echo(f"{t['number']:>5}  {t['value']:>8.4f}  {test:>8}  {t['arch_summary']}")
+
+
+@study_app.command("export")
+def study_export(study_id: int, output: str = typer.Option("-", "-o", help="File or -."),
+                 coordinator: str = CoordinatorOpt, token: str = TokenOpt) -> None:
+    """All trials as CSV."""
+    from pathlib import Path
+
+    text = _call(coordinator, token, lambda c: c.export_csv(study_id))
+    if output == "-":
+        typer.echo(text, nl=False)
+    else:
+        Path(output).write_text(text)
+        typer.echo(f"wrote {output}", err=True)
+
+
+@spaces_app.callback()
+def spaces_list(ctx: typer.Context) -> None:
+    """List the built-in spaces (``archsearch spaces show NAME`` prints one)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from search_space import DEFAULT_SPACE, list_spaces
+
+    for s in list_spaces():
+        mark = " (default)" if s.name == DEFAULT_SPACE else ""
+        typer.echo(f"{s.name}{mark}: {s.description.splitlines()[0]}")
+
+
+@spaces_app.command("show")
+def spaces_show(
+    name: str,
+    seed: int = typer.Option(0, help="Seed of the sampled example."),
+) -> None:
+    """Print a built-in space as JSON and one architecture sampled from it."""
+    import json
+
+    from search_space import InfeasibleArchitecture, get_space, validate
+
+    try:
+        space = get_space(name)
+    except KeyError as exc:
+        raise _fail(str(exc.args[0])) from None
+    typer.echo(json.dumps(space.to_dict(), indent=2))
+    raw = space.sample(seed)
+    arch = space.to_arch(raw)
+    typer.echo(f"\nsample (seed {seed}): {json.dumps(raw, sort_keys=True)}")
+    typer.echo(f"architecture: {arch.summary()}")
+    try:
+        report = validate(arch)
+        typer.echo(f"features: {report.n_features}, MFLOP/image: {report.flops / 1e6:.1f}")
+    except InfeasibleArchitecture as exc:
+        typer.echo(f"INFEASIBLE: {exc.reason}")
 
 
 def main() -> None:  # pragma: no cover - console entry point

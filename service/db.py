@@ -13,10 +13,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import DateTime, Engine, Float, create_engine, event, literal, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql.functions import FunctionElement
 
 from .config import Settings
 
@@ -94,3 +96,31 @@ def check_database(engine: Engine) -> str | None:
         return None
     except SQLAlchemyError as exc:
         return f"{type(exc.orig or exc).__name__}: {str(exc.orig or exc).splitlines()[0]}"
+
+
+# -- the database clock ---------------------------------------------------------------
+# Leases are compared with the database's clock so that coordinator processes on hosts
+# with skewed clocks agree. On SQLite (one machine) "the database clock" is the host clock,
+# written in the same text format SQLAlchemy uses for DateTime so that strings compare
+# in time order.
+
+
+class db_now_plus(FunctionElement):  # noqa: N801 - reads like the SQL function it renders
+    """SQL expression: the database's current UTC time plus ``seconds`` (may be 0)."""
+
+    type = DateTime(timezone=True)
+    inherit_cache = True
+
+    def __init__(self, seconds: float = 0.0) -> None:
+        super().__init__(literal(float(seconds), Float()))
+
+
+@compiles(db_now_plus, "postgresql")
+def _now_plus_pg(element: db_now_plus, compiler: Any, **kw: Any) -> str:
+    return f"(now() + make_interval(secs => {compiler.process(element.clauses, **kw)}))"
+
+
+@compiles(db_now_plus, "sqlite")
+def _now_plus_sqlite(element: db_now_plus, compiler: Any, **kw: Any) -> str:
+    seconds = compiler.process(element.clauses, **kw)
+    return f"strftime('%Y-%m-%d %H:%M:%f000', 'now', printf('%+.6f seconds', {seconds}))"

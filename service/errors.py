@@ -12,6 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 
@@ -103,6 +104,13 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(
             422, "invalid", f"{first['field']}: {first['message']}", first["field"], errors=errors
         )
+
+    @app.exception_handler(OperationalError)
+    async def _db_down(_req: Request, exc: OperationalError) -> JSONResponse:
+        # A lost or refused connection: the client may retry; nothing was half-written
+        # because every write is one transaction.
+        reason = str(exc.orig or exc).splitlines()[0] if str(exc.orig or exc) else "error"
+        return error_response(503, "unavailable", f"database unavailable: {reason}")
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_req: Request, exc: StarletteHTTPException) -> JSONResponse:

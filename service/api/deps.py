@@ -1,0 +1,59 @@
+"""FastAPI dependencies: the session, the store, and role checks as ``Annotated`` aliases."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+from sqlalchemy.orm import Session
+
+from ..auth import authorize
+from ..config import Settings
+from ..models import Role
+from ..suggestion_queue import SuggestionQueue
+from ..trial_store import TrialStore
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    """A session for reads (and the few writes routes commit themselves)."""
+    with request.app.state.sessions() as session:
+        yield session
+
+
+def get_store(request: Request) -> TrialStore:
+    return request.app.state.store
+
+
+def get_queue(request: Request) -> SuggestionQueue:
+    return request.app.state.queue
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+StoreDep = Annotated[TrialStore, Depends(get_store)]
+QueueDep = Annotated[SuggestionQueue, Depends(get_queue)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def require(role: Role) -> Callable[..., Role | None]:
+    def check(
+        request: Request,
+        session: SessionDep,
+        authorization: Annotated[str | None, Header()] = None,
+    ) -> Role | None:
+        settings: Settings = request.app.state.settings
+        admin = settings.admin_token.get_secret_value() if settings.admin_token else None
+        return authorize(
+            session, authorization, role, admin_token=admin, open_reads=settings.open_reads
+        )
+
+    return check
+
+
+Reader = Annotated[Role | None, Depends(require(Role.READER))]
+WorkerRole = Annotated[Role | None, Depends(require(Role.WORKER))]
+Admin = Annotated[Role | None, Depends(require(Role.ADMIN))]

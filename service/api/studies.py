@@ -1,0 +1,206 @@
+"""Studies and their trials: /api/v1/studies..."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import csv
+import io
+import json
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, BackgroundTasks, Query
+from fastapi.responses import Response
+from sqlalchemy import Float, and_, cast, func, or_, select
+
+from search_space import get_preset_raw
+
+from .. import studies as studies_mod
+from ..errors import ErrorBody, InvalidInput, NotFound
+from ..models import Trial, TrialState
+from ..schemas import (
+    BestOut,
+    EnqueueTrial,
+    StudyCreate,
+    StudyList,
+    StudyOut,
+    StudyPatch,
+    TrialOut,
+    TrialPage,
+)
+from .deps import Admin, QueueDep, Reader, SessionDep, StoreDep
+from .views import study_out, trial_out
+
+ERRORS = {
+    401: {"model": ErrorBody},
+    403: {"model": ErrorBody},
+    404: {"model": ErrorBody},
+    422: {"model": ErrorBody},
+}
+router = APIRouter(prefix="/api/v1/studies", tags=["studies"], responses=ERRORS)
+
+Order = Literal["number", "-number", "value", "-value"]
+# Keyset pagination on (value, number): NULL values sort last in both directions.
+_NULL_LAST = {"value": 1e308, "-value": -1e308}
+
+
+def _one(session: SessionDep, study_id: int) -> StudyOut:
+    study = studies_mod.get_study(session, study_id)
+    return study_out(study, studies_mod.stats(session, [study.id])[study.id])
+
+
+@router.post("", response_model=StudyOut, status_code=201)
+def create_study(body: StudyCreate, _: Admin, store: StoreDep, queue: QueueDep,
+                 session: SessionDep) -> StudyOut:
+    """Validate and store a study, then fill its suggestion queue before answering."""
+    with store.transaction() as s:
+        study_id = studies_mod.create_study(s, body).id
+    queue.refill(study_id)
+    return _one(session, study_id)
+
+
+@router.get("", response_model=StudyList)
+def list_studies(_: Reader, session: SessionDep) -> StudyList:
+    rows = studies_mod.list_studies(session)
+    stats = studies_mod.stats(session, [s.id for s in rows])
+    return StudyList(studies=[study_out(s, stats[s.id]) for s in rows])
+
+
+@router.get("/{study_id}", response_model=StudyOut)
+def get_study(study_id: int, _: Reader, session: SessionDep) -> StudyOut:
+    return _one(session, study_id)
+
+
+@router.patch("/{study_id}", response_model=StudyOut, responses={409: {"model": ErrorBody}})
+def patch_study(study_id: int, body: StudyPatch, _: Admin, store: StoreDep, queue: QueueDep,
+                session: SessionDep, background: BackgroundTasks) -> StudyOut:
+    """Pause (no new claims; running trials finish), resume, or stop (running trials are
+    told ``stop`` at their next heartbeat)."""
+    with store.transaction() as s:
+        studies_mod.set_state(s, study_id, body.state)
+    if body.state == "running":
+        background.add_task(queue.refill, study_id)
+    return _one(session, study_id)
+
+
+def _decode_cursor(after: str) -> tuple[float, int]:
+    try:
+        key, number = json.loads(base64.urlsafe_b64decode(after.encode()))
+        return float(key), int(number)
+    except (ValueError, TypeError, binascii.Error, json.JSONDecodeError):
+        raise InvalidInput("after is not a cursor returned by this route", field="after") from None
+
+
+def _encode_cursor(key: float, number: int) -> str:
+    return base64.urlsafe_b64encode(json.dumps([key, number]).encode()).decode()
+
+
+@router.get("/{study_id}/trials", response_model=TrialPage)
+def list_trials(
+    study_id: int,
+    _: Reader,
+    session: SessionDep,
+    state: TrialState | None = None,
+    order: Order = "number",
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    after: Annotated[str | None, Query(max_length=200)] = None,
+) -> TrialPage:
+    """A page of trials. ``after`` is the ``next`` cursor of the previous page."""
+    studies_mod.get_study(session, study_id)
+    desc = order.startswith("-")
+    if order.endswith("value"):
+        key = func.coalesce(Trial.value, cast(_NULL_LAST[order], Float))
+    else:
+        key = cast(Trial.number, Float)
+    q = select(Trial, key.label("k")).where(Trial.study_id == study_id)
+    if state is not None:
+        q = q.where(Trial.state == state)
+    if after is not None:
+        k, n = _decode_cursor(after)
+        if desc:
+            q = q.where(or_(key < k, and_(key == k, Trial.number < n)))
+        else:
+            q = q.where(or_(key > k, and_(key == k, Trial.number > n)))
+    q = q.order_by(key.desc() if desc else key.asc(),
+                   Trial.number.desc() if desc else Trial.number.asc()).limit(limit + 1)
+    rows = session.execute(q).all()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    nxt = _encode_cursor(rows[-1].k, rows[-1].Trial.number) if more and rows else None
+    return TrialPage(trials=[trial_out(r.Trial) for r in rows], next=nxt)
+
+
+def _trial_by_number(session: SessionDep, study_id: int, number: int) -> Trial:
+    trial = session.scalars(
+        select(Trial).where(Trial.study_id == study_id, Trial.number == number)
+    ).first()
+    if trial is None:
+        raise NotFound(f"study {study_id} has no trial number {number}", field="number")
+    return trial
+
+
+@router.get("/{study_id}/trials/{number}", response_model=TrialOut)
+def get_trial(study_id: int, number: int, _: Reader, session: SessionDep) -> TrialOut:
+    studies_mod.get_study(session, study_id)
+    return trial_out(_trial_by_number(session, study_id, number))
+
+
+@router.post("/{study_id}/trials", response_model=TrialOut, status_code=201)
+def enqueue_trial(study_id: int, body: EnqueueTrial, _: Admin, queue: QueueDep,
+                  session: SessionDep) -> TrialOut:
+    """Queue a user-given configuration (raw ``params`` or a ``preset`` name). It runs
+    before suggested trials and joins the history the suggester learns from."""
+    study = studies_mod.get_study(session, study_id)
+    space = studies_mod.study_space(study)
+    if body.preset is not None:
+        try:
+            raw = get_preset_raw(body.preset, space)
+        except KeyError as exc:
+            raise InvalidInput(str(exc.args[0]), field="preset") from None
+        except ValueError as exc:
+            raise InvalidInput(str(exc), field="preset") from None
+    else:
+        raw = body.params or {}
+    trial = queue.enqueue_user(study, space, raw)
+    return trial_out(trial)
+
+
+@router.get("/{study_id}/best", response_model=BestOut)
+def best(study_id: int, _: Reader, session: SessionDep,
+         k: Annotated[int, Query(ge=1, le=1000)] = 5) -> BestOut:
+    """The k best COMPLETE trials by search score (highest first)."""
+    studies_mod.get_study(session, study_id)
+    rows = session.scalars(
+        select(Trial)
+        .where(Trial.study_id == study_id, Trial.state == TrialState.COMPLETE)
+        .order_by(Trial.value.desc(), Trial.number)
+        .limit(k)
+    )
+    return BestOut(trials=[trial_out(t) for t in rows])
+
+
+EXPORT_COLUMNS = ["number", "state", "value", "test_value", "attempt", "worker_id", "source",
+                  "config_hash", "architecture", "reason", "created_at", "started_at",
+                  "finished_at"]
+
+
+@router.get("/{study_id}/export", response_class=Response,
+            responses={200: {"content": {"text/csv": {}}, "description": "All trials as CSV"}})
+def export(study_id: int, _: Reader, session: SessionDep) -> Response:
+    """Every trial as CSV: fixed columns, then one ``param:<label>`` column per label."""
+    studies_mod.get_study(session, study_id)
+    trials = [trial_out(t) for t in session.scalars(
+        select(Trial).where(Trial.study_id == study_id).order_by(Trial.number))]
+    labels = sorted({label for t in trials for label in t.params})
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(EXPORT_COLUMNS + [f"param:{label}" for label in labels])
+    for t in trials:
+        dumped = t.model_dump(mode="json")
+        row = [dumped.get(c) for c in EXPORT_COLUMNS]
+        row[EXPORT_COLUMNS.index("architecture")] = t.arch_summary
+        writer.writerow(row + [json.dumps(t.params[label]) if label in t.params else ""
+                               for label in labels])
+    return Response(buf.getvalue(), media_type="text/csv",
+                    headers={"Content-Disposition":
+                             f'attachment; filename="study-{study_id}.csv"'})

@@ -1,0 +1,105 @@
+"""Worker reports on a claimed trial: /api/v1/trials/{id}/heartbeat|complete|fail|release.
+
+All need the worker role and the lease: a worker that lost its trial gets 409.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+from fastapi import APIRouter, BackgroundTasks, Request
+from sqlalchemy import select
+
+from .. import studies as studies_mod
+from ..errors import ErrorBody
+from ..models import Study, StudyState, Trial, TrialState
+from ..schemas import CompleteIn, FailIn, HeartbeatIn, HeartbeatOut, ReleaseIn, TrialOut
+from .deps import QueueDep, SessionDep, StoreDep, WorkerRole
+from .views import trial_out
+
+router = APIRouter(
+    prefix="/api/v1/trials",
+    tags=["trials"],
+    responses={
+        401: {"model": ErrorBody},
+        403: {"model": ErrorBody},
+        404: {"model": ErrorBody},
+        409: {"model": ErrorBody, "description": "Lease lost or contradicting report"},
+        422: {"model": ErrorBody},
+    },
+)
+
+PRUNE_MIN_PEERS = 5  # median stopping needs this many finished peers at the same step
+PRUNE_PEERS_SCANNED = 500
+
+
+def _action(session: SessionDep, trial: Trial, step: int | None, value: float | None) -> str:
+    study = session.get(Study, trial.study_id)
+    if study is None or study.state == StudyState.STOPPED:
+        return "stop"
+    if step is None or value is None:
+        return "continue"
+    # Median stopping rule: prune when below the median of finished peers at this step.
+    peers = session.scalars(
+        select(Trial.intermediate)
+        .where(
+            Trial.study_id == trial.study_id,
+            Trial.state.in_([TrialState.COMPLETE, TrialState.PRUNED]),
+            Trial.id != trial.id,
+        )
+        .order_by(Trial.id.desc())
+        .limit(PRUNE_PEERS_SCANNED)
+    )
+    at_step = [v for inter in peers for s, v in inter if s == step and v is not None]
+    if len(at_step) >= PRUNE_MIN_PEERS and value < statistics.median(at_step):
+        return "prune"
+    return "continue"
+
+
+@router.post("/{trial_id}/heartbeat", response_model=HeartbeatOut)
+def heartbeat(trial_id: int, body: HeartbeatIn, _: WorkerRole, store: StoreDep,
+              session: SessionDep) -> HeartbeatOut:
+    """Extend the lease (and record an intermediate value). The answer says whether to
+    ``continue``, ``prune`` (below the median of finished trials at this step) or
+    ``stop`` (the study was stopped)."""
+    trial = store.heartbeat(trial_id, body.worker_id, body.step, body.value)
+    return HeartbeatOut(
+        action=_action(session, trial, body.step, body.value),
+        lease_expires_at=trial.lease_expires_at,
+    )
+
+
+def _after_report(request: Request, store: StoreDep, queue: QueueDep, trial: Trial,
+                  first: bool, kind: str, background: BackgroundTasks) -> None:
+    if not first:
+        return
+    request.app.state.metrics.reports.labels(kind=kind).inc()
+    with store.transaction() as s:
+        studies_mod.finish_if_done(s, trial.study_id)
+    background.add_task(queue.refill, trial.study_id)
+
+
+@router.post("/{trial_id}/complete", response_model=TrialOut)
+def complete(trial_id: int, body: CompleteIn, request: Request, _: WorkerRole,
+             store: StoreDep, queue: QueueDep, background: BackgroundTasks) -> TrialOut:
+    """Report the score. Sending the same report again answers the same (idempotent);
+    a different second result is refused with 409."""
+    trial, first = store.complete(trial_id, body.worker_id, body.value, body.metrics)
+    _after_report(request, store, queue, trial, first, "complete", background)
+    return trial_out(trial)
+
+
+@router.post("/{trial_id}/fail", response_model=TrialOut)
+def fail(trial_id: int, body: FailIn, request: Request, _: WorkerRole, store: StoreDep,
+         queue: QueueDep, background: BackgroundTasks) -> TrialOut:
+    """End the trial INFEASIBLE (cannot be built: counts as the worst score), FAILED
+    (``error``: left out of the history) or PRUNED. Idempotent like complete."""
+    trial, first = store.fail(trial_id, body.worker_id, body.kind, body.reason, body.value)
+    _after_report(request, store, queue, trial, first, body.kind, background)
+    return trial_out(trial)
+
+
+@router.post("/{trial_id}/release", response_model=TrialOut)
+def release(trial_id: int, body: ReleaseIn, _: WorkerRole, store: StoreDep) -> TrialOut:
+    """Give the trial back at once (worker shutting down); another worker may claim it."""
+    return trial_out(store.release(trial_id, body.worker_id))

@@ -1,0 +1,76 @@
+"""Worker registration and claims: /api/v1/workers..."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, BackgroundTasks, Query, Request
+from fastapi.responses import Response
+from sqlalchemy import select
+
+from ..errors import ErrorBody
+from ..models import Study, Worker
+from ..schemas import ClaimOut, Lease, StudyBrief, WorkerOut, WorkerRegister
+from .deps import QueueDep, Reader, SessionDep, StoreDep, WorkerRole
+from .views import trial_out
+
+router = APIRouter(
+    prefix="/api/v1/workers",
+    tags=["workers"],
+    responses={401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 422: {"model": ErrorBody}},
+)
+
+
+@router.post("", response_model=WorkerOut, status_code=201)
+def register(body: WorkerRegister, _: WorkerRole, store: StoreDep) -> WorkerOut:
+    """Register a worker daemon; use the returned ``id`` in claims and reports."""
+    with store.transaction() as s:
+        worker = Worker(name=body.name, host=body.host, device=body.device)
+        s.add(worker)
+        s.flush()
+        s.refresh(worker)
+        return WorkerOut.model_validate(worker)
+
+
+@router.get("", response_model=list[WorkerOut])
+def list_workers(_: Reader, session: SessionDep) -> list[WorkerOut]:
+    return [WorkerOut.model_validate(w) for w in session.scalars(select(Worker).order_by(Worker.id))]
+
+
+@router.post(
+    "/{worker_id}/claim",
+    response_model=ClaimOut,
+    responses={204: {"description": "No WAITING trial in any running study"},
+               404: {"model": ErrorBody}},
+)
+def claim(
+    worker_id: int,
+    request: Request,
+    _: WorkerRole,
+    store: StoreDep,
+    queue: QueueDep,
+    session: SessionDep,
+    background: BackgroundTasks,
+    study: Annotated[list[int] | None, Query(description="Only these studies")] = None,
+) -> ClaimOut | Response:
+    """Claim the next trial (or get back the one this worker already runs)."""
+    started = time.perf_counter()
+    trial = store.claim(worker_id, study)
+    metrics = request.app.state.metrics
+    metrics.claim_latency.observe(time.perf_counter() - started)
+    metrics.claims.labels(result="trial" if trial else "empty").inc()
+    if trial is None:
+        return Response(status_code=204)
+    background.add_task(queue.refill, trial.study_id)
+    st = session.get(Study, trial.study_id)
+    assert st is not None  # trials cascade with their study
+    return ClaimOut(
+        trial=trial_out(trial),
+        study=StudyBrief(
+            id=st.id, name=st.name, dataset=st.dataset,
+            dataset_fingerprint=st.dataset_fingerprint, evaluator=st.evaluator,
+            evaluator_options=st.evaluator_options, seed=st.seed,
+        ),
+        lease=Lease(expires_at=trial.lease_expires_at, seconds=store.lease_seconds),
+    )

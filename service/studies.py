@@ -1,0 +1,176 @@
+"""Studies: creation (validated before anything is stored), reads, state changes.
+
+The only module that writes ``studies`` rows. Raises :class:`InvalidInput` naming the
+field for a bad space, dataset URI or algorithm, :class:`NotFound` for an unknown study
+and :class:`Conflict` for a state change a finished study cannot make.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from search_space import Space, SpaceError, get_space, list_spaces, parse_space
+from search_space.dataset_uri import DEFAULT_COLOR, DatasetURIError, parse_dataset_uri
+
+from .errors import Conflict, InvalidInput, NotFound
+from .models import Study, StudyState, Trial, TrialState
+from .schemas import StudyCreate
+
+
+@dataclass(frozen=True)
+class StudyStats:
+    counts: dict[str, int]
+    best_value: float | None
+
+    @property
+    def infeasible_rate(self) -> float | None:
+        finished = sum(
+            n for s, n in self.counts.items() if s not in ("WAITING", "RUNNING")
+        )
+        return self.counts.get("INFEASIBLE", 0) / finished if finished else None
+
+
+def resolve_space(spec: str | dict[str, Any]) -> tuple[str | None, Space]:
+    """``(built-in name or None, Space)`` for a name or a document.
+
+    Raises :class:`InvalidInput` with ``field="space"`` or ``"space.<path>"``.
+    """
+    if isinstance(spec, str):
+        try:
+            return spec, get_space(spec)
+        except KeyError:
+            known = [s.name for s in list_spaces()]
+            raise InvalidInput(
+                f"unknown space {spec!r}; built-in spaces: {known}", field="space"
+            ) from None
+    try:
+        space = parse_space(spec)
+    except SpaceError as exc:
+        raise InvalidInput(
+            f"space.{exc.path}: {exc.message}" if exc.path else exc.message,
+            field=f"space.{exc.path}" if exc.path else "space",
+        ) from None
+    return None, space
+
+
+@lru_cache(maxsize=256)
+def _space_from_json(doc_json: str) -> Space:
+    import json
+
+    return parse_space(json.loads(doc_json))
+
+
+def study_space(study: Study) -> Space:
+    """The compiled space of a stored study (cached: compiling is not free)."""
+    import json
+
+    return _space_from_json(json.dumps(study.space, sort_keys=True))
+
+
+def input_channels(study: Study) -> int:
+    color = study.evaluator_options.get("color")
+    if color is None:
+        color = DEFAULT_COLOR[study.dataset.partition(":")[0]]
+    return 3 if color == "rgb" else 1
+
+
+def create_study(session: Session, body: StudyCreate) -> Study:
+    """Validate ``body`` and insert the study (caller's transaction). Fills nothing else."""
+    space_name, space = resolve_space(body.space)
+    try:
+        parse_dataset_uri(body.dataset)
+    except DatasetURIError as exc:
+        raise InvalidInput(str(exc), field="dataset") from None
+    if body.algorithm == "grid" and not space.is_discrete:
+        raise InvalidInput(
+            "algorithm 'grid' needs a space of only choice parameters; this space has "
+            "continuous ones (use 'tpe' or 'random')",
+            field="algorithm",
+        )
+    study = Study(
+        name=body.name,
+        state=StudyState.RUNNING,
+        space_name=space_name,
+        space=space.to_dict(),
+        dataset=body.dataset,
+        evaluator=body.evaluator,
+        evaluator_options=body.evaluator_options.model_dump(exclude_none=True),
+        algorithm=body.algorithm,
+        algorithm_options=body.algorithm_options.model_dump(),
+        max_trials=body.max_trials,
+        max_parallel=body.max_parallel,
+        top_k=body.top_k,
+        seed=body.seed,
+    )
+    session.add(study)
+    session.flush()
+    return study
+
+
+def get_study(session: Session, study_id: int) -> Study:
+    study = session.get(Study, study_id)
+    if study is None:
+        raise NotFound(f"study {study_id} does not exist", field="study_id")
+    return study
+
+
+def list_studies(session: Session) -> list[Study]:
+    return list(session.scalars(select(Study).order_by(Study.id)))
+
+
+def stats(session: Session, study_ids: list[int]) -> dict[int, StudyStats]:
+    """Counts by state and best COMPLETE value for each study, in two grouped queries."""
+    counts: dict[int, dict[str, int]] = {sid: {} for sid in study_ids}
+    rows = session.execute(
+        select(Trial.study_id, Trial.state, func.count())
+        .where(Trial.study_id.in_(study_ids))
+        .group_by(Trial.study_id, Trial.state)
+    )
+    for sid, state, n in rows:
+        counts[sid][TrialState(state).value] = n
+    best = dict(
+        session.execute(
+            select(Trial.study_id, func.max(Trial.value))
+            .where(Trial.study_id.in_(study_ids), Trial.state == TrialState.COMPLETE)
+            .group_by(Trial.study_id)
+        ).all()
+    )
+    return {sid: StudyStats(counts[sid], best.get(sid)) for sid in study_ids}
+
+
+def set_state(session: Session, study_id: int, state: str) -> Study:
+    """PATCH: running / paused / stopped. A finished study cannot be changed."""
+    study = get_study(session, study_id)
+    if study.state == StudyState.FINISHED:
+        raise Conflict(f"study {study_id} is finished; it cannot become {state}", field="state")
+    study.state = StudyState(state)
+    session.flush()
+    return study
+
+
+def finish_if_done(session: Session, study_id: int) -> bool:
+    """Mark the study FINISHED when all ``max_trials`` trials exist and none is pending.
+
+    Called by the trial routes after a report, in their own transaction. Returns True
+    when this call finished the study.
+    """
+    study = session.get(Study, study_id)
+    if study is None or study.state != StudyState.RUNNING:
+        return False
+    total, pending = session.execute(
+        select(
+            func.count(),
+            func.count().filter(Trial.state.in_([TrialState.WAITING, TrialState.RUNNING])),
+        ).where(Trial.study_id == study_id, Trial.source != "final")
+    ).one()
+    done = pending == 0 and total >= study.max_trials
+    if done:
+        session.execute(
+            update(Study).where(Study.id == study_id).values(state=StudyState.FINISHED)
+        )
+    return done

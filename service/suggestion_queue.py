@@ -1,0 +1,193 @@
+"""Pre-queued suggestions: each running study keeps up to ``max_parallel`` WAITING trials.
+
+A claim only takes a WAITING row, so it never waits for TPE. Refills run after reports
+and claims (in the background of the request), at study creation, and from the
+coordinator's periodic loop. The suggester runs OUTSIDE the write transaction (TPE on a
+long history takes a while, and on SQLite a write transaction blocks every claim); the
+write transaction then re-counts under the study lock and inserts at most what is still
+missing, so two coordinator processes refilling at once never over-fill and
+``max_trials`` is never exceeded. Duplicate configurations are skipped by the store.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import defaultdict
+from typing import Any
+
+from sqlalchemy import select
+
+from search_space import HistoryItem, InfeasibleArchitecture, Space, get_suggester, validate
+
+from .errors import InvalidInput
+from .models import Study, StudyState, Trial, TrialState
+from .studies import finish_if_done, input_channels, study_space
+from .trial_store import NewTrial, TrialStore
+
+log = logging.getLogger(__name__)
+
+MAX_ROUNDS = 8  # bounds the work when most suggestions are infeasible or duplicates
+
+
+def make_new_trial(
+    study: Study,
+    space: Space,
+    raw: dict[str, Any],
+    *,
+    source: str = "suggested",
+    priority: int = 1,
+) -> NewTrial:
+    """Resolve ``raw`` to an architecture, hash it, and pre-check that it can be built.
+
+    Raises ``ValueError`` when ``raw`` is not a point of ``space``.
+    """
+    options = study.evaluator_options
+    arch = space.to_arch(
+        raw, input_channels=input_channels(study), seed=int(options.get("filter_seed", 42))
+    )
+    reason = None
+    try:
+        validate(arch, max_features=int(options.get("max_features", 100_000)))
+    except InfeasibleArchitecture as exc:
+        reason = exc.reason
+    return NewTrial(
+        params=raw,
+        arch=arch.to_dict(),
+        config_hash=arch.content_hash(),
+        seed=arch.seed,
+        source=source,  # type: ignore[arg-type]
+        priority=priority,
+        infeasible_reason=reason,
+    )
+
+
+def derive_seed(study_seed: int, n_history: int, round_: int) -> int:
+    """A distinct suggester seed per (study, history length, round)."""
+    return (study_seed * 1_000_003 + n_history * 7_919 + round_ * 104_729) % (2**31 - 1)
+
+
+class SuggestionQueue:
+    """Keeps studies' queues full. One instance per coordinator process; thread-safe."""
+
+    def __init__(self, store: TrialStore) -> None:
+        self.store = store
+        self._locks: defaultdict[int, threading.Lock] = defaultdict(threading.Lock)
+        self._dirty: set[int] = set()
+        self._guard = threading.Lock()
+
+    def refill(self, study_id: int) -> int:
+        """Top up ``study_id``'s queue. Returns the number of trials added.
+
+        Concurrent calls in one process coalesce: a call that finds a refill of the same
+        study running marks it to run once more and returns 0 at once.
+        """
+        with self._guard:
+            lock = self._locks[study_id]
+            if not lock.acquire(blocking=False):
+                self._dirty.add(study_id)
+                return 0
+        added = 0
+        try:
+            while True:
+                with self._guard:
+                    self._dirty.discard(study_id)
+                added += self._refill_once(study_id)
+                with self._guard:
+                    if study_id not in self._dirty:
+                        break
+        finally:
+            lock.release()
+        return added
+
+    def refill_all(self) -> int:
+        """Top up every running study (the periodic safety net). Returns trials added."""
+        with self.store.sessions() as s:
+            ids = list(s.scalars(select(Study.id).where(Study.state == StudyState.RUNNING)))
+        return sum(self.refill(sid) for sid in ids)
+
+    def _refill_once(self, study_id: int) -> int:
+        added = 0
+        for round_ in range(MAX_ROUNDS):
+            with self.store.sessions() as s:
+                study = s.get(Study, study_id)
+                if study is None or study.state != StudyState.RUNNING:
+                    return added
+                rows = s.execute(
+                    select(Trial.params, Trial.state, Trial.value).where(
+                        Trial.study_id == study_id, Trial.source != "final"
+                    )
+                ).all()
+            waiting = sum(1 for r in rows if r.state == TrialState.WAITING)
+            want = min(study.max_parallel - waiting, study.max_trials - len(rows))
+            if want <= 0:
+                return added
+            space = study_space(study)
+            history = [
+                HistoryItem(raw=r.params, state=TrialState(r.state).value, value=r.value)
+                for r in rows
+            ]
+            suggester = get_suggester(study.algorithm, **study.algorithm_options)
+            raws = suggester.suggest(
+                space, history, want, seed=derive_seed(study.seed, len(rows), round_)
+            )
+            if not raws:  # grid exhausted
+                return added
+            new = [make_new_trial(study, space, raw) for raw in raws]
+            with self.store.transaction(lock_study=study_id) as s:
+                fresh = s.get(Study, study_id, populate_existing=True)
+                if fresh is None or fresh.state != StudyState.RUNNING:
+                    return added
+                total, waiting_now = _counts(s, study_id)
+                room = min(fresh.max_parallel - waiting_now, fresh.max_trials - total)
+                if room <= 0:
+                    return added
+                rows_added = self.store.add_trials(s, study_id, new[:room])
+                if any(t.state == TrialState.INFEASIBLE for t in rows_added):
+                    finish_if_done(s, study_id)
+            added += len(rows_added)
+            n_waiting = sum(1 for t in rows_added if t.state == TrialState.WAITING)
+            if n_waiting >= want:
+                return added
+        log.info("study %s: queue not full after %d rounds", study_id, MAX_ROUNDS)
+        return added
+
+    def enqueue_user(self, study: Study, space: Space, raw: dict[str, Any]) -> Trial:
+        """Add a user-given configuration, ahead of suggested ones.
+
+        Raises :class:`InvalidInput` (field ``params``) for values that are not a point
+        of the space, or when the configuration is already in the study, or when the
+        study has no room left under ``max_trials``.
+        """
+        try:
+            item = make_new_trial(study, space, raw, source="user", priority=0)
+        except (ValueError, KeyError, TypeError, IndexError) as exc:
+            raise InvalidInput(f"params are not a point of the study's space: {exc}",
+                               field="params") from None
+        with self.store.transaction(lock_study=study.id) as s:
+            total, _ = _counts(s, study.id)
+            if total >= study.max_trials:
+                raise InvalidInput(
+                    f"study {study.id} already has max_trials={study.max_trials} trials",
+                    field="params",
+                )
+            rows = self.store.add_trials(s, study.id, [item])
+            if not rows:
+                raise InvalidInput(
+                    "this configuration is already a trial of the study "
+                    f"(config_hash {item.config_hash[:12]})",
+                    field="params",
+                )
+            return rows[0]
+
+
+def _counts(session: Any, study_id: int) -> tuple[int, int]:
+    from sqlalchemy import func
+
+    total, waiting = session.execute(
+        select(
+            func.count(),
+            func.count().filter(Trial.state == TrialState.WAITING),
+        ).where(Trial.study_id == study_id, Trial.source != "final")
+    ).one()
+    return int(total), int(waiting)

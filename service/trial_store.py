@@ -1,0 +1,363 @@
+"""The trial store: the only module that writes ``trials`` rows.
+
+Ownership and states (DESIGN.md section 5): a WAITING trial belongs to nobody. A claim
+makes it RUNNING and gives it to one worker under a lease (``lease_expires_at``, database
+clock). While RUNNING only that worker may heartbeat, complete, fail or release it. A lease
+that runs out is reaped: the trial returns to WAITING with ``attempt + 1``, or becomes
+FAILED once ``max_attempts`` attempts were lost. COMPLETE, PRUNED, FAILED and INFEASIBLE are
+final.
+
+Concurrency: a claim is one UPDATE of the first claimable row, chosen with
+``FOR UPDATE SKIP LOCKED`` on PostgreSQL; on SQLite the whole claim runs in a
+``BEGIN IMMEDIATE`` transaction, so claims are serialised by the database's write lock.
+Either way no trial is RUNNING for two workers, whatever the number of workers and
+coordinator processes. Reports lock the trial row before they read it.
+
+Errors: :class:`~service.errors.NotFound` (no such trial / worker),
+:class:`~service.errors.Conflict` (lost lease, wrong worker, contradicting report) and
+:class:`~service.errors.Unavailable` (database unreachable) are raised; a lost claim
+race is not an error (the next candidate is taken, or ``None`` returned).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from sqlalchemy import func, select, text, update
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from .db import db_now_plus
+from .errors import Conflict, NotFound, Unavailable
+from .models import Study, StudyState, Trial, TrialState, Worker
+
+FINAL_STATES = (
+    TrialState.COMPLETE,
+    TrialState.PRUNED,
+    TrialState.FAILED,
+    TrialState.INFEASIBLE,
+)
+PENDING_STATES = (TrialState.WAITING, TrialState.RUNNING)
+
+
+@dataclass(frozen=True)
+class NewTrial:
+    """A configuration to add to a study's queue."""
+
+    params: dict[str, Any]
+    config_hash: str
+    arch: dict[str, Any] | None = None
+    seed: int = 42
+    source: Literal["suggested", "user", "final"] = "suggested"
+    # Lower runs first: user-enqueued configurations before suggested ones.
+    priority: int = 1
+    # A configuration known to be unbuildable is stored final right away (it is history).
+    infeasible_reason: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+class TrialStore:
+    """Transactions over the ``trials`` table. Safe to share between threads."""
+
+    def __init__(
+        self, sessions: sessionmaker[Session], *, lease_seconds: float, max_attempts: int
+    ) -> None:
+        self.sessions = sessions
+        self.lease_seconds = lease_seconds
+        self.max_attempts = max_attempts
+        self._postgres = sessions.kw["bind"].dialect.name == "postgresql"
+
+    # -- transactions -----------------------------------------------------------------
+    @contextmanager
+    def transaction(self, *, lock_study: int | None = None) -> Iterator[Session]:
+        """A write transaction: commit on success, roll back on error.
+
+        On SQLite it begins IMMEDIATE (takes the write lock first). On PostgreSQL,
+        ``lock_study`` takes the study's transaction-scoped advisory lock, which
+        serialises queue refills of one study across coordinator processes.
+        Raises :class:`Unavailable` when the database connection fails.
+        """
+        session = self.sessions()
+        try:
+            session.connection(execution_options={"sqlite_immediate": True})
+            if lock_study is not None and self._postgres:
+                session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock_study})
+            yield session
+            session.commit()
+        except (OperationalError, DBAPIError) as exc:
+            session.rollback()
+            if isinstance(exc, IntegrityError) or not _is_connection_error(exc):
+                raise
+            raise Unavailable(f"database unavailable: {str(exc.orig).splitlines()[0]}") from exc
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+    def _locked_trial(self, session: Session, trial_id: int) -> Trial:
+        trial = session.scalars(
+            select(Trial).where(Trial.id == trial_id).with_for_update()
+        ).one_or_none()
+        if trial is None:
+            raise NotFound(f"trial {trial_id} does not exist", field="trial_id")
+        return trial
+
+    # -- queue ------------------------------------------------------------------------
+    def add_trials(self, session: Session, study_id: int, new: Sequence[NewTrial]) -> list[Trial]:
+        """Add ``new`` to the study in the caller's transaction; skip known configurations.
+
+        A configuration whose ``config_hash`` is already in the study is not added
+        twice (DESIGN.md: a duplicate config is not evaluated twice). Returns the rows
+        added, numbered after the study's last trial.
+        """
+        if not new:
+            return []
+        hashes = {n.config_hash for n in new}
+        known = set(
+            session.scalars(
+                select(Trial.config_hash).where(
+                    Trial.study_id == study_id, Trial.config_hash.in_(hashes)
+                )
+            )
+        )
+        number = (
+            session.scalar(select(func.max(Trial.number)).where(Trial.study_id == study_id)) or 0
+        )
+        added: list[Trial] = []
+        for item in new:
+            if item.config_hash in known:
+                continue
+            known.add(item.config_hash)
+            number += 1
+            infeasible = item.infeasible_reason is not None
+            trial = Trial(
+                study_id=study_id,
+                number=number,
+                state=TrialState.INFEASIBLE if infeasible else TrialState.WAITING,
+                priority=item.priority,
+                source=item.source,
+                params=item.params,
+                arch=item.arch,
+                config_hash=item.config_hash,
+                seed=item.seed,
+                reason=item.infeasible_reason,
+                metrics=item.metrics,
+                intermediate=[],
+                attempt=1,
+            )
+            if infeasible:
+                trial.finished_at = db_now_plus(0)
+            session.add(trial)
+            added.append(trial)
+        session.flush()
+        return added
+
+    # -- worker side --------------------------------------------------------------------
+    def claim(self, worker_id: int, study_ids: Sequence[int] | None = None) -> Trial | None:
+        """Give the worker a trial: its own RUNNING one if it has one, else the next WAITING.
+
+        The lease is (re)set to now + ``lease_seconds``. Expired leases are reaped first.
+        Returns ``None`` when no running study has a WAITING trial. Raises
+        :class:`NotFound` for an unknown worker.
+        """
+        self.reap_expired()
+        with self.transaction() as s:
+            if s.get(Worker, worker_id) is None:
+                raise NotFound(f"worker {worker_id} is not registered", field="worker_id")
+            s.execute(
+                update(Worker).where(Worker.id == worker_id).values(last_seen_at=db_now_plus(0))
+            )
+            own = s.scalars(
+                select(Trial)
+                .where(Trial.worker_id == worker_id, Trial.state == TrialState.RUNNING)
+                .order_by(Trial.id)
+                .limit(1)
+                .with_for_update()
+            ).first()
+            if own is not None:
+                own.lease_expires_at = db_now_plus(self.lease_seconds)
+                s.flush()
+                s.refresh(own)
+                return own
+            candidate = (
+                select(Trial.id)
+                .join(Study, Study.id == Trial.study_id)
+                .where(Trial.state == TrialState.WAITING, Study.state == StudyState.RUNNING)
+                .order_by(Trial.priority, Trial.id)
+                .limit(1)
+                .with_for_update(skip_locked=True, of=Trial)
+            )
+            if study_ids:
+                candidate = candidate.where(Trial.study_id.in_(list(study_ids)))
+            claimed_id = s.scalar(
+                update(Trial)
+                .where(Trial.id == candidate.scalar_subquery(), Trial.state == TrialState.WAITING)
+                .values(
+                    state=TrialState.RUNNING,
+                    worker_id=worker_id,
+                    lease_expires_at=db_now_plus(self.lease_seconds),
+                    started_at=db_now_plus(0),
+                )
+                .returning(Trial.id)
+            )
+            if claimed_id is None:
+                return None
+            return s.get(Trial, claimed_id, populate_existing=True)
+
+    def _running_for(self, s: Session, trial_id: int, worker_id: int, verb: str) -> Trial:
+        trial = self._locked_trial(s, trial_id)
+        if trial.state != TrialState.RUNNING or trial.worker_id != worker_id:
+            raise Conflict(
+                f"cannot {verb} trial {trial_id}: worker {worker_id} does not hold its lease "
+                f"(state {trial.state.value}, attempt {trial.attempt})",
+                field="worker_id",
+            )
+        return trial
+
+    def heartbeat(
+        self, trial_id: int, worker_id: int, step: int | None = None, value: float | None = None
+    ) -> Trial:
+        """Extend the lease; record ``(step, value)`` as an intermediate value if given.
+
+        Raises :class:`Conflict` when the worker no longer holds the trial.
+        """
+        with self.transaction() as s:
+            trial = self._running_for(s, trial_id, worker_id, "heartbeat")
+            trial.lease_expires_at = db_now_plus(self.lease_seconds)
+            if value is not None:
+                trial.intermediate = [*trial.intermediate, [step, value]]
+            s.execute(
+                update(Worker).where(Worker.id == worker_id).values(last_seen_at=db_now_plus(0))
+            )
+            s.flush()
+            s.refresh(trial)
+            return trial
+
+    def complete(
+        self, trial_id: int, worker_id: int, value: float, metrics: dict[str, Any]
+    ) -> tuple[Trial, bool]:
+        """Record the score. Returns ``(trial, first)``; ``first`` is False for a repeat.
+
+        Idempotent: the same worker reporting the same value again gets the stored trial.
+        Raises :class:`Conflict` for a different second result, a report on a FAILED /
+        INFEASIBLE / PRUNED trial, or a worker that lost its lease.
+        """
+        if not math.isfinite(value):
+            raise ValueError("value must be finite")
+        with self.transaction() as s:
+            trial = self._locked_trial(s, trial_id)
+            if trial.state == TrialState.COMPLETE:
+                if trial.worker_id == worker_id and trial.value == value:
+                    return trial, False
+                raise Conflict(
+                    f"trial {trial_id} is already COMPLETE with value {trial.value} "
+                    f"(by worker {trial.worker_id}); a different result is refused",
+                    field="value",
+                )
+            trial = self._running_for(s, trial_id, worker_id, "complete")
+            trial.state = TrialState.COMPLETE
+            trial.value = value
+            trial.metrics = metrics
+            trial.lease_expires_at = None
+            trial.finished_at = db_now_plus(0)
+            s.flush()
+            s.refresh(trial)
+            return trial, True
+
+    def fail(
+        self,
+        trial_id: int,
+        worker_id: int,
+        kind: Literal["infeasible", "error", "pruned"],
+        reason: str,
+        value: float | None = None,
+    ) -> tuple[Trial, bool]:
+        """End the trial INFEASIBLE, FAILED (``error``) or PRUNED. Same contract as complete.
+
+        A worker-reported error is final (a deterministic crash would only repeat); a lost
+        worker is retried by the reaper instead.
+        """
+        target = {
+            "infeasible": TrialState.INFEASIBLE,
+            "error": TrialState.FAILED,
+            "pruned": TrialState.PRUNED,
+        }[kind]
+        with self.transaction() as s:
+            trial = self._locked_trial(s, trial_id)
+            if trial.state in FINAL_STATES:
+                if trial.state == target and trial.worker_id == worker_id:
+                    return trial, False
+                raise Conflict(
+                    f"trial {trial_id} already ended {trial.state.value}; "
+                    f"a {kind} report is refused",
+                    field="kind",
+                )
+            trial = self._running_for(s, trial_id, worker_id, f"report {kind} for")
+            trial.state = target
+            trial.reason = reason
+            if value is not None:
+                trial.value = value
+            trial.lease_expires_at = None
+            trial.finished_at = db_now_plus(0)
+            s.flush()
+            s.refresh(trial)
+            return trial, True
+
+    def release(self, trial_id: int, worker_id: int) -> Trial:
+        """Give a RUNNING trial back at once (worker shutting down): WAITING, same attempt.
+
+        Releasing a trial the worker no longer holds raises :class:`Conflict`.
+        """
+        with self.transaction() as s:
+            trial = self._running_for(s, trial_id, worker_id, "release")
+            trial.state = TrialState.WAITING
+            trial.worker_id = None
+            trial.lease_expires_at = None
+            trial.started_at = None
+            s.flush()
+            s.refresh(trial)
+            return trial
+
+    def reap_expired(self) -> int:
+        """Return RUNNING trials whose lease ran out to WAITING (attempt + 1), or FAILED.
+
+        Returns the number of trials reaped. Any process may call it at any time.
+        """
+        expired = (Trial.state == TrialState.RUNNING) & (Trial.lease_expires_at < db_now_plus(0))
+        with self.transaction() as s:
+            failed = s.execute(
+                update(Trial)
+                .where(expired, Trial.attempt >= self.max_attempts)
+                .values(
+                    state=TrialState.FAILED,
+                    reason=f"lease expired on all {self.max_attempts} attempts (worker lost)",
+                    lease_expires_at=None,
+                    finished_at=db_now_plus(0),
+                )
+            ).rowcount
+            retried = s.execute(
+                update(Trial)
+                .where(expired)
+                .values(
+                    state=TrialState.WAITING,
+                    attempt=Trial.attempt + 1,
+                    worker_id=None,
+                    lease_expires_at=None,
+                    started_at=None,
+                    reason="previous attempt's lease expired (worker lost)",
+                )
+            ).rowcount
+        return int(failed or 0) + int(retried or 0)
+
+    def set_test_value(self, session: Session, trial_id: int, test_value: float) -> None:
+        """Store a final test-split score beside the search score (caller's transaction)."""
+        session.execute(update(Trial).where(Trial.id == trial_id).values(test_value=test_value))
+
+
+def _is_connection_error(exc: DBAPIError) -> bool:
+    return bool(exc.connection_invalidated) or isinstance(exc, OperationalError)

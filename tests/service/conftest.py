@@ -1,0 +1,152 @@
+"""Coordinator fixtures: a migrated database, an in-process app, a real uvicorn process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from service.auth import create_token
+from service.config import Settings
+from service.db import make_engine, session_factory, session_scope
+from service.migrate import upgrade
+from service.models import Role
+from tests.conftest import free_port
+
+ADMIN_TOKEN = "admin-token-for-tests-0123456789"
+
+
+def migrate(url: str) -> None:
+    engine = make_engine(url)
+    try:
+        upgrade(engine)
+    finally:
+        engine.dispose()
+
+
+def make_token(url: str, role: Role) -> str:
+    engine = make_engine(url)
+    try:
+        with session_scope(session_factory(engine)) as s:
+            return create_token(s, role, f"test-{role.value}")
+    finally:
+        engine.dispose()
+
+
+@dataclass
+class Api:
+    """An in-process coordinator and the tokens to talk to it."""
+
+    client: TestClient
+    url: str
+    admin: dict[str, str]
+    worker: dict[str, str]
+    reader: dict[str, str]
+
+    def new_study(self, **overrides: object) -> dict:
+        body = {"name": "s", "dataset": "builtin:digits", "space": "pinto-cox",
+                "algorithm": "random", "max_trials": 20, "max_parallel": 4}
+        body.update(overrides)
+        r = self.client.post("/api/v1/studies", json=body, headers=self.admin)
+        assert r.status_code == 201, r.text
+        return r.json()
+
+    def new_worker(self, name: str = "w") -> int:
+        r = self.client.post("/api/v1/workers", json={"name": name}, headers=self.worker)
+        assert r.status_code == 201, r.text
+        return r.json()["id"]
+
+
+@pytest.fixture
+def api_factory(db_url):
+    """Build an :class:`Api` with settings overrides (e.g. a short lease)."""
+    migrate(db_url)
+    tokens = {r: make_token(db_url, r) for r in (Role.WORKER, Role.READER)}
+    opened: list[TestClient] = []
+
+    from service.app import create_app
+
+    def build(**settings: object) -> Api:
+        s = Settings(database_url=db_url, admin_token=ADMIN_TOKEN, **settings)
+        client = TestClient(create_app(s, maintenance=False))
+        client.__enter__()
+        opened.append(client)
+        return Api(
+            client=client,
+            url=db_url,
+            admin={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+            worker={"Authorization": f"Bearer {tokens[Role.WORKER]}"},
+            reader={"Authorization": f"Bearer {tokens[Role.READER]}"},
+        )
+
+    yield build
+    for client in opened:
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def api(api_factory) -> Api:
+    return api_factory()
+
+
+@dataclass
+class LiveCoordinator:
+    base_url: str
+    process: subprocess.Popen
+
+
+def start_coordinator(db_url: str, **env: str) -> LiveCoordinator:
+    """``archsearch serve`` in a subprocess on a free loopback port; waits for /healthz."""
+    port = free_port()
+    full_env = {
+        **os.environ,
+        "ARCHSEARCH_DATABASE_URL": db_url,
+        "ARCHSEARCH_ADMIN_TOKEN": ADMIN_TOKEN,
+        "ARCHSEARCH_LOG_LEVEL": "warning",
+        **env,
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service", "serve", "--port", str(port)],
+        env=full_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
+                return LiveCoordinator(base, proc)
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None:
+            raise RuntimeError(f"coordinator exited: {proc.stderr.read()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError("coordinator did not answer /healthz within 60 s")
+        time.sleep(0.2)
+
+
+def stop_coordinator(live: LiveCoordinator) -> None:
+    live.process.terminate()
+    try:
+        live.process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        live.process.kill()
+        live.process.wait()
+
+
+@pytest.fixture
+def live(db_url) -> Iterator[LiveCoordinator]:
+    migrate(db_url)
+    coordinator = start_coordinator(db_url)
+    yield coordinator
+    stop_coordinator(coordinator)
