@@ -13,6 +13,7 @@ TORCH_INDEX ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.archsearch-installed
 PYTEST_ARGS ?=
+BENCH ?=
 
 .PHONY: venv test lint demo bench clean help
 
@@ -48,7 +49,8 @@ demo: venv
 	@exit 1
 
 bench: venv
-	$(BIN)/python -m bench
+	$(BIN)/python -m pip install -q -e ".[dev,bench]"
+	$(BIN)/python -m bench $(BENCH)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import numbers
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -31,6 +32,49 @@ class InfeasibleArchitecture(ValueError):
         self.reason = reason
 
 
+# -- field normalisation --------------------------------------------------------------
+# Values arrive from hyperopt (``choice([1, 10])`` gives ints, ``quniform`` gives 3.0),
+# from NumPy (np.int64 is not JSON-serialisable) and from clients' JSON. Equal dataclasses
+# compare equal across int/float (1 == 1.0) but serialise differently ("1" vs "1.0"), so
+# without normalisation two equal architectures would get two content hashes and a
+# duplicate config would be evaluated twice. Every field is therefore coerced to its
+# declared Python type on construction; a value that cannot be (3.5 filters, NaN, "3")
+# raises ValueError.
+def _as_int(name: str, value: Any) -> int:
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    if (
+        isinstance(value, numbers.Real)
+        and not isinstance(value, bool)
+        and math.isfinite(float(value))
+        and float(value).is_integer()
+    ):
+        return int(value)
+    raise ValueError(f"{name} must be an integer, got {value!r}")
+
+
+def _as_float(name: str, value: Any) -> float:
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        f = float(value)
+        if not math.isnan(f):
+            return f + 0.0  # -0.0 -> 0.0: same value, same JSON
+    raise ValueError(f"{name} must be a number (not NaN), got {value!r}")
+
+
+def _as_bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, numbers.Real) and value in (0, 1):
+        return bool(value)
+    raise ValueError(f"{name} must be a boolean (or 0/1), got {value!r}")
+
+
+def _coerce(obj: Any, **kinds: Any) -> None:
+    """Replace each named field of the frozen dataclass ``obj`` by ``kind(name, value)``."""
+    for name, kind in kinds.items():
+        object.__setattr__(obj, name, kind(f"{type(obj).__name__}.{name}", getattr(obj, name)))
+
+
 @dataclass(frozen=True)
 class LNorm:
     """Divisive normalisation over a ``size x size x depth`` neighbourhood."""
@@ -40,6 +84,10 @@ class LNorm:
     stretch: float = 1.0
     threshold: float = 1.0
 
+    def __post_init__(self) -> None:
+        _coerce(self, size=_as_int, remove_mean=_as_bool, stretch=_as_float,
+                threshold=_as_float)
+
 
 @dataclass(frozen=True)
 class FBCorr:
@@ -47,6 +95,9 @@ class FBCorr:
 
     n_filters: int
     size: int
+
+    def __post_init__(self) -> None:
+        _coerce(self, n_filters=_as_int, size=_as_int)
 
 
 @dataclass(frozen=True)
@@ -56,6 +107,9 @@ class Activation:
     min_out: float = 0.0
     max_out: float = math.inf
 
+    def __post_init__(self) -> None:
+        _coerce(self, min_out=_as_float, max_out=_as_float)
+
 
 @dataclass(frozen=True)
 class LPool:
@@ -64,6 +118,9 @@ class LPool:
     size: int
     order: float = 1.0
     stride: int = 2
+
+    def __post_init__(self) -> None:
+        _coerce(self, size=_as_int, order=_as_float, stride=_as_int)
 
 
 @dataclass(frozen=True)
@@ -81,6 +138,10 @@ class Readout:
     kind: Literal["ridge", "logistic", "svm"] = "ridge"
     l2: float | None = None
 
+    def __post_init__(self) -> None:
+        if self.l2 is not None:
+            _coerce(self, l2=_as_float)
+
 
 @dataclass(frozen=True)
 class TrainSettings:
@@ -91,6 +152,10 @@ class TrainSettings:
     dropout: float = 0.0
     batch_size: int = 64
     epochs: int = 2
+
+    def __post_init__(self) -> None:
+        _coerce(self, lr=_as_float, weight_decay=_as_float, dropout=_as_float,
+                batch_size=_as_int, epochs=_as_int)
 
 
 @dataclass(frozen=True)
@@ -108,6 +173,11 @@ class Architecture:
     seed: int = 42
     preprocess: Literal["minmax", "div255"] = "minmax"
     train: TrainSettings | None = None
+
+    def __post_init__(self) -> None:
+        _coerce(self, input_size=_as_int, input_channels=_as_int, seed=_as_int)
+        # A list would make the frozen dataclass unhashable; the layers are a tuple.
+        object.__setattr__(self, "layers", tuple(self.layers))
 
     @property
     def depth(self) -> int:
@@ -316,6 +386,8 @@ def _check_values(arch: Architecture) -> None:
         positive(f"layers[{i}].lpool.size", layer.lpool.size)
         positive(f"layers[{i}].lpool.stride", layer.lpool.stride)
         positive(f"layers[{i}].lpool.order", layer.lpool.order)
+        if math.isinf(layer.lpool.order):
+            raise ValueError(f"layers[{i}].lpool.order must be finite, got {layer.lpool.order}")
         if layer.activation.min_out >= layer.activation.max_out:
             raise ValueError(
                 f"layers[{i}].activation: min_out < max_out must hold, got "
@@ -325,5 +397,7 @@ def _check_values(arch: Architecture) -> None:
     for name, norm in norms:
         positive(f"{name}.size", norm.size)
         positive(f"{name}.stretch", norm.stretch)
+        if math.isinf(norm.stretch):
+            raise ValueError(f"{name}.stretch must be finite, got {norm.stretch}")
         if norm.threshold < 0:
             raise ValueError(f"{name}.threshold must be >= 0, got {norm.threshold}")

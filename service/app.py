@@ -16,6 +16,7 @@ from pydantic import BaseModel
 
 from . import __version__
 from .api import spaces, studies, trials, workers
+from .auth import TokenCache
 from .config import Settings, get_settings
 from .db import check_database, engine_from_settings, session_factory
 from .errors import ErrorBody, install_error_handlers
@@ -45,7 +46,7 @@ async def _maintenance_loop(app: FastAPI, interval: float) -> None:
             if reaped:
                 log.info("reaped %d trial(s) with expired leases", reaped)
             await run_in_threadpool(queue.refill_all)
-        except Exception:  # noqa: BLE001 - keep the loop alive through DB outages
+        except Exception:
             log.exception("maintenance pass failed; retrying in %.1f s", interval)
 
 
@@ -93,6 +94,7 @@ def create_app(settings: Settings | None = None, *, maintenance: bool = True) ->
     )
     app.state.queue = SuggestionQueue(app.state.store)
     app.state.metrics = Metrics(sessions)
+    app.state.token_cache = TokenCache()
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     for module in (spaces, studies, workers, trials):

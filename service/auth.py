@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import threading
+import time
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -34,16 +36,48 @@ def create_token(session: Session, role: Role, name: str) -> str:
     return token
 
 
-def role_of(session: Session, token: str, admin_token: str | None) -> Role | None:
+class TokenCache:
+    """Known token hashes -> role for ``ttl`` seconds, so that a busy worker's every claim
+    and report does not cost a token lookup. Unknown tokens are never cached."""
+
+    def __init__(self, ttl: float = 10.0) -> None:
+        self.ttl = ttl
+        self._entries: dict[str, tuple[Role, float]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, token_hash: str) -> Role | None:
+        with self._lock:
+            hit = self._entries.get(token_hash)
+        if hit is None or hit[1] < time.monotonic():
+            return None
+        return hit[0]
+
+    def put(self, token_hash: str, role: Role) -> None:
+        with self._lock:
+            if len(self._entries) > 10_000:
+                self._entries.clear()
+            self._entries[token_hash] = (role, time.monotonic() + self.ttl)
+
+
+def role_of(
+    session: Session, token: str, admin_token: str | None, cache: TokenCache | None = None
+) -> Role | None:
     """The role a presented token carries, or ``None`` for an unknown/revoked token."""
     if admin_token is not None and hmac.compare_digest(token.encode(), admin_token.encode()):
         return Role.ADMIN
+    digest = hash_token(token)
+    if cache is not None and (role := cache.get(digest)) is not None:
+        return role
     row = session.scalars(
         select(ApiToken).where(
-            ApiToken.token_hash == hash_token(token), ApiToken.revoked_at.is_(None)
+            ApiToken.token_hash == digest, ApiToken.revoked_at.is_(None)
         )
     ).first()
-    return row.role if row is not None else None
+    if row is None:
+        return None
+    if cache is not None:
+        cache.put(digest, row.role)
+    return row.role
 
 
 def authorize(
@@ -53,6 +87,7 @@ def authorize(
     *,
     admin_token: str | None,
     open_reads: bool,
+    cache: TokenCache | None = None,
 ) -> Role | None:
     """Check the ``Authorization`` header against the role ``needed``.
 
@@ -68,7 +103,7 @@ def authorize(
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("Authorization must be 'Bearer <token>'", field="Authorization")
-    role = role_of(session, token.strip(), admin_token)
+    role = role_of(session, token.strip(), admin_token, cache)
     if role is None:
         raise Unauthorized("unknown or revoked token", field="Authorization")
     if RANK[role] < RANK[needed]:

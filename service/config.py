@@ -27,6 +27,11 @@ class Settings(BaseSettings):
         "PostgreSQL: postgresql+psycopg://user@host:5432/db",
     )
     sqlite_busy_timeout_ms: int = Field(30_000, ge=0)
+    db_pool_size: int = Field(10, ge=1, le=1000, description="Connections kept per process.")
+    db_max_overflow: int = Field(
+        30, ge=0, le=1000, description="Extra connections under load (PostgreSQL: mind "
+        "max_connections across coordinator processes)."
+    )
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     admin_token: SecretStr | None = Field(

@@ -66,7 +66,10 @@ def _configure_sqlite(engine: Engine, busy_timeout_ms: int) -> None:
 
 def engine_from_settings(settings: Settings) -> Engine:
     return make_engine(
-        settings.resolved_database_url, busy_timeout_ms=settings.sqlite_busy_timeout_ms
+        settings.resolved_database_url,
+        busy_timeout_ms=settings.sqlite_busy_timeout_ms,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
     )
 
 
@@ -105,7 +108,7 @@ def check_database(engine: Engine) -> str | None:
 # in time order.
 
 
-class db_now_plus(FunctionElement):  # noqa: N801 - reads like the SQL function it renders
+class db_now_plus(FunctionElement):
     """SQL expression: the database's current UTC time plus ``seconds`` (may be 0)."""
 
     type = DateTime(timezone=True)

@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 
@@ -104,6 +105,10 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(
             422, "invalid", f"{first['field']}: {first['message']}", first["field"], errors=errors
         )
+
+    @app.exception_handler(PoolTimeout)
+    async def _pool_busy(_req: Request, exc: PoolTimeout) -> JSONResponse:
+        return error_response(503, "unavailable", "all database connections are busy; retry")
 
     @app.exception_handler(OperationalError)
     async def _db_down(_req: Request, exc: OperationalError) -> JSONResponse:

@@ -100,6 +100,15 @@ class SuggestionQueue:
             lock.release()
         return added
 
+    def refill_quietly(self, study_id: int) -> None:
+        """:meth:`refill` for background tasks: a failure is logged, never raised (the
+        answer was already sent, and the periodic loop will refill later)."""
+        try:
+            self.refill(study_id)
+        except Exception:
+            log.warning("refill of study %s failed; the maintenance loop retries",
+                        study_id, exc_info=True)
+
     def refill_all(self) -> int:
         """Top up every running study (the periodic safety net). Returns trials added."""
         with self.store.sessions() as s:
@@ -113,15 +122,17 @@ class SuggestionQueue:
                 study = s.get(Study, study_id)
                 if study is None or study.state != StudyState.RUNNING:
                     return added
+                # Cheap count first: most refills (one after every claim) find the queue
+                # full and must not pay for loading the whole history.
+                total, waiting = _counts(s, study_id)
+                want = min(study.max_parallel - waiting, study.max_trials - total)
+                if want <= 0:
+                    return added
                 rows = s.execute(
                     select(Trial.params, Trial.state, Trial.value).where(
                         Trial.study_id == study_id, Trial.source != "final"
                     )
                 ).all()
-            waiting = sum(1 for r in rows if r.state == TrialState.WAITING)
-            want = min(study.max_parallel - waiting, study.max_trials - len(rows))
-            if want <= 0:
-                return added
             space = study_space(study)
             history = [
                 HistoryItem(raw=r.params, state=TrialState(r.state).value, value=r.value)
@@ -129,7 +140,7 @@ class SuggestionQueue:
             ]
             suggester = get_suggester(study.algorithm, **study.algorithm_options)
             raws = suggester.suggest(
-                space, history, want, seed=derive_seed(study.seed, len(rows), round_)
+                space, history, want, seed=derive_seed(study.seed, total, round_)
             )
             if not raws:  # grid exhausted
                 return added

@@ -21,7 +21,9 @@ race is not an error (the next candidate is taken, or ``None`` returned).
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -70,6 +72,12 @@ class TrialStore:
         self.lease_seconds = lease_seconds
         self.max_attempts = max_attempts
         self._postgres = sessions.kw["bind"].dialect.name == "postgresql"
+        # SQLite has one writer at a time. Queueing this process's writers on a Python
+        # lock wakes the next one the moment the previous commits; leaving it to SQLite's
+        # busy handler makes them sleep-and-retry with back-off (up to 100 ms a try).
+        self._write_lock: threading.Lock | contextlib.nullcontext[None] = (
+            contextlib.nullcontext() if self._postgres else threading.Lock()
+        )
 
     # -- transactions -----------------------------------------------------------------
     @contextmanager
@@ -81,6 +89,10 @@ class TrialStore:
         serialises queue refills of one study across coordinator processes.
         Raises :class:`Unavailable` when the database connection fails.
         """
+        with self._write_lock:
+            yield from self._transaction(lock_study)
+
+    def _transaction(self, lock_study: int | None) -> Iterator[Session]:
         session = self.sessions()
         try:
             session.connection(execution_options={"sqlite_immediate": True})
@@ -165,8 +177,8 @@ class TrialStore:
         Returns ``None`` when no running study has a WAITING trial. Raises
         :class:`NotFound` for an unknown worker.
         """
-        self.reap_expired()
         with self.transaction() as s:
+            self._reap(s)
             if s.get(Worker, worker_id) is None:
                 raise NotFound(f"worker {worker_id} is not registered", field="worker_id")
             s.execute(
@@ -328,30 +340,33 @@ class TrialStore:
 
         Returns the number of trials reaped. Any process may call it at any time.
         """
-        expired = (Trial.state == TrialState.RUNNING) & (Trial.lease_expires_at < db_now_plus(0))
         with self.transaction() as s:
-            failed = s.execute(
-                update(Trial)
-                .where(expired, Trial.attempt >= self.max_attempts)
-                .values(
-                    state=TrialState.FAILED,
-                    reason=f"lease expired on all {self.max_attempts} attempts (worker lost)",
-                    lease_expires_at=None,
-                    finished_at=db_now_plus(0),
-                )
-            ).rowcount
-            retried = s.execute(
-                update(Trial)
-                .where(expired)
-                .values(
-                    state=TrialState.WAITING,
-                    attempt=Trial.attempt + 1,
-                    worker_id=None,
-                    lease_expires_at=None,
-                    started_at=None,
-                    reason="previous attempt's lease expired (worker lost)",
-                )
-            ).rowcount
+            return self._reap(s)
+
+    def _reap(self, s: Session) -> int:
+        expired = (Trial.state == TrialState.RUNNING) & (Trial.lease_expires_at < db_now_plus(0))
+        failed = s.execute(
+            update(Trial)
+            .where(expired, Trial.attempt >= self.max_attempts)
+            .values(
+                state=TrialState.FAILED,
+                reason=f"lease expired on all {self.max_attempts} attempts (worker lost)",
+                lease_expires_at=None,
+                finished_at=db_now_plus(0),
+            )
+        ).rowcount
+        retried = s.execute(
+            update(Trial)
+            .where(expired)
+            .values(
+                state=TrialState.WAITING,
+                attempt=Trial.attempt + 1,
+                worker_id=None,
+                lease_expires_at=None,
+                started_at=None,
+                reason="previous attempt's lease expired (worker lost)",
+            )
+        ).rowcount
         return int(failed or 0) + int(retried or 0)
 
     def set_test_value(self, session: Session, trial_id: int, test_value: float) -> None:

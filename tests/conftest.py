@@ -8,7 +8,6 @@ skipped with the reason, unless ARCHSEARCH_REQUIRE_POSTGRES=1 (CI), where they f
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 from collections.abc import Iterator
 from functools import cache
@@ -35,12 +34,6 @@ def postgres_unreachable_reason() -> str | None:
         return None
     except Exception as exc:  # any driver error means "not usable here"
         return f"{make_url(PG_URL).render_as_string()} unreachable: {str(exc).splitlines()[0]}"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

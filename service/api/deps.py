@@ -40,16 +40,27 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
 def require(role: Role) -> Callable[..., Role | None]:
+    """A dependency that checks the bearer token for ``role``.
+
+    It uses its own short session so that the request's connection is not held while
+    the route waits for another one (two connections per request exhaust the pool).
+    """
+
     def check(
         request: Request,
-        session: SessionDep,
         authorization: Annotated[str | None, Header()] = None,
     ) -> Role | None:
         settings: Settings = request.app.state.settings
         admin = settings.admin_token.get_secret_value() if settings.admin_token else None
-        return authorize(
-            session, authorization, role, admin_token=admin, open_reads=settings.open_reads
-        )
+        with request.app.state.sessions() as session:
+            return authorize(
+                session,
+                authorization,
+                role,
+                admin_token=admin,
+                open_reads=settings.open_reads,
+                cache=request.app.state.token_cache,
+            )
 
     return check
 

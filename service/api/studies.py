@@ -13,7 +13,7 @@ from fastapi import APIRouter, BackgroundTasks, Query
 from fastapi.responses import Response
 from sqlalchemy import Float, and_, cast, func, or_, select
 
-from search_space import get_preset_raw
+from search_space import get_preset
 
 from .. import studies as studies_mod
 from ..errors import ErrorBody, InvalidInput, NotFound
@@ -79,7 +79,7 @@ def patch_study(study_id: int, body: StudyPatch, _: Admin, store: StoreDep, queu
     with store.transaction() as s:
         studies_mod.set_state(s, study_id, body.state)
     if body.state == "running":
-        background.add_task(queue.refill, study_id)
+        background.add_task(queue.refill_quietly, study_id)
     return _one(session, study_id)
 
 
@@ -154,7 +154,7 @@ def enqueue_trial(study_id: int, body: EnqueueTrial, _: Admin, queue: QueueDep,
     space = studies_mod.study_space(study)
     if body.preset is not None:
         try:
-            raw = get_preset_raw(body.preset, space)
+            raw = space.raw_from_arch(get_preset(body.preset))
         except KeyError as exc:
             raise InvalidInput(str(exc.args[0]), field="preset") from None
         except ValueError as exc:

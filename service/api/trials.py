@@ -76,7 +76,7 @@ def _after_report(request: Request, store: StoreDep, queue: QueueDep, trial: Tri
     request.app.state.metrics.reports.labels(kind=kind).inc()
     with store.transaction() as s:
         studies_mod.finish_if_done(s, trial.study_id)
-    background.add_task(queue.refill, trial.study_id)
+    background.add_task(queue.refill_quietly, trial.study_id)
 
 
 @router.post("/{trial_id}/complete", response_model=TrialOut)

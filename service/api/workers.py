@@ -62,7 +62,7 @@ def claim(
     metrics.claims.labels(result="trial" if trial else "empty").inc()
     if trial is None:
         return Response(status_code=204)
-    background.add_task(queue.refill, trial.study_id)
+    background.add_task(queue.refill_quietly, trial.study_id)
     st = session.get(Study, trial.study_id)
     assert st is not None  # trials cascade with their study
     return ClaimOut(

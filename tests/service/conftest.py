@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import httpx
 import pytest
 from fastapi.testclient import TestClient
 
 from service.auth import create_token
 from service.config import Settings
 from service.db import make_engine, session_factory, session_scope
+from service.launch import LiveCoordinator, start_coordinator, stop_coordinator
 from service.migrate import upgrade
 from service.models import Role
-from tests.conftest import free_port
 
 ADMIN_TOKEN = "admin-token-for-tests-0123456789"
 
@@ -96,57 +91,9 @@ def api(api_factory) -> Api:
     return api_factory()
 
 
-@dataclass
-class LiveCoordinator:
-    base_url: str
-    process: subprocess.Popen
-
-
-def start_coordinator(db_url: str, **env: str) -> LiveCoordinator:
-    """``archsearch serve`` in a subprocess on a free loopback port; waits for /healthz."""
-    port = free_port()
-    full_env = {
-        **os.environ,
-        "ARCHSEARCH_DATABASE_URL": db_url,
-        "ARCHSEARCH_ADMIN_TOKEN": ADMIN_TOKEN,
-        "ARCHSEARCH_LOG_LEVEL": "warning",
-        **env,
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "service", "serve", "--port", str(port)],
-        env=full_env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                return LiveCoordinator(base, proc)
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None:
-            raise RuntimeError(f"coordinator exited: {proc.stderr.read()}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError("coordinator did not answer /healthz within 60 s")
-        time.sleep(0.2)
-
-
-def stop_coordinator(live: LiveCoordinator) -> None:
-    live.process.terminate()
-    try:
-        live.process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        live.process.kill()
-        live.process.wait()
-
-
 @pytest.fixture
 def live(db_url) -> Iterator[LiveCoordinator]:
     migrate(db_url)
-    coordinator = start_coordinator(db_url)
+    coordinator = start_coordinator(db_url, admin_token=ADMIN_TOKEN)
     yield coordinator
     stop_coordinator(coordinator)

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.config import Settings
-from tests.conftest import free_port
+from service.launch import free_port
 
 
 def test_healthz_ok(db_url):
