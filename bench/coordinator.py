@@ -109,7 +109,7 @@ def archsearch_run(backend: str, n_workers: int, n_trials: int) -> Outcome:
                 study = admin.create_study(
                     name="bench", dataset="builtin:digits", space="fg11", algorithm="random",
                     max_trials=n_trials, max_parallel=n_trials,
-                    evaluator_options={"max_features": 10_000_000},
+                    evaluator_options={"max_features": 10_000_000}, top_k=0,
                 )
             claimable = study["counts"].get("WAITING", 0)
 

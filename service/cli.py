@@ -184,6 +184,7 @@ def study_create(
     max_trials: int = typer.Option(100, help="Trials in all."),
     max_parallel: int = typer.Option(4, help="Suggestion queue depth (parallel workers)."),
     seed: int = typer.Option(0, help="Study seed (splits, suggestions)."),
+    top_k: int = typer.Option(5, help="Best trials re-scored on the test split at the end."),
     coordinator: str = CoordinatorOpt,
     token: str = TokenOpt,
 ) -> None:
@@ -199,7 +200,7 @@ def study_create(
             raise _fail(f"--space {space}: {exc}") from None
     body = dict(name=name, dataset=dataset, space=space_value, evaluator=evaluator,
                 algorithm=algorithm, max_trials=max_trials, max_parallel=max_parallel,
-                seed=seed)
+                seed=seed, top_k=top_k)
     _print_json(_call(coordinator, token, lambda c: c.create_study(**body)))
 
 

@@ -147,6 +147,10 @@ class Trial(Base):
     # Lower runs first: user-enqueued configs (0) before suggested ones (1).
     priority: Mapped[int] = mapped_column(Integer, default=1)
     source: Mapped[str] = mapped_column(String(16), default="suggested")
+    # A final (test split) evaluation points at the search trial it re-scores.
+    final_of_id: Mapped[int | None] = mapped_column(
+        ForeignKey("trials.id", ondelete="CASCADE")
+    )
     params: Mapped[dict[str, Any]] = mapped_column(JSON)
     arch: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     config_hash: Mapped[str] = mapped_column(String(64))
@@ -164,6 +168,10 @@ class Trial(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     study: Mapped[Study] = relationship(back_populates="trials")
+
+    @property
+    def is_final(self) -> bool:
+        return self.source == "final"
 
 
 class ApiToken(Base):

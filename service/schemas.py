@@ -53,7 +53,10 @@ class AlgorithmOptions(BaseModel):
     n_startup_jobs: int = Field(20, ge=1, le=10_000)
     gamma: float = Field(0.25, gt=0, lt=1)
     n_ei_candidates: int = Field(24, ge=1, le=10_000)
-    linear_forgetting: int = Field(25, ge=1, le=100_000)
+    linear_forgetting: int = Field(
+        25, ge=1, le=100_000, description="hyperopt's TPE fixes this at 25; other values are "
+        "refused at study creation"
+    )
 
 
 class EvaluatorOptions(BaseModel):
@@ -126,7 +129,8 @@ class TrialOut(BaseModel):
     study_id: int
     number: int
     state: TrialState
-    source: str
+    source: str = Field(description="suggested | user | final (a test-split re-score)")
+    final_of_id: int | None = Field(None, description="For a final trial: the trial re-scored")
     params: dict[str, Any]
     arch: dict[str, Any] | None
     arch_summary: str | None = None

@@ -11,10 +11,18 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from search_space import Space, SpaceError, get_space, list_spaces, parse_space
+from search_space import (
+    MAX_GRID_POINTS,
+    Space,
+    SpaceError,
+    get_space,
+    get_suggester,
+    list_spaces,
+    parse_space,
+)
 from search_space.dataset_uri import DEFAULT_COLOR, DatasetURIError, parse_dataset_uri
 
 from .errors import Conflict, InvalidInput, NotFound
@@ -88,10 +96,20 @@ def create_study(session: Session, body: StudyCreate) -> Study:
         raise InvalidInput(str(exc), field="dataset") from None
     if body.algorithm == "grid" and not space.is_discrete:
         raise InvalidInput(
-            "algorithm 'grid' needs a space of only choice parameters; this space has "
-            "continuous ones (use 'tpe' or 'random')",
+            "algorithm 'grid' needs a discrete space (choice, randint, quniform, "
+            "qloguniform); this space has continuous parameters (use 'tpe' or 'random')",
             field="algorithm",
         )
+    if body.algorithm == "grid" and (space.grid_size or 0) > MAX_GRID_POINTS:
+        raise InvalidInput(
+            f"algorithm 'grid' enumerates at most {MAX_GRID_POINTS} points; this space has "
+            f"{space.grid_size} (use 'tpe' or 'random')",
+            field="algorithm",
+        )
+    try:  # the suggester refuses settings the algorithm cannot honour
+        get_suggester(body.algorithm, **body.algorithm_options.model_dump())
+    except ValueError as exc:
+        raise InvalidInput(str(exc), field="algorithm_options") from None
     study = Study(
         name=body.name,
         state=StudyState.RUNNING,
@@ -136,7 +154,11 @@ def stats(session: Session, study_ids: list[int]) -> dict[int, StudyStats]:
     best = dict(
         session.execute(
             select(Trial.study_id, func.max(Trial.value))
-            .where(Trial.study_id.in_(study_ids), Trial.state == TrialState.COMPLETE)
+            .where(
+                Trial.study_id.in_(study_ids),
+                Trial.state == TrialState.COMPLETE,
+                Trial.source != "final",
+            )
             .group_by(Trial.study_id)
         ).all()
     )
@@ -151,26 +173,3 @@ def set_state(session: Session, study_id: int, state: str) -> Study:
     study.state = StudyState(state)
     session.flush()
     return study
-
-
-def finish_if_done(session: Session, study_id: int) -> bool:
-    """Mark the study FINISHED when all ``max_trials`` trials exist and none is pending.
-
-    Called by the trial routes after a report, in their own transaction. Returns True
-    when this call finished the study.
-    """
-    study = session.get(Study, study_id)
-    if study is None or study.state != StudyState.RUNNING:
-        return False
-    total, pending = session.execute(
-        select(
-            func.count(),
-            func.count().filter(Trial.state.in_([TrialState.WAITING, TrialState.RUNNING])),
-        ).where(Trial.study_id == study_id, Trial.source != "final")
-    ).one()
-    done = pending == 0 and total >= study.max_trials
-    if done:
-        session.execute(
-            update(Study).where(Study.id == study_id).values(state=StudyState.FINISHED)
-        )
-    return done

@@ -21,8 +21,9 @@ from sqlalchemy import select
 from search_space import HistoryItem, InfeasibleArchitecture, Space, get_suggester, validate
 
 from .errors import InvalidInput
+from .lifecycle import advance_study
 from .models import Study, StudyState, Trial, TrialState
-from .studies import finish_if_done, input_channels, study_space
+from .studies import input_channels, study_space
 from .trial_store import NewTrial, TrialStore
 
 log = logging.getLogger(__name__)
@@ -155,7 +156,7 @@ class SuggestionQueue:
                     return added
                 rows_added = self.store.add_trials(s, study_id, new[:room])
                 if any(t.state == TrialState.INFEASIBLE for t in rows_added):
-                    finish_if_done(s, study_id)
+                    advance_study(self.store, s, study_id)
             added += len(rows_added)
             n_waiting = sum(1 for t in rows_added if t.state == TrialState.WAITING)
             if n_waiting >= want:

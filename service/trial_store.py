@@ -60,6 +60,7 @@ class NewTrial:
     # A configuration known to be unbuildable is stored final right away (it is history).
     infeasible_reason: str | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
+    final_of_id: int | None = None
 
 
 class TrialStore:
@@ -153,6 +154,7 @@ class TrialStore:
                 state=TrialState.INFEASIBLE if infeasible else TrialState.WAITING,
                 priority=item.priority,
                 source=item.source,
+                final_of_id=item.final_of_id,
                 params=item.params,
                 arch=item.arch,
                 config_hash=item.config_hash,
@@ -171,7 +173,8 @@ class TrialStore:
 
     # -- worker side --------------------------------------------------------------------
     def claim(self, worker_id: int, study_ids: Sequence[int] | None = None) -> Trial | None:
-        """Give the worker a trial: its own RUNNING one if it has one, else the next WAITING.
+        """Give the worker a trial: its own RUNNING one if it has one, else the next WAITING
+        trial of a running study (or a final evaluation of a stopped one).
 
         The lease is (re)set to now + ``lease_seconds``. Expired leases are reaped first.
         Returns ``None`` when no running study has a WAITING trial. Raises
@@ -196,10 +199,13 @@ class TrialStore:
                 s.flush()
                 s.refresh(own)
                 return own
+            claimable_study = (Study.state == StudyState.RUNNING) | (
+                (Study.state == StudyState.STOPPED) & (Trial.source == "final")
+            )
             candidate = (
                 select(Trial.id)
                 .join(Study, Study.id == Trial.study_id)
-                .where(Trial.state == TrialState.WAITING, Study.state == StudyState.RUNNING)
+                .where(Trial.state == TrialState.WAITING, claimable_study)
                 .order_by(Trial.priority, Trial.id)
                 .limit(1)
                 .with_for_update(skip_locked=True, of=Trial)
@@ -275,6 +281,11 @@ class TrialStore:
             trial.state = TrialState.COMPLETE
             trial.value = value
             trial.metrics = metrics
+            if trial.final_of_id is not None:
+                # A final evaluation's score is the search trial's test score.
+                s.execute(
+                    update(Trial).where(Trial.id == trial.final_of_id).values(test_value=value)
+                )
             trial.lease_expires_at = None
             trial.finished_at = db_now_plus(0)
             s.flush()
@@ -368,10 +379,6 @@ class TrialStore:
             )
         ).rowcount
         return int(failed or 0) + int(retried or 0)
-
-    def set_test_value(self, session: Session, trial_id: int, test_value: float) -> None:
-        """Store a final test-split score beside the search score (caller's transaction)."""
-        session.execute(update(Trial).where(Trial.id == trial_id).values(test_value=test_value))
 
 
 def _is_connection_error(exc: DBAPIError) -> bool:

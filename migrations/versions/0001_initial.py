@@ -140,6 +140,11 @@ def upgrade() -> None:
         ),
         sa.Column("priority", sa.Integer(), nullable=False),
         sa.Column("source", sa.String(length=16), nullable=False),
+        sa.Column(
+            "final_of_id",
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            nullable=True,
+        ),
         sa.Column("params", sa.JSON(), nullable=False),
         sa.Column("arch", sa.JSON(), nullable=True),
         sa.Column("config_hash", sa.String(length=64), nullable=False),
@@ -161,6 +166,12 @@ def upgrade() -> None:
             ["study_id"],
             ["studies.id"],
             name=op.f("fk_trials_study_id_studies"),
+            ondelete="CASCADE",
+        ),
+        sa.ForeignKeyConstraint(
+            ["final_of_id"],
+            ["trials.id"],
+            name=op.f("fk_trials_final_of_id_trials"),
             ondelete="CASCADE",
         ),
         sa.ForeignKeyConstraint(

@@ -17,6 +17,7 @@ from search_space import get_preset
 
 from .. import studies as studies_mod
 from ..errors import ErrorBody, InvalidInput, NotFound
+from ..lifecycle import queue_final_evaluations
 from ..models import Trial, TrialState
 from ..schemas import (
     BestOut,
@@ -75,9 +76,11 @@ def get_study(study_id: int, _: Reader, session: SessionDep) -> StudyOut:
 def patch_study(study_id: int, body: StudyPatch, _: Admin, store: StoreDep, queue: QueueDep,
                 session: SessionDep, background: BackgroundTasks) -> StudyOut:
     """Pause (no new claims; running trials finish), resume, or stop (running trials are
-    told ``stop`` at their next heartbeat)."""
+    told ``stop`` at their next heartbeat; the top-k are queued for final evaluation)."""
     with store.transaction() as s:
-        studies_mod.set_state(s, study_id, body.state)
+        study = studies_mod.set_state(s, study_id, body.state)
+        if body.state == "stopped":
+            queue_final_evaluations(store, s, study)
     if body.state == "running":
         background.add_task(queue.refill_quietly, study_id)
     return _one(session, study_id)
@@ -168,11 +171,16 @@ def enqueue_trial(study_id: int, body: EnqueueTrial, _: Admin, queue: QueueDep,
 @router.get("/{study_id}/best", response_model=BestOut)
 def best(study_id: int, _: Reader, session: SessionDep,
          k: Annotated[int, Query(ge=1, le=1000)] = 5) -> BestOut:
-    """The k best COMPLETE trials by search score (highest first)."""
+    """The k best COMPLETE search trials by search score (highest first), with their
+    ``test_value`` once the final evaluation ran."""
     studies_mod.get_study(session, study_id)
     rows = session.scalars(
         select(Trial)
-        .where(Trial.study_id == study_id, Trial.state == TrialState.COMPLETE)
+        .where(
+            Trial.study_id == study_id,
+            Trial.state == TrialState.COMPLETE,
+            Trial.source != "final",
+        )
         .order_by(Trial.value.desc(), Trial.number)
         .limit(k)
     )

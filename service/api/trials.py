@@ -10,8 +10,8 @@ import statistics
 from fastapi import APIRouter, BackgroundTasks, Request
 from sqlalchemy import select
 
-from .. import studies as studies_mod
 from ..errors import ErrorBody
+from ..lifecycle import advance_study
 from ..models import Study, StudyState, Trial, TrialState
 from ..schemas import CompleteIn, FailIn, HeartbeatIn, HeartbeatOut, ReleaseIn, TrialOut
 from .deps import QueueDep, SessionDep, StoreDep, WorkerRole
@@ -75,7 +75,7 @@ def _after_report(request: Request, store: StoreDep, queue: QueueDep, trial: Tri
         return
     request.app.state.metrics.reports.labels(kind=kind).inc()
     with store.transaction() as s:
-        studies_mod.finish_if_done(s, trial.study_id)
+        advance_study(store, s, trial.study_id)
     background.add_task(queue.refill_quietly, trial.study_id)
 
 

@@ -42,6 +42,8 @@ def test_create_study_prefills_queue_and_reports_counts(api):
         ({"evaluator": "magic"}, "evaluator", "Input should be"),
         ({"surprise": 1}, "surprise", "Extra inputs are not permitted"),
         ({"algorithm_options": {"gamma": 2}}, "algorithm_options.gamma", "less than 1"),
+        ({"algorithm_options": {"linear_forgetting": 7}}, "algorithm_options", "25"),
+        ({"space": "fg11", "algorithm": "grid"}, "algorithm", "enumerates at most"),
     ],
 )
 def test_bad_study_is_refused_with_field_and_rule(api, patch, field, fragment):
@@ -376,3 +378,50 @@ def test_lease_expiry_through_the_api(api_factory):
     study = api.client.get(f"/api/v1/studies/{sid}", headers=api.reader).json()
     assert study["state"] == "finished"
     assert study["counts"] == {TrialState.COMPLETE.value: 1}
+
+
+def test_final_evaluation_of_top_k_after_the_search(api):
+    """max_trials search trials end -> the top-k are re-scored on the test split by
+    ``final`` trials, which run first, land in test_value, and then the study finishes."""
+    sid = api.new_study(space="fg11", max_trials=4, max_parallel=4, top_k=2,
+                        evaluator_options={"max_features": 10_000_000})["id"]
+    w = api.new_worker()
+    claimed_sources = []
+    while (r := api.client.post(f"/api/v1/workers/{w}/claim", headers=api.worker)).status_code \
+            == 200:
+        t = r.json()["trial"]
+        claimed_sources.append(t["source"])
+        value = 0.5 if t["source"] == "final" else 0.1 * t["number"]
+        api.client.post(f"/api/v1/trials/{t['id']}/complete",
+                        json={"worker_id": w, "value": value}, headers=api.worker)
+    study = api.client.get(f"/api/v1/studies/{sid}", headers=api.reader).json()
+    n_search = sum(1 for s in claimed_sources if s != "final")
+    assert study["state"] == "finished"
+    assert claimed_sources.count("final") == min(2, n_search)
+    assert claimed_sources[-claimed_sources.count("final"):] == ["final"] * min(2, n_search)
+    best = api.client.get(f"/api/v1/studies/{sid}/best", params={"k": 5},
+                          headers=api.reader).json()["trials"]
+    assert all(t["source"] != "final" for t in best)
+    assert [t["test_value"] for t in best] == [0.5] * min(2, n_search) + [None] * (
+        len(best) - min(2, n_search))
+    assert study["best_value"] == max(t["value"] for t in best)
+
+
+def test_stopping_a_study_queues_final_evaluations_that_can_still_run(api):
+    sid = api.new_study(space="fg11", max_trials=10, max_parallel=2, top_k=1,
+                        evaluator_options={"max_features": 10_000_000})["id"]
+    w = api.new_worker()
+    t = api.client.post(f"/api/v1/workers/{w}/claim", headers=api.worker).json()["trial"]
+    api.client.post(f"/api/v1/trials/{t['id']}/complete", json={"worker_id": w, "value": 0.9},
+                    headers=api.worker)
+    r = api.client.patch(f"/api/v1/studies/{sid}", json={"state": "stopped"}, headers=api.admin)
+    assert r.status_code == 200
+    final = api.client.post(f"/api/v1/workers/{w}/claim", headers=api.worker).json()["trial"]
+    assert final["source"] == "final" and final["final_of_id"] == t["id"]
+    api.client.post(f"/api/v1/trials/{final['id']}/complete",
+                    json={"worker_id": w, "value": 0.8}, headers=api.worker)
+    # Search trials of a stopped study are not handed out.
+    assert api.client.post(f"/api/v1/workers/{w}/claim", headers=api.worker).status_code == 204
+    shown = api.client.get(f"/api/v1/studies/{sid}/trials/{t['number']}",
+                           headers=api.reader).json()
+    assert shown["test_value"] == 0.8 and shown["value"] == 0.9
