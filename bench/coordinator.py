@@ -11,14 +11,10 @@ from __future__ import annotations
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from bench import report
 
@@ -48,20 +44,14 @@ class Outcome:
 @contextmanager
 def database(backend: str) -> Iterator[str]:
     """A fresh empty database URL for ``backend`` (sqlite file or a new PG database)."""
+    from service.launch import temporary_postgres_database
+
     if backend == "sqlite":
         with tempfile.TemporaryDirectory() as d:
             yield f"sqlite:///{Path(d) / 'bench.db'}"
         return
-    name = f"archsearch_bench_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as c:
-            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with temporary_postgres_database(PG_ADMIN_URL, prefix="archsearch_bench") as url:
+        yield url
 
 
 def _drive(

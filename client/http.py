@@ -14,7 +14,8 @@ class ApiError(Exception):
     """A non-2xx answer. ``status``, ``code``, ``message`` and ``field`` come from the body."""
 
     def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
-        super().__init__(f"HTTP {status} {code}: {message}" + (f" (field {field})" if field else ""))
+        where = f" (field {field})" if field else ""
+        super().__init__(f"HTTP {status} {code}: {message}{where}")
         self.status = status
         self.code = code
         self.message = message
@@ -134,10 +135,16 @@ class Client:
     def workers(self) -> list[JSON]:
         return self._json("GET", "/api/v1/workers")
 
-    def claim(self, worker_id: int, studies: list[int] | None = None) -> JSON | None:
+    def claim(self, worker_id: int, studies: list[int] | None = None,
+              exclude: list[int] | None = None) -> JSON | None:
         """``{"trial", "study", "lease"}``, or ``None`` when there is no work (204)."""
-        params = {"study": studies} if studies else None
-        response = self._request("POST", f"/api/v1/workers/{worker_id}/claim", params=params)
+        params: dict[str, Any] = {}
+        if studies:
+            params["study"] = studies
+        if exclude:
+            params["exclude"] = exclude
+        response = self._request("POST", f"/api/v1/workers/{worker_id}/claim",
+                                 params=params or None)
         return None if response.status_code == 204 else response.json()
 
     def heartbeat(self, trial_id: int, worker_id: int, *, step: int | None = None,

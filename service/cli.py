@@ -247,6 +247,48 @@ def study_export(study_id: int, output: str = typer.Option("-", "-o", help="File
         typer.echo(f"wrote {output}", err=True)
 
 
+@app.command()
+def worker(
+    coordinator: str = CoordinatorOpt,
+    token: str = TokenOpt,
+    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
+    studies: str = typer.Option(None, help="Comma-separated study ids (default: any)."),
+    max_trials: int = typer.Option(None, help="Exit after this many trials."),
+    data_dir: str = typer.Option(
+        None, envvar="ARCHSEARCH_WORKER_DATA_DIR",
+        help="Spool and relative dataset paths (default ~/.archsearch/worker).",
+    ),
+    idle_exit: float = typer.Option(None, help="Exit after this many seconds without work."),
+    name: str = typer.Option(None, help="Worker name shown in the dashboard."),
+) -> None:
+    """Run a worker daemon: claim trials, evaluate them on this machine, report."""
+    import logging
+    from pathlib import Path
+
+    from workers.daemon import WorkerConfig, WorkerDaemon
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        study_ids = [int(s) for s in studies.split(",")] if studies else None
+    except ValueError:
+        typer.echo(f"error: --studies must be comma-separated ids, got {studies!r}", err=True)
+        raise typer.Exit(2) from None
+    config = WorkerConfig(
+        coordinator=coordinator, token=token, device=device, studies=study_ids,
+        max_trials=max_trials, idle_exit_seconds=idle_exit,
+        data_dir=Path(data_dir) if data_dir else Path.home() / ".archsearch" / "worker",
+    )
+    if name:
+        config.name = name
+    try:
+        daemon = WorkerDaemon(config)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    daemon.install_signal_handlers()
+    done = daemon.run()
+    typer.echo(f"worker {daemon.worker_id}: {done} trial(s) finished", err=True)
+
+
 @spaces_app.callback()
 def spaces_list(ctx: typer.Context) -> None:
     """List the built-in spaces (``archsearch spaces show NAME`` prints one)."""

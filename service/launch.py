@@ -6,12 +6,15 @@ wait for a coordinator to answer and how to take it down without leaving orphans
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,3 +98,27 @@ def stop_coordinator(live: LiveCoordinator, timeout: float = 15.0) -> None:
     except subprocess.TimeoutExpired:
         live.process.kill()
         live.process.wait()
+
+
+@contextlib.contextmanager
+def temporary_postgres_database(admin_url: str, prefix: str = "archsearch_tmp") -> Iterator[str]:
+    """Create an empty database next to ``admin_url``'s, yield its URL, drop it after.
+
+    For tests and benchmarks: every run gets a database of its own. Raises
+    ``sqlalchemy.exc.OperationalError`` when the server cannot be reached.
+    """
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        try:
+            yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+        finally:
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from search_space import (
@@ -173,3 +173,13 @@ def set_state(session: Session, study_id: int, state: str) -> Study:
     study.state = StudyState(state)
     session.flush()
     return study
+
+
+def record_fingerprint(session: Session, study_id: int, fingerprint: str) -> None:
+    """Remember the first dataset fingerprint a worker reported; workers whose data
+    differ from it refuse the study's trials (they check it at claim time)."""
+    session.execute(
+        update(Study)
+        .where(Study.id == study_id, Study.dataset_fingerprint.is_(None))
+        .values(dataset_fingerprint=fingerprint[:64])
+    )

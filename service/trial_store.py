@@ -172,7 +172,12 @@ class TrialStore:
         return added
 
     # -- worker side --------------------------------------------------------------------
-    def claim(self, worker_id: int, study_ids: Sequence[int] | None = None) -> Trial | None:
+    def claim(
+        self,
+        worker_id: int,
+        study_ids: Sequence[int] | None = None,
+        exclude: Sequence[int] | None = None,
+    ) -> Trial | None:
         """Give the worker a trial: its own RUNNING one if it has one, else the next WAITING
         trial of a running study (or a final evaluation of a stopped one).
 
@@ -212,6 +217,8 @@ class TrialStore:
             )
             if study_ids:
                 candidate = candidate.where(Trial.study_id.in_(list(study_ids)))
+            if exclude:
+                candidate = candidate.where(Trial.study_id.not_in(list(exclude)))
             claimed_id = s.scalar(
                 update(Trial)
                 .where(Trial.id == candidate.scalar_subquery(), Trial.state == TrialState.WAITING)

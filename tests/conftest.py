@@ -8,13 +8,14 @@ skipped with the reason, unless ARCHSEARCH_REQUIRE_POSTGRES=1 (CI), where they f
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 from functools import cache
 
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+
+from service.launch import temporary_postgres_database
 
 DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 PG_URL = os.environ.get("ARCHSEARCH_TEST_POSTGRES_URL", DEFAULT_PG_URL)
@@ -51,16 +52,8 @@ def postgres_url(request) -> Iterator[str]:
         _pg_counts["skipped"] += 1
         pytest.skip(f"PostgreSQL test skipped: {reason}")
     _pg_counts["ran"] += 1
-    name = f"archsearch_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with temporary_postgres_database(PG_URL, prefix="archsearch_test") as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

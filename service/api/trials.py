@@ -14,6 +14,7 @@ from ..errors import ErrorBody
 from ..lifecycle import advance_study
 from ..models import Study, StudyState, Trial, TrialState
 from ..schemas import CompleteIn, FailIn, HeartbeatIn, HeartbeatOut, ReleaseIn, TrialOut
+from ..studies import record_fingerprint
 from .deps import QueueDep, SessionDep, StoreDep, WorkerRole
 from .views import trial_out
 
@@ -70,11 +71,14 @@ def heartbeat(trial_id: int, body: HeartbeatIn, _: WorkerRole, store: StoreDep,
 
 
 def _after_report(request: Request, store: StoreDep, queue: QueueDep, trial: Trial,
-                  first: bool, kind: str, background: BackgroundTasks) -> None:
+                  first: bool, kind: str, background: BackgroundTasks,
+                  fingerprint: str | None = None) -> None:
     if not first:
         return
     request.app.state.metrics.reports.labels(kind=kind).inc()
     with store.transaction() as s:
+        if fingerprint:
+            record_fingerprint(s, trial.study_id, fingerprint)
         advance_study(store, s, trial.study_id)
     background.add_task(queue.refill_quietly, trial.study_id)
 
@@ -85,7 +89,9 @@ def complete(trial_id: int, body: CompleteIn, request: Request, _: WorkerRole,
     """Report the score. Sending the same report again answers the same (idempotent);
     a different second result is refused with 409."""
     trial, first = store.complete(trial_id, body.worker_id, body.value, body.metrics)
-    _after_report(request, store, queue, trial, first, "complete", background)
+    fingerprint = body.metrics.get("dataset_fingerprint")
+    _after_report(request, store, queue, trial, first, "complete", background,
+                  fingerprint if isinstance(fingerprint, str) else None)
     return trial_out(trial)
 
 

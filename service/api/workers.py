@@ -35,7 +35,8 @@ def register(body: WorkerRegister, _: WorkerRole, store: StoreDep) -> WorkerOut:
 
 @router.get("", response_model=list[WorkerOut])
 def list_workers(_: Reader, session: SessionDep) -> list[WorkerOut]:
-    return [WorkerOut.model_validate(w) for w in session.scalars(select(Worker).order_by(Worker.id))]
+    rows = session.scalars(select(Worker).order_by(Worker.id))
+    return [WorkerOut.model_validate(w) for w in rows]
 
 
 @router.post(
@@ -53,10 +54,11 @@ def claim(
     session: SessionDep,
     background: BackgroundTasks,
     study: Annotated[list[int] | None, Query(description="Only these studies")] = None,
+    exclude: Annotated[list[int] | None, Query(description="Never these studies")] = None,
 ) -> ClaimOut | Response:
     """Claim the next trial (or get back the one this worker already runs)."""
     started = time.perf_counter()
-    trial = store.claim(worker_id, study)
+    trial = store.claim(worker_id, study, exclude)
     metrics = request.app.state.metrics
     metrics.claim_latency.observe(time.perf_counter() - started)
     metrics.claims.labels(result="trial" if trial else "empty").inc()

@@ -60,7 +60,7 @@ def test_study_commands_end_to_end(live, monkeypatch):
             c.complete(got["trial"]["id"], wid, values[-1])
     listed = runner.invoke(app, ["study", "list"])
     assert listed.exit_code == 0
-    line = [row for row in listed.output.splitlines() if "cli study" in row][0]
+    line = next(row for row in listed.output.splitlines() if "cli study" in row)
     assert line.split()[0] == str(sid) and "finished" in line
     shown = json.loads(runner.invoke(app, ["study", "show", str(sid)]).output)
     assert shown["state"] == "finished"

@@ -1,0 +1,234 @@
+"""The worker daemon against a real coordinator over HTTP: spool, signals, kill -9,
+coordinator outage, data fingerprints. The evaluation is a stand-in (see fake_worker);
+tests/workers/test_end_to_end.py runs real models."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from client import Client
+from search_space import InfeasibleArchitecture
+from service.launch import start_coordinator, stop_coordinator
+from service.models import Role
+from tests.service.conftest import ADMIN_TOKEN, make_token, migrate
+from tests.workers.fake_worker import FakeResult, fake_evaluate, fake_load
+from workers.daemon import WorkerConfig, WorkerDaemon
+from workers.spool import Spool, SpoolEntry
+
+FG11 = {"dataset": "builtin:digits", "space": "fg11", "algorithm": "random",
+        "evaluator_options": {"max_features": 10_000_000}}
+
+
+@pytest.fixture
+def coordinator(sqlite_url):
+    migrate(sqlite_url)
+    live = start_coordinator(sqlite_url, admin_token=ADMIN_TOKEN,
+                             env={"ARCHSEARCH_LEASE_SECONDS": "3",
+                                  "ARCHSEARCH_REAPER_INTERVAL_SECONDS": "0.5"})
+    yield live, sqlite_url, make_token(sqlite_url, Role.WORKER)
+    stop_coordinator(live)
+
+
+def daemon_for(base_url: str, token: str, tmp_path: Path, **kw) -> WorkerDaemon:
+    evaluate = kw.pop("evaluate", fake_evaluate(0.0))
+    load = kw.pop("load_data", fake_load())
+    kw.setdefault("idle_exit_seconds", 1.0)
+    config = WorkerConfig(coordinator=base_url, token=token, data_dir=tmp_path / "w",
+                          device="cpu", poll_seconds=0.1, **kw)
+    return WorkerDaemon(config, evaluate=evaluate, load_data=load)
+
+
+def test_spool_roundtrip_and_corrupt_files(tmp_path):
+    spool = Spool(tmp_path)
+    a = SpoolEntry(1, 7, "complete", 0.5, {"x": 1})
+    b = SpoolEntry(2, 7, "error", None, {}, "boom")
+    spool.put(a)
+    time.sleep(0.01)
+    spool.put(b)
+    (tmp_path / "trial-3-worker-7.json").write_text("{not json")
+    assert spool.pending() == [a, b]
+    assert (tmp_path / "trial-3-worker-7.corrupt").exists()
+    spool.ack(a)
+    assert spool.pending() == [b]
+    assert Spool(tmp_path).pending() == [b]  # durable across instances
+
+
+def test_daemon_runs_study_and_final_evaluation(coordinator, tmp_path):
+    live, _, token = coordinator
+    with Client(live.base_url, ADMIN_TOKEN) as admin:
+        sid = admin.create_study(name="d", max_trials=5, max_parallel=2, top_k=2, **FG11)["id"]
+        daemon = daemon_for(live.base_url, token, tmp_path)
+        done = daemon.run()
+        study = admin.study(sid)
+        trials = list(admin.trials(sid))
+    assert study["state"] == "finished"
+    search = [t for t in trials if t["source"] != "final"]
+    finals = [t for t in trials if t["source"] == "final"]
+    n_complete = sum(1 for t in search if t["state"] == "COMPLETE")
+    assert len(search) == 5 and len(finals) == min(2, n_complete)
+    assert done == n_complete + len(finals)
+    assert all(t["metrics"]["dataset_fingerprint"] == "f" * 64 for t in search
+               if t["state"] == "COMPLETE")
+    best = sorted((t for t in search if t["state"] == "COMPLETE"), key=lambda t: -t["value"])
+    for t in best[:2]:
+        assert t["test_value"] == pytest.approx(t["value"] + 0.5)
+    assert daemon.spool.pending() == []
+
+
+def test_infeasible_and_crash_are_reported_with_reasons(coordinator, tmp_path):
+    live, _, token = coordinator
+    calls = {"n": 0}
+
+    def evaluate(protocol, arch, data, **kw):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise InfeasibleArchitecture("out of memory at batch size 1 on cuda:0")
+        if calls["n"] == 2:
+            raise RuntimeError("something broke deep inside")
+        return FakeResult(0.3, {})
+
+    with Client(live.base_url, ADMIN_TOKEN) as admin:
+        sid = admin.create_study(name="d", max_trials=3, max_parallel=1, top_k=0, **FG11)["id"]
+        daemon_for(live.base_url, token, tmp_path, evaluate=evaluate).run()
+        trials = {t["number"]: t for t in admin.trials(sid)}
+    states = sorted(t["state"] for t in trials.values())
+    assert states.count("COMPLETE") >= 1
+    infeasible = [t for t in trials.values() if t["reason"] and "out of memory" in t["reason"]]
+    assert infeasible and infeasible[0]["state"] == "INFEASIBLE"
+    failed = [t for t in trials.values() if t["state"] == "FAILED"]
+    assert failed and "RuntimeError: something broke deep inside" in failed[0]["reason"]
+    assert "Traceback" in failed[0]["reason"] or "line" in failed[0]["reason"]
+
+
+def _spawn_fake_worker(base_url: str, token: str, data_dir: Path, sleep: float,
+                       idle_exit: float | None = None) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "tests.workers.fake_worker", "--coordinator", base_url,
+           "--token", token, "--data-dir", str(data_dir), "--sleep", str(sleep)]
+    if idle_exit is not None:
+        cmd += ["--idle-exit", str(idle_exit)]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=Path(__file__).resolve().parents[2])
+
+
+def _wait_for(predicate, timeout: float = 30, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def _running(admin: Client, sid: int) -> dict | None:
+    return next((t for t in admin.trials(sid) if t["state"] == "RUNNING"), None)
+
+
+def test_sigterm_releases_the_trial_at_once(coordinator, tmp_path):
+    live, _, token = coordinator
+    with Client(live.base_url, ADMIN_TOKEN) as admin:
+        sid = admin.create_study(name="d", max_trials=1, max_parallel=1, top_k=0, **FG11)["id"]
+        proc = _spawn_fake_worker(live.base_url, token, tmp_path / "w", sleep=60)
+        running = _wait_for(lambda: _running(admin, sid), what="the worker to claim")
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0, out
+        assert time.monotonic() - t0 < 10
+        trial = admin.trial(sid, running["number"])
+    assert trial["state"] == "WAITING" and trial["worker_id"] is None
+    assert trial["attempt"] == 1  # released, not lost: no attempt was spent
+    assert "released" in out
+
+
+@pytest.mark.slow
+def test_kill_9_mid_trial_another_worker_finishes_it_once(coordinator, tmp_path):
+    live, _, token = coordinator
+    with Client(live.base_url, ADMIN_TOKEN) as admin:
+        sid = admin.create_study(name="d", max_trials=1, max_parallel=1, top_k=0, **FG11)["id"]
+        victim = _spawn_fake_worker(live.base_url, token, tmp_path / "a", sleep=60)
+        running = _wait_for(lambda: _running(admin, sid), what="the worker to claim")
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.wait()
+        # The lease is 3 s; the reaper returns the trial and a second worker finishes it.
+        daemon = daemon_for(live.base_url, token, tmp_path, idle_exit_seconds=10.0)
+        thread = threading.Thread(target=daemon.run)
+        thread.start()
+        _wait_for(lambda: admin.study(sid)["state"] == "finished", timeout=60,
+                  what="the study to finish")
+        daemon.stop_event.set()
+        thread.join(timeout=30)
+        trial = admin.trial(sid, running["number"])
+        trials = list(admin.trials(sid))
+    assert trial["state"] == "COMPLETE" and trial["attempt"] == 2
+    assert trial["worker_id"] == daemon.worker_id
+    assert len(trials) == 1 and daemon.done == 1
+
+
+@pytest.mark.slow
+def test_spool_delivers_a_result_finished_while_the_coordinator_was_down(sqlite_url,
+                                                                         tmp_path):
+    # A long lease: the outage must not cost the trial its lease (that case is a 409
+    # and another worker's job, tested above).
+    url = sqlite_url
+    migrate(url)
+    token = make_token(url, Role.WORKER)
+    lease = {"ARCHSEARCH_LEASE_SECONDS": "60"}
+    live = start_coordinator(url, admin_token=ADMIN_TOKEN, env=lease)
+    with Client(live.base_url, ADMIN_TOKEN) as admin:
+        sid = admin.create_study(name="d", max_trials=1, max_parallel=1, top_k=0, **FG11)["id"]
+    gate = threading.Event()
+    finished = threading.Event()
+
+    def evaluate(protocol, arch, data, **kw):
+        gate.wait(60)  # returns once the coordinator is down
+        finished.set()
+        return FakeResult(0.42, {})
+
+    daemon = daemon_for(live.base_url, token, tmp_path, evaluate=evaluate,
+                        idle_exit_seconds=5.0)
+    thread = threading.Thread(target=daemon.run)
+    thread.start()
+    with Client(live.base_url, ADMIN_TOKEN) as admin:
+        running = _wait_for(lambda: _running(admin, sid), what="the claim")
+    stop_coordinator(live)
+    gate.set()
+    finished.wait(30)
+    _wait_for(lambda: daemon.spool.pending(), what="the result to be spooled")
+    time.sleep(1.0)  # the daemon retries against a dead coordinator meanwhile
+    assert daemon.spool.pending(), "the result was dropped while the coordinator was down"
+    restarted = start_coordinator(url, admin_token=ADMIN_TOKEN, port=live.port, env=lease)
+    try:
+        with Client(restarted.base_url, ADMIN_TOKEN) as admin:
+            _wait_for(lambda: admin.trial(sid, running["number"])["state"] == "COMPLETE",
+                      timeout=60, what="the spooled result to arrive")
+            trial = admin.trial(sid, running["number"])
+        thread.join(timeout=30)
+    finally:
+        stop_coordinator(restarted)
+    assert trial["value"] == 0.42 and trial["attempt"] == 1
+    assert daemon.spool.pending() == []
+
+
+def test_worker_with_different_data_gives_the_trial_back(coordinator, tmp_path):
+    live, _, token = coordinator
+    with Client(live.base_url, ADMIN_TOKEN) as admin:
+        sid = admin.create_study(name="d", max_trials=3, max_parallel=1, top_k=0, **FG11)["id"]
+        # The first worker's data define the study's fingerprint.
+        daemon_for(live.base_url, token, tmp_path / "a", max_trials=1).run()
+        assert admin.study(sid)["counts"].get("COMPLETE", 0) + admin.study(sid)["counts"].get(
+            "INFEASIBLE", 0) >= 1
+        other = daemon_for(live.base_url, token, tmp_path / "b",
+                           load_data=fake_load("0" * 64))
+        assert other.run() == 0
+        trials = list(admin.trials(sid))
+    assert not any(t["state"] == "RUNNING" for t in trials)
+    assert other._excluded == {sid}

@@ -1,0 +1,1 @@
+"""Worker daemons: load datasets, evaluate trials, report results to the coordinator."""

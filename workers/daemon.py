@@ -1,0 +1,402 @@
+"""The worker daemon: register, claim, evaluate, heartbeat, report — and survive failures.
+
+Contract with the coordinator (DESIGN.md section 5):
+* one trial at a time; a heartbeat thread extends the lease every ``lease/3`` seconds and
+  obeys the answer (``prune`` / ``stop``);
+* a finished result is spooled to disk before it is sent and forgotten only once the
+  coordinator answered (2xx, or a final 4xx such as a lost lease), so a coordinator outage
+  loses nothing; transport errors are retried with exponential back-off and jitter;
+* SIGTERM / SIGINT: the running trial is released at once (another worker takes it without
+  waiting for the lease), then the daemon exits;
+* a worker whose data differ from the study's fingerprint gives the trial back and stops
+  claiming that study.
+Imports ``search_space`` and ``client``, never ``service``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import signal
+import socket
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from client import ApiError, Client
+from search_space import Architecture, InfeasibleArchitecture
+
+from .outcomes import Pruned, Stopped
+from .spool import Spool, SpoolEntry
+
+log = logging.getLogger("archsearch.worker")
+
+# 4xx answers that mean "this result will never be accepted": stop retrying it.
+FINAL_REFUSALS = {400, 404, 409, 422}
+
+
+class WorkerStopping(BaseException):
+    """Raised inside an evaluation when the daemon was asked to stop (SIGTERM)."""
+
+
+class TrialTimeout(Exception):
+    """The trial ran past its study's ``trial_timeout_seconds``."""
+
+
+class DataMismatch(Exception):
+    """This worker's copy of the data differs from the study's fingerprint."""
+
+
+def pick_device(spec: str) -> str:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; validates ``cuda:N``.
+
+    Raises ``ValueError`` naming the problem for an unusable device.
+    """
+    import torch
+
+    if spec == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if spec == "cpu":
+        return "cpu"
+    if spec.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {spec}: no CUDA device is visible to torch")
+        index = int(spec.split(":", 1)[1]) if ":" in spec else 0
+        if index >= torch.cuda.device_count():
+            raise ValueError(
+                f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) visible"
+            )
+        return f"cuda:{index}"
+    raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {spec!r}")
+
+
+@dataclass
+class WorkerConfig:
+    coordinator: str
+    token: str | None
+    data_dir: Path
+    device: str = "auto"
+    studies: list[int] | None = None
+    max_trials: int | None = None
+    idle_exit_seconds: float | None = None
+    poll_seconds: float = 2.0
+    name: str = field(
+        default_factory=lambda: f"{socket.gethostname()}-{random.getrandbits(24):06x}"
+    )
+
+
+class Backoff:
+    """Exponential back-off with full jitter, capped; ``reset`` after a success."""
+
+    def __init__(self, base: float = 0.5, cap: float = 30.0) -> None:
+        self.base, self.cap, self.failures = base, cap, 0
+
+    def wait(self, stop: threading.Event) -> None:
+        delay = random.uniform(0, min(self.cap, self.base * 2**self.failures))
+        self.failures += 1
+        stop.wait(delay)
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+class Heartbeat:
+    """Extends the lease from a thread and remembers the last action the coordinator sent."""
+
+    def __init__(self, client: Client, trial_id: int, worker_id: int, interval: float) -> None:
+        self.client, self.trial_id, self.worker_id = client, trial_id, worker_id
+        self.interval = interval
+        self.action = "continue"
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def beat(self, step: int | None = None, value: float | None = None) -> str:
+        """One heartbeat now (with an intermediate value when given); returns the action.
+
+        A coordinator that cannot be reached keeps the last action: the trial goes on and
+        its result is spooled.
+        """
+        try:
+            answer = self.client.heartbeat(self.trial_id, self.worker_id, step=step, value=value)
+            self.action = answer["action"]
+        except ApiError as exc:
+            if exc.status == 409:  # the lease is gone: someone else owns the trial now
+                self.action = "stop"
+            else:
+                log.warning("heartbeat for trial %s refused: %s", self.trial_id, exc)
+        except httpx.TransportError as exc:
+            log.warning("heartbeat for trial %s failed (coordinator down?): %s",
+                        self.trial_id, exc)
+        return self.action
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.beat()
+
+
+class WorkerDaemon:
+    """Runs trials until told to stop, ``max_trials`` are done, or idle too long.
+
+    ``evaluate`` and ``load_data`` are injectable for tests; by default they are
+    :func:`workers.evaluators.evaluate` and a :class:`workers.datasets.DatasetCache`.
+    """
+
+    def __init__(
+        self,
+        config: WorkerConfig,
+        *,
+        client: Client | None = None,
+        evaluate: Callable[..., Any] | None = None,
+        load_data: Callable[..., Any] | None = None,
+    ) -> None:
+        self.config = config
+        self.client = client or Client(config.coordinator, config.token, timeout=60)
+        self.device = pick_device(config.device)
+        if evaluate is None:
+            from .evaluators import evaluate as default_evaluate
+
+            evaluate = default_evaluate
+        if load_data is None:
+            from .datasets import DatasetCache
+
+            load_data = DatasetCache(base_dir=config.data_dir).get
+        self.evaluate = evaluate
+        self.load_data = load_data
+        self.spool = Spool(config.data_dir / "spool")
+        self.stop_event = threading.Event()
+        self.worker_id: int | None = None
+        self.done = 0
+        self._excluded: set[int] = set()
+        self._current: dict[str, Any] | None = None
+        self._evaluating = False
+
+    # -- signals ---------------------------------------------------------------------
+    def install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT: give the running trial back now, then unwind (main thread only)."""
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        log.info("signal %s: stopping", signal.Signals(signum).name)
+        self.stop_event.set()
+        if self._evaluating and self._current is not None:
+            self._release(self._current["trial"]["id"])
+            self._evaluating = False
+            raise WorkerStopping
+
+    def _release(self, trial_id: int) -> None:
+        try:
+            self.client.release(trial_id, self._worker_id())
+            log.info("trial %s released", trial_id)
+        except (ApiError, httpx.TransportError) as exc:
+            log.warning("could not release trial %s (its lease will expire): %s",
+                        trial_id, exc)
+
+    def _worker_id(self) -> int:
+        assert self.worker_id is not None, "register() first"
+        return self.worker_id
+
+    # -- coordinator calls with retries --------------------------------------------------
+    def _retrying(self, what: str, call: Callable[[], Any]) -> Any:
+        backoff = Backoff()
+        while not self.stop_event.is_set():
+            try:
+                result = call()
+                backoff.reset()
+                return result
+            except httpx.TransportError as exc:
+                log.warning("%s: coordinator unreachable (%s); retrying", what, exc)
+            except ApiError as exc:
+                if exc.status < 500:
+                    raise
+                log.warning("%s: coordinator answered %s; retrying", what, exc.status)
+            backoff.wait(self.stop_event)
+        raise WorkerStopping
+
+    def register(self) -> int:
+        answer = self._retrying(
+            "register",
+            lambda: self.client.register_worker(
+                self.config.name, host=socket.gethostname(), device=self.device
+            ),
+        )
+        self.worker_id = int(answer["id"])
+        log.info("registered as worker %s (%s) on %s", self.worker_id, self.config.name,
+                 self.device)
+        return self.worker_id
+
+    def deliver_spool(self) -> int:
+        """Send every spooled result; returns how many the coordinator took (or refused
+        for good). Stops at the first transport error (the coordinator is down)."""
+        delivered = 0
+        for entry in self.spool.pending():
+            try:
+                if entry.kind == "complete":
+                    assert entry.value is not None
+                    self.client.complete(entry.trial_id, entry.worker_id, entry.value,
+                                         entry.metrics)
+                else:
+                    self.client.fail(entry.trial_id, entry.worker_id, entry.kind,
+                                     entry.reason or entry.kind, value=entry.value)
+            except httpx.TransportError:
+                return delivered
+            except ApiError as exc:
+                if exc.status not in FINAL_REFUSALS:
+                    return delivered
+                log.warning("trial %s: coordinator refused the %s report for good: %s",
+                            entry.trial_id, entry.kind, exc.message)
+            self.spool.ack(entry)
+            delivered += 1
+        return delivered
+
+    # -- the loop --------------------------------------------------------------------
+    def run(self) -> int:
+        """Work until stopped; returns the number of trials this run finished."""
+        try:
+            self.register()
+            idle_since = time.monotonic()
+            backoff = Backoff()
+            while not self.stop_event.is_set():
+                if self.spool.pending():
+                    self.deliver_spool()
+                    if self.spool.pending():
+                        backoff.wait(self.stop_event)  # coordinator down: keep results
+                        continue
+                backoff.reset()
+                if self.config.max_trials is not None and self.done >= self.config.max_trials:
+                    break
+                claimed = self._retrying("claim", lambda: self.client.claim(
+                    self._worker_id(), self.config.studies, sorted(self._excluded)))
+                if claimed is None:
+                    idle = time.monotonic() - idle_since
+                    if self.config.idle_exit_seconds is not None and \
+                            idle >= self.config.idle_exit_seconds:
+                        log.info("no work for %.0f s: exiting", idle)
+                        break
+                    self.stop_event.wait(self.config.poll_seconds * random.uniform(0.5, 1.5))
+                    continue
+                idle_since = time.monotonic()
+                self._run_trial(claimed)
+                self.deliver_spool()
+        except WorkerStopping:
+            pass
+        finally:
+            self.deliver_spool()
+        return self.done
+
+    def _run_trial(self, claimed: dict[str, Any]) -> None:
+        trial, study, lease = claimed["trial"], claimed["study"], claimed["lease"]
+        self._current = claimed
+        started = time.monotonic()
+        options = study["evaluator_options"]
+        timeout = float(options.get("trial_timeout_seconds", 3600))
+        deadline = started + timeout
+        entry: SpoolEntry | None = None
+        with Heartbeat(self.client, trial["id"], self._worker_id(),
+                       max(0.5, float(lease["seconds"]) / 3)) as hb:
+
+            def tick() -> str:
+                if time.monotonic() > deadline:
+                    raise TrialTimeout(f"trial timed out after {timeout:g} s")
+                return hb.action
+
+            def report(step: int, value: float) -> str:
+                tick()
+                return hb.beat(step, value)
+
+            try:
+                self._evaluating = True
+                entry = self._evaluate(trial, study, tick, report, deadline)
+            except WorkerStopping:
+                raise
+            finally:
+                self._evaluating = False
+                self._current = None
+        if entry is None:  # released (stop, data mismatch): nothing to report
+            return
+        self.spool.put(entry)
+        self.done += 1
+        seconds = time.monotonic() - started
+        arch = Architecture.from_dict(trial["arch"]).summary() if trial.get("arch") else "-"
+        score = f"{entry.value:.4f}" if entry.value is not None else entry.kind.upper()
+        ips = entry.metrics.get("images_per_s")
+        log.info("trial %s #%s [%s] %s score=%s %.1fs%s", trial["id"], trial["number"],
+                 trial["source"], arch, score, seconds,
+                 f" {ips:.0f} img/s" if isinstance(ips, int | float) else "")
+
+    def _evaluate(self, trial: dict[str, Any], study: dict[str, Any],
+                  tick: Callable[[], str], report: Callable[[int, float], str],
+                  deadline: float) -> SpoolEntry | None:
+        wid = self._worker_id()
+        options = study["evaluator_options"]
+
+        def fail(kind: str, reason: str, value: float | None = None) -> SpoolEntry:
+            return SpoolEntry(trial["id"], wid, kind, value, {}, reason)  # type: ignore[arg-type]
+
+        try:
+            arch = Architecture.from_dict(trial["arch"])
+            data = self.load_data(study["dataset"], color=_color(study), seed=study["seed"])
+            expected = study.get("dataset_fingerprint")
+            if expected and expected != data.fingerprint:
+                raise DataMismatch(
+                    f"this worker's copy of {study['dataset']} has fingerprint "
+                    f"{data.fingerprint[:12]}, the study's is {expected[:12]}"
+                )
+            result = self.evaluate(
+                study["evaluator"], arch, data,
+                final=trial["source"] == "final",
+                validation_fraction=float(options.get("validation_fraction", 0.2)),
+                seed=int(study["seed"]),
+                device=self.device,
+                readout=options.get("readout"),
+                epochs=int(options.get("epochs", 2)),
+                max_features=int(options.get("max_features", 100_000)),
+                report=report,
+                tick=tick,
+                deadline=deadline,
+            )
+        except InfeasibleArchitecture as exc:
+            return fail("infeasible", exc.reason)
+        except Pruned as exc:
+            last = trial.get("intermediate") or []
+            value = getattr(exc, "value", None) or (last[-1][1] if last else None)
+            return fail("pruned", f"pruned by the coordinator: {exc}", value)
+        except Stopped:
+            self._release(trial["id"])
+            return None
+        except DataMismatch as exc:
+            log.error("%s: not running study %s here", exc, study["id"])
+            self._excluded.add(study["id"])
+            self._release(trial["id"])
+            return None
+        except TrialTimeout as exc:
+            return fail("error", str(exc))
+        except WorkerStopping:
+            raise
+        except Exception as exc:
+            tail = "".join(traceback.format_exception(exc)[-6:])
+            return fail("error", f"{type(exc).__name__}: {exc}\n{tail}"[:20_000])
+        metrics = {**result.metrics, "dataset_fingerprint": data.fingerprint,
+                   "device": self.device}
+        return SpoolEntry(trial["id"], wid, "complete", float(result.value), metrics)
+
+
+def _color(study: dict[str, Any]) -> str:
+    from search_space.dataset_uri import DEFAULT_COLOR
+
+    color = study["evaluator_options"].get("color")
+    return color or DEFAULT_COLOR[study["dataset"].partition(":")[0]]

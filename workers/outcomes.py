@@ -1,0 +1,15 @@
+"""How an evaluation can end other than with a score, shared by evaluators and daemon."""
+
+from __future__ import annotations
+
+
+class Pruned(Exception):  # noqa: N818 - reads as the trial's state
+    """The coordinator said ``prune`` (early stopping); ``value`` is the last intermediate."""
+
+    def __init__(self, message: str = "pruned", value: float | None = None) -> None:
+        super().__init__(message)
+        self.value = value
+
+
+class Stopped(Exception):  # noqa: N818
+    """The coordinator said ``stop`` (the study was stopped, or the lease is gone)."""

@@ -1,0 +1,64 @@
+"""The worker's spool: a finished result stays on disk until the coordinator acknowledged it.
+
+One JSON file per result, written atomically (temp file, fsync, rename), so a worker that
+is killed, or a coordinator that is down, loses nothing: the next run (or the next loop
+iteration) delivers what is there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+
+@dataclass(frozen=True)
+class SpoolEntry:
+    """A result to deliver: ``kind`` is "complete" or one of the fail kinds."""
+
+    trial_id: int
+    worker_id: int
+    kind: Literal["complete", "infeasible", "error", "pruned"]
+    value: float | None
+    metrics: dict[str, Any]
+    reason: str | None = None
+
+
+class Spool:
+    """A directory of pending results. Safe for one worker process at a time."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.directory.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, trial_id: int, worker_id: int) -> Path:
+        return self.directory / f"trial-{trial_id}-worker-{worker_id}.json"
+
+    def put(self, entry: SpoolEntry) -> Path:
+        """Write ``entry`` durably; returns its file."""
+        path = self._path(entry.trial_id, entry.worker_id)
+        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-", suffix=".json")
+        with os.fdopen(fd, "w") as fh:
+            json.dump(asdict(entry), fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        return path
+
+    def pending(self) -> list[SpoolEntry]:
+        """Entries not yet acknowledged, oldest first. Unreadable files are set aside
+        (renamed ``*.corrupt``) rather than blocking the spool forever."""
+        entries = []
+        for path in sorted(self.directory.glob("trial-*.json"), key=lambda p: p.stat().st_mtime):
+            try:
+                entries.append(SpoolEntry(**json.loads(path.read_text())))
+            except (OSError, ValueError, TypeError):
+                path.rename(path.with_suffix(".corrupt"))
+        return entries
+
+    def ack(self, entry: SpoolEntry) -> None:
+        """The coordinator has the result (or refused it for good): forget it."""
+        self._path(entry.trial_id, entry.worker_id).unlink(missing_ok=True)
