@@ -65,8 +65,20 @@ def parse_dataset_uri(uri: str) -> DatasetURI:
 # --------------------------------------------------------------------------------------
 
 IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".png", ".pgm", ".ppm", ".pbm", ".pnm", ".bmp", ".gif", ".tif", ".tiff",
-     ".webp"}
+    {
+        ".jpg",
+        ".jpeg",
+        ".png",
+        ".pgm",
+        ".ppm",
+        ".pbm",
+        ".pnm",
+        ".bmp",
+        ".gif",
+        ".tif",
+        ".tiff",
+        ".webp",
+    }
 )
 IDX_FILES = (
     "train-images-idx3-ubyte",
@@ -156,9 +168,7 @@ def imagefolder_layout(files: Iterable[str], dirs: Iterable[str] = ()) -> ImageF
         )
 
 
-def _collect(
-    images: list[list[str]], prefix: list[str], depth_prefix: int
-) -> dict[str, list[str]]:
+def _collect(images: list[list[str]], prefix: list[str], depth_prefix: int) -> dict[str, list[str]]:
     by_class: dict[str, list[str]] = {}
     for parts in images:
         by_class.setdefault(parts[depth_prefix], []).append("/".join(prefix + parts))
@@ -295,9 +305,7 @@ def _check_layout(scheme: str, path: Path) -> None:
         base = cifar10_dir(path)
         missing = [f for f in CIFAR10_FILES if not (base / f).is_file()]
         if missing:
-            raise DatasetURIError(
-                f"{path} lacks the CIFAR-10 python batch file(s) {missing}"
-            )
+            raise DatasetURIError(f"{path} lacks the CIFAR-10 python batch file(s) {missing}")
     elif scheme == "lfw":
         _need_dir(path)
         missing = [f for f in LFW_PAIRS_FILES if not (path / f).is_file()]
@@ -344,7 +352,8 @@ def _check_npz(path: Path) -> None:
                     fmt = np.lib.format
                     version = fmt.read_magic(fp)
                     read_header = (
-                        fmt.read_array_header_1_0 if version == (1, 0)
+                        fmt.read_array_header_1_0
+                        if version == (1, 0)
                         else fmt.read_array_header_2_0
                     )
                     _shape, _fortran, dtype = read_header(fp)

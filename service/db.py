@@ -91,6 +91,15 @@ def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
         session.close()
 
 
+def close_quietly(session: Session) -> None:
+    """Close ``session``; a connection that died meanwhile is invalidated, not raised."""
+    try:
+        session.close()
+    except SQLAlchemyError:
+        with contextlib.suppress(SQLAlchemyError):
+            session.invalidate()
+
+
 def check_database(engine: Engine) -> str | None:
     """``None`` when the database answers ``SELECT 1``, else a one-line reason."""
     try:

@@ -33,7 +33,7 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from .db import db_now_plus
+from .db import close_quietly, db_now_plus
 from .errors import Conflict, NotFound, Unavailable
 from .models import Study, StudyState, Trial, TrialState, Worker
 
@@ -102,15 +102,15 @@ class TrialStore:
             yield session
             session.commit()
         except (OperationalError, DBAPIError) as exc:
-            session.rollback()
+            close_quietly(session)
             if isinstance(exc, IntegrityError) or not _is_connection_error(exc):
                 raise
             raise Unavailable(f"database unavailable: {str(exc.orig).splitlines()[0]}") from exc
         except BaseException:
-            session.rollback()
+            close_quietly(session)
             raise
         finally:
-            session.close()
+            close_quietly(session)
 
     def _locked_trial(self, session: Session, trial_id: int) -> Trial:
         trial = session.scalars(

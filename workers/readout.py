@@ -41,7 +41,7 @@ KINDS: tuple[str, ...] = ("ridge", "logistic", "svm")
 # Ridge's grid is evaluated for free from one eigendecomposition, so it is wide: the scale
 # of a useful l2 grows with the feature count (the Gram matrix of d standardised features
 # has mean eigenvalue ~ d). L-BFGS readouts fit once per grid value: a shorter grid.
-RIDGE_GRID: tuple[float, ...] = tuple(float(v) for v in np.logspace(-4, 7, 23))
+RIDGE_GRID: tuple[float, ...] = tuple(float(v) for v in np.logspace(-3, 9, 25))
 LBFGS_GRID: tuple[float, ...] = tuple(float(v) for v in np.logspace(-4, 3, 8))
 DEFAULT_MAX_ITER = 200
 # Inner split used to choose l2 (fraction of the training rows held out).

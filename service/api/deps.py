@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Cookie, Depends, Header, Request
 from sqlalchemy.orm import Session
 
 from ..auth import authorize
 from ..config import Settings
+from ..db import close_quietly
 from ..models import Role
 from ..suggestion_queue import SuggestionQueue
 from ..trial_store import TrialStore
@@ -20,9 +21,13 @@ def get_settings(request: Request) -> Settings:
 
 
 def get_session(request: Request) -> Iterator[Session]:
-    """A session for reads (and the few writes routes commit themselves)."""
-    with request.app.state.sessions() as session:
+    """A session for reads. Closing it never fails the request: by then the answer may be
+    on its way, and a connection the database dropped is simply discarded by the pool."""
+    session = request.app.state.sessions()
+    try:
         yield session
+    finally:
+        close_quietly(session)
 
 
 def get_store(request: Request) -> TrialStore:
@@ -44,13 +49,20 @@ def require(role: Role) -> Callable[..., Role | None]:
 
     It uses its own short session so that the request's connection is not held while
     the route waits for another one (two connections per request exhaust the pool).
+    For the reader role (GET routes only, so no CSRF surface) a browser may present the
+    token as the ``archsearch_token`` cookie instead (set by the dashboard's ``?token=``);
+    the header wins when both are sent, and the cookie is ignored under ``open_reads``.
     """
 
     def check(
         request: Request,
         authorization: Annotated[str | None, Header()] = None,
+        archsearch_token: Annotated[str | None, Cookie(include_in_schema=False)] = None,
     ) -> Role | None:
         settings: Settings = request.app.state.settings
+        if (not authorization and archsearch_token and role == Role.READER
+                and not settings.open_reads):
+            authorization = f"Bearer {archsearch_token}"
         admin = settings.admin_token.get_secret_value() if settings.admin_token else None
         with request.app.state.sessions() as session:
             return authorize(
