@@ -15,9 +15,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
 from . import __version__
-from .api import spaces, studies, trials, workers
+from .api import results, spaces, studies, trials, workers
 from .auth import TokenCache
 from .config import Settings, get_settings
+from .dashboard import install_dashboard
 from .db import check_database, engine_from_settings, session_factory
 from .errors import ErrorBody, install_error_handlers
 from .limits import BodySizeLimit
@@ -97,8 +98,9 @@ def create_app(settings: Settings | None = None, *, maintenance: bool = True) ->
     app.state.token_cache = TokenCache()
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    for module in (spaces, studies, workers, trials):
+    for module in (spaces, studies, workers, trials, results):
         app.include_router(module.router)
+    install_dashboard(app)
 
     @app.get("/healthz", response_model=Health, responses={503: {"model": Health}})
     async def healthz() -> JSONResponse | Health:

@@ -81,7 +81,13 @@ class StudyCreate(BaseModel):
     space: str | dict[str, Any] = Field(
         "pinto-cox", description="A built-in space name or a space document (JSON)."
     )
-    dataset: str = Field(min_length=1, max_length=4096, description="Dataset URI.")
+    dataset: str = Field(
+        min_length=1,
+        max_length=4096,
+        pattern=r"^(builtin|imagefolder|npz|idx|cifar10|lfw):.+",
+        description="Dataset URI: builtin:mnist5k, builtin:digits, imagefolder:PATH, "
+        "npz:PATH, idx:DIR, cifar10:DIR, lfw:DIR.",
+    )
     evaluator: EvaluatorName = "screen"
     evaluator_options: EvaluatorOptions = Field(default_factory=EvaluatorOptions)
     algorithm: AlgorithmName = "tpe"
@@ -215,11 +221,11 @@ class ClaimOut(BaseModel):
 
 class WorkerReport(BaseModel):
     model_config = StrictModel
-    worker_id: int = Field(ge=1)
+    worker_id: int = Field(ge=1, le=2**63 - 1)
 
 
 class HeartbeatIn(WorkerReport):
-    step: int | None = Field(None, ge=0)
+    step: int | None = Field(None, ge=0, le=2**31 - 1)
     value: FiniteFloat | None = None
 
 

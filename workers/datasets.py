@@ -34,6 +34,7 @@ import os
 import pickle
 import re
 import threading
+import warnings
 import zipfile
 import zlib
 from collections import Counter, OrderedDict
@@ -452,14 +453,18 @@ def _load_mnist5k(uri: str) -> _Raw:
         text = gzip.decompress(path.read_bytes())
     except (OSError, EOFError, zlib.error) as exc:
         raise DatasetError(f"{uri}: cannot read {path}: {exc}") from exc
-    rows = text.strip().split(b"\n")
+    text = text.strip()
+    n_rows = text.count(b"\n") + 1
     try:
-        values = np.array(b",".join(rows).split(b",")).astype(np.float64)
-    except ValueError as exc:
-        raise DatasetError(f"{uri}: {path} holds a non-numeric value ({exc})") from exc
-    if len(rows) == 0 or values.size != len(rows) * 785:
-        raise DatasetError(f"{uri}: {path} is not {len(rows)} rows of 784 pixels + label")
-    table = values.reshape(len(rows), 785)
+        with warnings.catch_warnings():
+            # numpy only warns (DeprecationWarning) where it stops at a malformed value
+            warnings.simplefilter("error")
+            values = np.fromstring(text.replace(b"\n", b","), dtype=np.int64, sep=",")
+    except (ValueError, DeprecationWarning) as exc:
+        raise DatasetError(f"{uri}: {path} holds a non-integer value ({exc})") from exc
+    if not text or values.size != n_rows * 785:
+        raise DatasetError(f"{uri}: {path} is not {n_rows} rows of 784 pixels + label")
+    table = values.reshape(n_rows, 785)
     pixels, labels = table[:, :784], table[:, 784]
     if pixels.min() < 0 or pixels.max() > 255 or not np.all(np.isin(labels, np.arange(10))):
         raise DatasetError(f"{uri}: {path} has pixels outside 0..255 or labels outside 0..9")
@@ -531,14 +536,15 @@ def _decode_images(
         counts = Counter(a.shape[:2] for a in decoded)
         target = max(counts, key=lambda s: (counts[s], s[0] * s[1], s[0]))
     channels = 1 if color == "gray" else 3
-    out = np.empty((len(decoded), channels, *target), dtype=np.uint8)
+    out = np.empty((len(decoded), *target, channels), dtype=np.uint8)  # NHWC: cheap to fill
     for i, arr in enumerate(decoded):
         if arr.shape[:2] != target:
             img = Image.fromarray(arr)
             arr = np.asarray(img.resize((target[1], target[0]), Image.Resampling.BILINEAR))
-        out[i] = arr[None] if channels == 1 else arr.transpose(2, 0, 1)
+        out[i] = arr.reshape(*target, channels)
         decoded[i] = _EMPTY  # release memory as we go
-    return out
+    del decoded
+    return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
 
 
 class _TreeReader:
@@ -548,10 +554,21 @@ class _TreeReader:
         self.uri, self.path = uri, path
         self.zip: zipfile.ZipFile | None = None
         if not path.is_dir():
+            if not zipfile.is_zipfile(path):
+                raise DatasetError(f"{uri}: {path} is neither a directory nor a .zip archive")
             try:
                 self.zip = zipfile.ZipFile(path)
             except (zipfile.BadZipFile, OSError) as exc:
                 raise DatasetError(f"{uri}: {path} is not a readable zip ({exc})") from exc
+
+    def entries(self) -> tuple[list[str], list[str]]:
+        """``(files, dirs)`` as :func:`search_space.dataset_uri.list_tree` gives them."""
+        if self.zip is None:
+            return list_tree(self.path)
+        infos = self.zip.infolist()
+        return [i.filename for i in infos if not i.is_dir()], [
+            i.filename for i in infos if i.is_dir()
+        ]
 
     def __call__(self, name: str) -> bytes:
         if self.zip is not None:
@@ -588,9 +605,25 @@ def _load_imagefolder(
     Images are ordered train then test, by class, by file name; the split and the caps are
     decided from the file list, so only the chosen files are decoded.
     """
+    reader = _TreeReader(uri, path)
     try:
-        files, dirs = list_tree(path)
-        layout = imagefolder_layout(files, dirs)
+        return _imagefolder_from(uri, path, reader, color, size, caps, fraction, seed)
+    finally:
+        reader.close()
+
+
+def _imagefolder_from(
+    uri: str,
+    path: Path,
+    reader: _TreeReader,
+    color: Color,
+    size: int | None,
+    caps: dict[bool, int] | None,
+    fraction: float,
+    seed: int,
+) -> _Raw:
+    try:
+        layout = imagefolder_layout(*reader.entries())
     except DatasetURIError as exc:
         raise DatasetError(f"{uri}: {path}: {exc}") from None
     classes = layout.classes
@@ -614,13 +647,7 @@ def _load_imagefolder(
     else:
         is_test = _stratified_mask(y, fraction, seed, stream=0)
     keep = _cap_indices(y, is_test, caps, seed) if caps is not None else np.arange(len(y))
-    reader = _TreeReader(uri, path)
-    try:
-        x = _decode_images(
-            uri, [names[i] for i in keep], reader, color=color, size=size, where=path
-        )
-    finally:
-        reader.close()
+    x = _decode_images(uri, [names[i] for i in keep], reader, color=color, size=size, where=path)
     return _Raw(x=x, y=y[keep], is_test=is_test[keep], classes=classes, converted=True)
 
 

@@ -166,13 +166,15 @@ def _classifier(kind: str, W: torch.Tensor, b: torch.Tensor, mean: torch.Tensor,
 
 # -- ridge --------------------------------------------------------------------------------
 def fit_ridge(X: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float,
-              *, standardize: bool = True) -> LinearClassifier:
+              *, standardize: bool = True,
+              form: Literal["auto", "primal", "dual"] = "auto") -> LinearClassifier:
     """Closed-form ridge regression on one-hot {-1, +1} targets; labels ``y`` in
     ``[0, n_classes)``.
 
     Minimises ``||Y - X W - 1 b'||^2 + l2 ||W||^2`` on the (standardised, then centred) rows:
     exactly scikit-learn's ``Ridge(alpha=l2)`` on the same standardised features. Uses the
-    primal ``d x d`` system when ``d <= n`` and the dual ``n x n`` system otherwise. The
+    primal ``d x d`` system when ``d <= n`` and the dual ``n x n`` system otherwise (``form``
+    forces one; both give the same solution for ``l2 > 0``). The
     Gram matrix is computed in the work dtype of ``X`` (float32 for float32 features, on
     the device's matmul units) and factorised in float64.
     """
@@ -194,7 +196,9 @@ def fit_ridge(X: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float,
     ym = Y.mean(dim=0)
     Yc = Y - ym
     n, d = Xc.shape
-    if d <= n:
+    if form not in ("auto", "primal", "dual"):
+        raise ValueError(f"form must be auto, primal or dual, got {form!r}")
+    if form == "primal" or (form == "auto" and d <= n):
         G = (Xc.T @ Xc).double()
         G.diagonal().add_(l2)
         W = _cholesky_solve(G, (Xc.T @ Yc.to(dt)).double())

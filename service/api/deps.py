@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Annotated
 
-from fastapi import Cookie, Depends, Header, Request
+from fastapi import Cookie, Depends, Header, Path, Query, Request
+from pydantic import Field
 from sqlalchemy.orm import Session
 
 from ..auth import authorize
@@ -37,6 +38,15 @@ def get_store(request: Request) -> TrialStore:
 def get_queue(request: Request) -> SuggestionQueue:
     return request.app.state.queue
 
+
+# Ids are 64-bit in the database: anything outside that range cannot exist (404 rather
+# than an overflow deep in the driver).
+MAX_ID = 2**63 - 1
+StudyId = Annotated[int, Path(ge=1, le=MAX_ID, description="Study id")]
+TrialId = Annotated[int, Path(ge=1, le=MAX_ID, description="Trial id")]
+WorkerId = Annotated[int, Path(ge=1, le=MAX_ID, description="Worker id")]
+TrialNumber = Annotated[int, Path(ge=1, le=2**31 - 1, description="Trial number in its study")]
+IdList = Annotated[list[Annotated[int, Field(ge=1, le=MAX_ID)]] | None, Query()]
 
 SessionDep = Annotated[Session, Depends(get_session)]
 StoreDep = Annotated[TrialStore, Depends(get_store)]

@@ -29,7 +29,15 @@ from ..schemas import (
     TrialOut,
     TrialPage,
 )
-from .deps import Admin, QueueDep, Reader, SessionDep, StoreDep
+from .deps import (
+    Admin,
+    QueueDep,
+    Reader,
+    SessionDep,
+    StoreDep,
+    StudyId,
+    TrialNumber,
+)
 from .views import study_out, trial_out
 
 ERRORS = {
@@ -45,7 +53,7 @@ Order = Literal["number", "-number", "value", "-value"]
 _NULL_LAST = {"value": 1e308, "-value": -1e308}
 
 
-def _one(session: SessionDep, study_id: int) -> StudyOut:
+def _one(session: SessionDep, study_id: StudyId) -> StudyOut:
     study = studies_mod.get_study(session, study_id)
     return study_out(study, studies_mod.stats(session, [study.id])[study.id])
 
@@ -68,12 +76,12 @@ def list_studies(_: Reader, session: SessionDep) -> StudyList:
 
 
 @router.get("/{study_id}", response_model=StudyOut)
-def get_study(study_id: int, _: Reader, session: SessionDep) -> StudyOut:
+def get_study(study_id: StudyId, _: Reader, session: SessionDep) -> StudyOut:
     return _one(session, study_id)
 
 
 @router.patch("/{study_id}", response_model=StudyOut, responses={409: {"model": ErrorBody}})
-def patch_study(study_id: int, body: StudyPatch, _: Admin, store: StoreDep, queue: QueueDep,
+def patch_study(study_id: StudyId, body: StudyPatch, _: Admin, store: StoreDep, queue: QueueDep,
                 session: SessionDep, background: BackgroundTasks) -> StudyOut:
     """Pause (no new claims; running trials finish), resume, or stop (running trials are
     told ``stop`` at their next heartbeat; the top-k are queued for final evaluation)."""
@@ -100,7 +108,7 @@ def _encode_cursor(key: float, number: int) -> str:
 
 @router.get("/{study_id}/trials", response_model=TrialPage)
 def list_trials(
-    study_id: int,
+    study_id: StudyId,
     _: Reader,
     session: SessionDep,
     state: TrialState | None = None,
@@ -133,7 +141,7 @@ def list_trials(
     return TrialPage(trials=[trial_out(r.Trial) for r in rows], next=nxt)
 
 
-def _trial_by_number(session: SessionDep, study_id: int, number: int) -> Trial:
+def _trial_by_number(session: SessionDep, study_id: StudyId, number: int) -> Trial:
     trial = session.scalars(
         select(Trial).where(Trial.study_id == study_id, Trial.number == number)
     ).first()
@@ -143,13 +151,13 @@ def _trial_by_number(session: SessionDep, study_id: int, number: int) -> Trial:
 
 
 @router.get("/{study_id}/trials/{number}", response_model=TrialOut)
-def get_trial(study_id: int, number: int, _: Reader, session: SessionDep) -> TrialOut:
+def get_trial(study_id: StudyId, number: TrialNumber, _: Reader, session: SessionDep) -> TrialOut:
     studies_mod.get_study(session, study_id)
     return trial_out(_trial_by_number(session, study_id, number))
 
 
 @router.post("/{study_id}/trials", response_model=TrialOut, status_code=201)
-def enqueue_trial(study_id: int, body: EnqueueTrial, _: Admin, queue: QueueDep,
+def enqueue_trial(study_id: StudyId, body: EnqueueTrial, _: Admin, queue: QueueDep,
                   session: SessionDep) -> TrialOut:
     """Queue a user-given configuration (raw ``params`` or a ``preset`` name). It runs
     before suggested trials and joins the history the suggester learns from."""
@@ -169,7 +177,7 @@ def enqueue_trial(study_id: int, body: EnqueueTrial, _: Admin, queue: QueueDep,
 
 
 @router.get("/{study_id}/best", response_model=BestOut)
-def best(study_id: int, _: Reader, session: SessionDep,
+def best(study_id: StudyId, _: Reader, session: SessionDep,
          k: Annotated[int, Query(ge=1, le=1000)] = 5) -> BestOut:
     """The k best COMPLETE search trials by search score (highest first), with their
     ``test_value`` once the final evaluation ran."""
@@ -194,7 +202,7 @@ EXPORT_COLUMNS = ["number", "state", "value", "test_value", "attempt", "worker_i
 
 @router.get("/{study_id}/export", response_class=Response,
             responses={200: {"content": {"text/csv": {}}, "description": "All trials as CSV"}})
-def export(study_id: int, _: Reader, session: SessionDep) -> Response:
+def export(study_id: StudyId, _: Reader, session: SessionDep) -> Response:
     """Every trial as CSV: fixed columns, then one ``param:<label>`` column per label."""
     studies_mod.get_study(session, study_id)
     trials = [trial_out(t) for t in session.scalars(

@@ -15,7 +15,13 @@ from ..lifecycle import advance_study
 from ..models import Study, StudyState, Trial, TrialState
 from ..schemas import CompleteIn, FailIn, HeartbeatIn, HeartbeatOut, ReleaseIn, TrialOut
 from ..studies import record_fingerprint
-from .deps import QueueDep, SessionDep, StoreDep, WorkerRole
+from .deps import (
+    QueueDep,
+    SessionDep,
+    StoreDep,
+    TrialId,
+    WorkerRole,
+)
 from .views import trial_out
 
 router = APIRouter(
@@ -58,7 +64,7 @@ def _action(session: SessionDep, trial: Trial, step: int | None, value: float | 
 
 
 @router.post("/{trial_id}/heartbeat", response_model=HeartbeatOut)
-def heartbeat(trial_id: int, body: HeartbeatIn, _: WorkerRole, store: StoreDep,
+def heartbeat(trial_id: TrialId, body: HeartbeatIn, _: WorkerRole, store: StoreDep,
               session: SessionDep) -> HeartbeatOut:
     """Extend the lease (and record an intermediate value). The answer says whether to
     ``continue``, ``prune`` (below the median of finished trials at this step) or
@@ -84,7 +90,7 @@ def _after_report(request: Request, store: StoreDep, queue: QueueDep, trial: Tri
 
 
 @router.post("/{trial_id}/complete", response_model=TrialOut)
-def complete(trial_id: int, body: CompleteIn, request: Request, _: WorkerRole,
+def complete(trial_id: TrialId, body: CompleteIn, request: Request, _: WorkerRole,
              store: StoreDep, queue: QueueDep, background: BackgroundTasks) -> TrialOut:
     """Report the score. Sending the same report again answers the same (idempotent);
     a different second result is refused with 409."""
@@ -96,7 +102,7 @@ def complete(trial_id: int, body: CompleteIn, request: Request, _: WorkerRole,
 
 
 @router.post("/{trial_id}/fail", response_model=TrialOut)
-def fail(trial_id: int, body: FailIn, request: Request, _: WorkerRole, store: StoreDep,
+def fail(trial_id: TrialId, body: FailIn, request: Request, _: WorkerRole, store: StoreDep,
          queue: QueueDep, background: BackgroundTasks) -> TrialOut:
     """End the trial INFEASIBLE (cannot be built: counts as the worst score), FAILED
     (``error``: left out of the history) or PRUNED. Idempotent like complete."""
@@ -106,6 +112,6 @@ def fail(trial_id: int, body: FailIn, request: Request, _: WorkerRole, store: St
 
 
 @router.post("/{trial_id}/release", response_model=TrialOut)
-def release(trial_id: int, body: ReleaseIn, _: WorkerRole, store: StoreDep) -> TrialOut:
+def release(trial_id: TrialId, body: ReleaseIn, _: WorkerRole, store: StoreDep) -> TrialOut:
     """Give the trial back at once (worker shutting down); another worker may claim it."""
     return trial_out(store.release(trial_id, body.worker_id))

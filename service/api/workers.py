@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated
 
-from fastapi import APIRouter, BackgroundTasks, Query, Request
+from fastapi import APIRouter, BackgroundTasks, Request
 from fastapi.responses import Response
 from sqlalchemy import select
 
 from ..errors import ErrorBody
 from ..models import Study, Worker
 from ..schemas import ClaimOut, Lease, StudyBrief, WorkerOut, WorkerRegister
-from .deps import QueueDep, Reader, SessionDep, StoreDep, WorkerRole
+from .deps import (
+    IdList,
+    QueueDep,
+    Reader,
+    SessionDep,
+    StoreDep,
+    WorkerId,
+    WorkerRole,
+)
 from .views import trial_out
 
 router = APIRouter(
@@ -46,15 +53,15 @@ def list_workers(_: Reader, session: SessionDep) -> list[WorkerOut]:
                404: {"model": ErrorBody}},
 )
 def claim(
-    worker_id: int,
+    worker_id: WorkerId,
     request: Request,
     _: WorkerRole,
     store: StoreDep,
     queue: QueueDep,
     session: SessionDep,
     background: BackgroundTasks,
-    study: Annotated[list[int] | None, Query(description="Only these studies")] = None,
-    exclude: Annotated[list[int] | None, Query(description="Never these studies")] = None,
+    study: IdList = None,
+    exclude: IdList = None,
 ) -> ClaimOut | Response:
     """Claim the next trial (or get back the one this worker already runs)."""
     started = time.perf_counter()

@@ -34,9 +34,10 @@ def test_create_study_prefills_queue_and_reports_counts(api):
     ("patch", "field", "fragment"),
     [
         ({"space": "no-such-space"}, "space", "unknown space 'no-such-space'"),
-        ({"dataset": "ftp:x"}, "dataset", "unknown dataset scheme 'ftp'"),
+        ({"dataset": "ftp:x"}, "dataset", "should match pattern '^(builtin|imagefolder"),
         ({"dataset": "builtin:imagenet"}, "dataset", "unknown builtin dataset"),
-        ({"dataset": "nocolon"}, "dataset", "SCHEME:TARGET"),
+        ({"dataset": "nocolon"}, "dataset", "should match pattern"),
+        ({"dataset": "imagefolder: "}, "dataset", "needs a path"),
         ({"algorithm": "grid"}, "algorithm", "continuous"),
         ({"max_trials": 0}, "max_trials", "greater than or equal to 1"),
         ({"evaluator": "magic"}, "evaluator", "Input should be"),
