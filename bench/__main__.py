@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 
-BENCHMARKS = ["coordinator"]
+BENCHMARKS = ["coordinator", "suggest", "dashboard", "evaluator"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -133,28 +133,30 @@ def imagefolder_layout(files: Iterable[str], dirs: Iterable[str] = ()) -> ImageF
     another folder next to them, an empty class folder, or a test class unknown to train.
     """
     images: list[list[str]] = []
+    original: dict[tuple[str, ...], str] = {}  # clean parts -> the name as listed
     for name in files:
-        parts = [p for p in name.split("/") if p]
+        parts = [p for p in name.split("/") if p and p != "."]
         if not parts or _hidden(parts):
             continue
         ext = "." + parts[-1].rsplit(".", 1)[-1].lower() if "." in parts[-1] else ""
         if ext in IMAGE_EXTENSIONS:
             images.append(parts)
+            original[tuple(parts)] = name
     if not images:
         raise DatasetURIError(
             f"no image files found (extensions {sorted(IMAGE_EXTENSIONS)}); expected "
             "train/<class>/<image> and test/<class>/<image>, or <class>/<image>"
         )
-    dir_parts = [[p for p in d.split("/") if p] for d in dirs]
+    dir_parts = [[p for p in d.split("/") if p and p != "."] for d in dirs]
     dir_parts = [d for d in dir_parts if d and not _hidden(d)]
     prefix: list[str] = []
     while True:
         firsts = {p[0] for p in images}
         depths = {len(p) for p in images}
         if firsts & set(_SPLITS):
-            return _split_layout(images, dir_parts, prefix, firsts, depths)
+            return _split_layout(images, dir_parts, prefix, firsts, depths, original)
         if depths == {2}:
-            return _tree_layout(images, dir_parts, prefix)
+            return _tree_layout(images, dir_parts, prefix, original)
         if len(firsts) == 1 and min(depths) >= 3:
             prefix.append(next(iter(firsts)))
             images = [p[1:] for p in images]
@@ -168,10 +170,15 @@ def imagefolder_layout(files: Iterable[str], dirs: Iterable[str] = ()) -> ImageF
         )
 
 
-def _collect(images: list[list[str]], prefix: list[str], depth_prefix: int) -> dict[str, list[str]]:
+def _collect(
+    images: list[list[str]],
+    prefix: list[str],
+    depth_prefix: int,
+    original: dict[tuple[str, ...], str],
+) -> dict[str, list[str]]:
     by_class: dict[str, list[str]] = {}
     for parts in images:
-        by_class.setdefault(parts[depth_prefix], []).append("/".join(prefix + parts))
+        by_class.setdefault(parts[depth_prefix], []).append(original[(*prefix, *parts)])
     return {c: sorted(v) for c, v in sorted(by_class.items())}
 
 
@@ -185,10 +192,13 @@ def _empty_class_dirs(
 
 
 def _tree_layout(
-    images: list[list[str]], dir_parts: list[list[str]], prefix: list[str]
+    images: list[list[str]],
+    dir_parts: list[list[str]],
+    prefix: list[str],
+    original: dict[tuple[str, ...], str],
 ) -> ImageFolderLayout:
     root = "".join(p + "/" for p in prefix)
-    train = _collect(images, prefix, 0)
+    train = _collect(images, prefix, 0, original)
     _empty_class_dirs(dir_parts, [], set(train), root)
     return ImageFolderLayout(root=root, official_split=False, train=train, test={})
 
@@ -199,6 +209,7 @@ def _split_layout(
     prefix: list[str],
     firsts: set[str],
     depths: set[int],
+    original: dict[tuple[str, ...], str],
 ) -> ImageFolderLayout:
     root = "".join(p + "/" for p in prefix)
     if firsts != set(_SPLITS):
@@ -218,8 +229,8 @@ def _split_layout(
         raise DatasetURIError(
             f"image {root + '/'.join(odd)!r} is not at train|test/<class>/<image>"
         )
-    train = _collect([p for p in images if p[0] == "train"], prefix, 1)
-    test = _collect([p for p in images if p[0] == "test"], prefix, 1)
+    train = _collect([p for p in images if p[0] == "train"], prefix, 1, original)
+    test = _collect([p for p in images if p[0] == "test"], prefix, 1, original)
     for split, classes in (("train", train), ("test", test)):
         _empty_class_dirs(dir_parts, [split], set(classes), root)
     unknown = sorted(set(test) - set(train))
@@ -290,7 +301,12 @@ def check_dataset_location(uri: str) -> str | None:
 def _check_layout(scheme: str, path: Path) -> None:
     if scheme == "imagefolder":
         files, dirs = list_tree(path)
-        imagefolder_layout(files, dirs)
+        layout = imagefolder_layout(files, dirs)
+        if len(layout.classes) < 2:
+            raise DatasetURIError(
+                f"{path} has a single class folder {list(layout.classes)}; a classification "
+                "dataset needs two or more <class>/ folders"
+            )
     elif scheme == "npz":
         _check_npz(path)
     elif scheme == "idx":

@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from typing import Literal
 
 from fastapi import FastAPI
@@ -63,6 +65,12 @@ def create_app(settings: Settings | None = None, *, maintenance: bool = True) ->
     engine = engine_from_settings(settings)
     sessions = session_factory(engine)
 
+    executor = (
+        ProcessPoolExecutor(settings.suggest_processes, mp_context=get_context("spawn"))
+        if settings.suggest_processes
+        else None
+    )
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         task = None
@@ -77,6 +85,8 @@ def create_app(settings: Settings | None = None, *, maintenance: bool = True) ->
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            if executor is not None:
+                executor.shutdown(wait=False, cancel_futures=True)
             engine.dispose()
 
     app = FastAPI(
@@ -93,7 +103,7 @@ def create_app(settings: Settings | None = None, *, maintenance: bool = True) ->
     app.state.store = TrialStore(
         sessions, lease_seconds=settings.lease_seconds, max_attempts=settings.max_attempts
     )
-    app.state.queue = SuggestionQueue(app.state.store)
+    app.state.queue = SuggestionQueue(app.state.store, executor)
     app.state.metrics = Metrics(sessions)
     app.state.token_cache = TokenCache()
     install_error_handlers(app)

@@ -44,6 +44,10 @@ class Settings(BaseSettings):
     max_attempts: int = Field(3, ge=1)
     reaper_interval_seconds: float = Field(5.0, gt=0)
     max_body_bytes: int = Field(1_048_576, ge=1024)
+    suggest_processes: int = Field(
+        1, ge=0, le=64, description="Processes that run the suggester (TPE) apart from the "
+        "request threads; 0 runs it in the coordinator process itself."
+    )
     log_level: str = "info"
 
     @field_validator("database_url")

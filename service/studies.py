@@ -7,6 +7,7 @@ and :class:`Conflict` for a state change a finished study cannot make.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -66,18 +67,18 @@ def resolve_space(spec: str | dict[str, Any]) -> tuple[str | None, Space]:
     return None, space
 
 
+def space_from_document(doc: dict[str, Any]) -> Space:
+    """The compiled space of a stored document (cached: compiling is not free)."""
+    return _space_from_json(json.dumps(doc, sort_keys=True))
+
+
 @lru_cache(maxsize=256)
 def _space_from_json(doc_json: str) -> Space:
-    import json
-
     return parse_space(json.loads(doc_json))
 
 
 def study_space(study: Study) -> Space:
-    """The compiled space of a stored study (cached: compiling is not free)."""
-    import json
-
-    return _space_from_json(json.dumps(study.space, sort_keys=True))
+    return space_from_document(study.space)
 
 
 def input_channels(study: Study) -> int:

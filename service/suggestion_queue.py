@@ -14,16 +14,23 @@ from __future__ import annotations
 import logging
 import threading
 from collections import defaultdict
+from concurrent.futures import Executor
 from typing import Any
 
 from sqlalchemy import select
 
-from search_space import HistoryItem, InfeasibleArchitecture, Space, get_suggester, validate
+from search_space import (
+    HistoryItem,
+    InfeasibleArchitecture,
+    Space,
+    get_suggester,
+    validate,
+)
 
 from .errors import InvalidInput
 from .lifecycle import advance_study
 from .models import Study, StudyState, Trial, TrialState
-from .studies import input_channels, study_space
+from .studies import input_channels, space_from_document, study_space
 from .trial_store import NewTrial, TrialStore
 
 log = logging.getLogger(__name__)
@@ -63,6 +70,19 @@ def make_new_trial(
     )
 
 
+def run_suggester(
+    space_doc: dict[str, Any],
+    algorithm: str,
+    options: dict[str, Any],
+    history: list[HistoryItem],
+    n: int,
+    seed: int,
+) -> list[dict[str, Any]]:
+    """One suggestion round, from plain data (so that it can run in another process)."""
+    space = space_from_document(space_doc)
+    return get_suggester(algorithm, **options).suggest(space, history, n, seed=seed)
+
+
 def derive_seed(study_seed: int, n_history: int, round_: int) -> int:
     """A distinct suggester seed per (study, history length, round)."""
     return (study_seed * 1_000_003 + n_history * 7_919 + round_ * 104_729) % (2**31 - 1)
@@ -71,8 +91,12 @@ def derive_seed(study_seed: int, n_history: int, round_: int) -> int:
 class SuggestionQueue:
     """Keeps studies' queues full. One instance per coordinator process; thread-safe."""
 
-    def __init__(self, store: TrialStore) -> None:
+    def __init__(self, store: TrialStore, executor: Executor | None = None) -> None:
+        """``executor``: where the suggester runs. A process pool keeps TPE (pure Python,
+        holding the GIL for tens of milliseconds on a long history) from stalling the
+        claims this process answers meanwhile; ``None`` runs it in the calling thread."""
         self.store = store
+        self.executor = executor
         self._locks: defaultdict[int, threading.Lock] = defaultdict(threading.Lock)
         self._dirty: set[int] = set()
         self._guard = threading.Lock()
@@ -139,10 +163,12 @@ class SuggestionQueue:
                 HistoryItem(raw=r.params, state=TrialState(r.state).value, value=r.value)
                 for r in rows
             ]
-            suggester = get_suggester(study.algorithm, **study.algorithm_options)
-            raws = suggester.suggest(
-                space, history, want, seed=derive_seed(study.seed, total, round_)
-            )
+            job = (study.space, study.algorithm, study.algorithm_options, history, want,
+                   derive_seed(study.seed, total, round_))
+            if self.executor is None:
+                raws = run_suggester(*job)
+            else:
+                raws = self.executor.submit(run_suggester, *job).result()
             if not raws:  # grid exhausted
                 return added
             new = [make_new_trial(study, space, raw) for raw in raws]

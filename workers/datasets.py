@@ -153,8 +153,9 @@ def load_dataset(
         raise DatasetError(f"{uri}: color must be 'gray' or 'rgb', got {color!r}")
     if not (isinstance(test_fraction, int | float) and 0.0 <= test_fraction < 1.0):
         raise DatasetError(f"{uri}: test_fraction must be in [0, 1), got {test_fraction!r}")
-    if not (isinstance(seed, int) and seed >= 0):
+    if not (isinstance(seed, int | np.integer) and seed >= 0):
         raise DatasetError(f"{uri}: seed must be an integer >= 0, got {seed!r}")
+    seed = int(seed)
     if size is not None and not (isinstance(size, int) and 1 <= size <= 4096):
         raise DatasetError(f"{uri}: size must be an integer in 1..4096, got {size!r}")
     caps = _caps(uri, max_per_class)
@@ -196,8 +197,9 @@ def search_split(
     """
     if not (0.0 < validation_fraction < 1.0):
         raise DatasetError(f"validation_fraction must be in (0, 1), got {validation_fraction!r}")
-    if not (isinstance(seed, int) and seed >= 0):
+    if not (isinstance(seed, int | np.integer) and seed >= 0):
         raise DatasetError(f"seed must be an integer >= 0, got {seed!r}")
+    seed = int(seed)
     pool = np.flatnonzero(~ds.is_test)
     val_mask = _stratified_mask(ds.y[pool], validation_fraction, seed, stream=1)
     return pool[~val_mask], pool[val_mask]
@@ -509,7 +511,8 @@ def _decode_images(
 
     Converted to "L" or "RGB"; resized (bilinear) to ``size x size`` when given, else the
     images whose size differs from the most common one are resized to it (ties: the larger
-    area, then the larger height). A file Pillow cannot decode -> DatasetError naming it.
+    area, then the larger height). EXIF orientation is not applied (pixels as stored). A
+    file Pillow cannot decode -> DatasetError naming it.
     """
     from PIL import Image
 

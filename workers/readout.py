@@ -189,9 +189,11 @@ def fit_ridge(X: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float,
     else:
         mean = torch.zeros(X.shape[1], dtype=dt, device=X.device)
         std = torch.ones(X.shape[1], dtype=dt, device=X.device)
-    Xs = (X.to(dt) - mean) / std
-    xm = Xs.mean(dim=0)
-    Xc = Xs - xm
+    # One working copy: standardised, then centred in place (a no-op up to rounding when
+    # the statistics came from these rows, but needed for standardize=False).
+    Xc = (X.to(dt) - mean) / std
+    xm = Xc.mean(dim=0)
+    Xc -= xm
     Y = _targets(y, n_classes, torch.float64)
     ym = Y.mean(dim=0)
     Yc = Y - ym
@@ -222,10 +224,11 @@ def _ridge_grid_scores(Xtr: torch.Tensor, ytr: torch.Tensor, Xva: torch.Tensor,
     """
     dt = _float_dtype(Xtr)
     mean, std = standardizer(Xtr)
-    Xs = (Xtr.to(dt) - mean) / std
-    Vs = (Xva.to(dt) - mean) / std
-    xm = Xs.mean(dim=0)
-    Xc, Vc = Xs - xm, Vs - xm
+    Xc = (Xtr.to(dt) - mean) / std
+    Vc = (Xva.to(dt) - mean) / std
+    xm = Xc.mean(dim=0)
+    Xc -= xm
+    Vc -= xm
     Y = _targets(ytr, n_classes, torch.float64)
     Yc = Y - Y.mean(dim=0)
     n, d = Xc.shape

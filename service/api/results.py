@@ -8,7 +8,11 @@ is needed, and a browser may send the ``archsearch_token`` cookie instead of the
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response
+from pydantic import BaseModel
 
 from ..dashboard import queries
 from ..dashboard.schemas import History, Importance, Parallel, StudySummary, WorkersStatus
@@ -20,25 +24,39 @@ NOT_FOUND = {404: {"model": ErrorBody, "description": "No such study"}}
 router = APIRouter(prefix="/api/v1", tags=["results"], responses=ERRORS)
 
 
+def _json(model: BaseModel) -> Response:
+    """``model`` serialised once (pydantic-core), skipping FastAPI's re-validation of the
+    return value: the large answers (10,000 history points) stay cheap. The declared
+    ``response_model`` still documents the body."""
+    return Response(model.model_dump_json(), media_type="application/json")
+
+
 @router.get("/studies/{study_id}/history", response_model=History, responses=NOT_FOUND)
-def history(study_id: int, _: Reader, session: SessionDep) -> History:
+def history(study_id: int, _: Reader, session: SessionDep) -> Response:
     """Every search trial in number order: state, score and the best score so far
     (the best-so-far curve and the score-by-trial chart)."""
-    return queries.history(session, study_id)
+    return _json(queries.history(session, study_id))
 
 
 @router.get("/studies/{study_id}/importance", response_model=Importance, responses=NOT_FOUND)
-def importance(study_id: int, _: Reader, session: SessionDep) -> Importance:
+def importance(study_id: int, _: Reader, session: SessionDep) -> Response:
     """Random-forest parameter importance for the score over the COMPLETE trials (cached
     per number of COMPLETE trials)."""
-    return queries.importance(session, study_id)
+    return _json(queries.importance(session, study_id))
 
 
 @router.get("/studies/{study_id}/parallel", response_model=Parallel, responses=NOT_FOUND)
-def parallel(study_id: int, _: Reader, session: SessionDep) -> Parallel:
+def parallel(
+    study_id: int,
+    _: Reader,
+    session: SessionDep,
+    labels: Annotated[list[str] | None, Query(
+        max_length=200, description="Only these parameter labels (repeat the parameter), "
+        "in this order; unknown or constant labels are skipped.")] = None,
+) -> Response:
     """Parameters and score of every COMPLETE search trial, column by column (the
-    parallel-coordinates chart)."""
-    return queries.parallel(session, study_id)
+    parallel-coordinates chart; it asks for its few most important labels)."""
+    return _json(queries.parallel(session, study_id, labels))
 
 
 @router.get("/studies/{study_id}/summary", response_model=StudySummary, responses=NOT_FOUND)

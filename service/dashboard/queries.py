@@ -16,7 +16,8 @@ from __future__ import annotations
 import math
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -217,7 +218,10 @@ def summary(
 
 def history(session: Session, study_id: int) -> History:
     """Every search trial in number order with its score and the best COMPLETE score up
-    to it (``best_so_far``, non-decreasing; null before the first COMPLETE trial)."""
+    to it (``best_so_far``, non-decreasing; null before the first COMPLETE trial).
+
+    The points are built without re-validation (the values come typed from the
+    database): 10,000 trials cost one indexed query and a loop."""
     studies_mod.get_study(session, study_id)
     rows = session.execute(
         select(Trial.number, Trial.state, Trial.value)
@@ -226,44 +230,118 @@ def history(session: Session, study_id: int) -> History:
     ).all()
     best: float | None = None
     points = []
+    point = HistoryPoint.model_construct
     for number, state, value in rows:
         if state == TrialState.COMPLETE and value is not None and (best is None or value > best):
             best = value
-        points.append(HistoryPoint(number=number, state=state, value=value, best_so_far=best))
-    return History(study_id=study_id, points=points)
+        points.append(point(number=number, state=state, value=value, best_so_far=best))
+    return History.model_construct(study_id=study_id, points=points)
 
 
-def _complete(session: Session, study_id: int) -> list[tuple[int, float, dict[str, Any]]]:
-    """``(number, value, params)`` of the COMPLETE search trials, in number order."""
-    return [
-        (r.number, r.value, r.params or {})
-        for r in session.execute(
-            select(Trial.number, Trial.value, Trial.params)
-            .where(Trial.study_id == study_id, IS_SEARCH, Trial.state == TrialState.COMPLETE)
-            .order_by(Trial.number)
+class ResultCache:
+    """Results keyed by ``(study id, number of COMPLETE search trials)``, the least
+    recently used dropped beyond ``size``. A COMPLETE trial never changes, so the count
+    identifies the data a result was computed from. Thread-safe; ``compute_lock``
+    serialises the (CPU-bound) computations so that a burst of requests computes once."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._entries: OrderedDict[tuple[int, int], Any] = OrderedDict()
+        self._lock = threading.Lock()
+        self.compute_lock = threading.Lock()
+
+    def get(self, key: tuple[int, int]) -> Any | None:
+        with self._lock:
+            hit = self._entries.get(key)
+            if hit is not None:
+                self._entries.move_to_end(key)
+            return hit
+
+    def put(self, key: tuple[int, int], value: Any) -> None:
+        with self._lock:
+            self._entries[key] = value
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+
+
+@dataclass(frozen=True)
+class Columns:
+    """The COMPLETE search trials column by column (what parallel and importance use).
+
+    ``columns[label]`` holds one float (or ``None`` where the label is inactive) per
+    trial, for the labels in ``labels`` only: those that take more than one value."""
+
+    numbers: list[int]
+    values: list[float]
+    labels: list[str]
+    columns: dict[str, list[float | None]]
+    options: dict[str, list[str] | None]
+
+
+COLUMNS_CACHE = ResultCache(size=8)
+IMPORTANCE_CACHE = ResultCache(size=64)
+
+
+def _n_complete(session: Session, study_id: int) -> int:
+    return session.scalar(
+        select(func.count()).where(
+            Trial.study_id == study_id, IS_SEARCH, Trial.state == TrialState.COMPLETE,
+            Trial.value.is_not(None),
         )
-        if r.value is not None
-    ]
+    ) or 0
 
 
-def _ordered_labels(space: Space | None, params: Iterable[dict[str, Any]]) -> list[str]:
-    """Labels that take more than one value (absent counts as a value) among ``params``:
-    the space's document order first, then labels the space does not know, sorted."""
-    seen: dict[str, set[Any]] = {}
-    present: dict[str, int] = {}
-    n = 0
-    for p in params:
-        n += 1
-        for label, value in p.items():
-            seen.setdefault(label, set()).add(_hashable(value))
-            present[label] = present.get(label, 0) + 1
-    varying = {label for label, values in seen.items() if len(values) > 1 or present[label] < n}
-    known = [label for label in (space.labels if space else ()) if label in varying]
-    return known + sorted(varying - set(known))
+def complete_columns(session: Session, study: Study, cache: ResultCache | None = None
+                     ) -> Columns:
+    """The :class:`Columns` of ``study``, cached per number of COMPLETE trials."""
+    cache = cache or COLUMNS_CACHE
+    key = (study.id, _n_complete(session, study.id))
+    if (hit := cache.get(key)) is not None:
+        return hit
+    with cache.compute_lock:
+        if (hit := cache.get(key)) is not None:
+            return hit
+        result = _columns(session, study)
+        # Trials may have completed between the count and the read: key by what was read.
+        cache.put((study.id, len(result.numbers)), result)
+        return result
 
 
-def _hashable(value: Any) -> Any:
-    return repr(value) if isinstance(value, list | dict) else value
+def _columns(session: Session, study: Study) -> Columns:
+    rows = session.execute(
+        select(Trial.number, Trial.value, Trial.params)
+        .where(Trial.study_id == study.id, IS_SEARCH, Trial.state == TrialState.COMPLETE,
+               Trial.value.is_not(None))
+        .order_by(Trial.number)
+    ).all()
+    n = len(rows)
+    raw: dict[str, list[Any]] = {}
+    for i, row in enumerate(rows):
+        for label, value in (row.params or {}).items():
+            column = raw.get(label)
+            if column is None:
+                column = raw[label] = [None] * n
+            column[i] = value
+    space = _space_of(study)
+    varying = {label for label, column in raw.items() if _varies(column)}
+    labels = [label for label in (space.labels if space else ()) if label in varying]
+    labels += sorted(varying - set(labels))
+    options: dict[str, list[str] | None] = {}
+    for label in labels:
+        info = space.params.get(label) if space else None
+        options[label] = [_option_text(o) for o in info.options] if info and info.options \
+            else None
+    return Columns(numbers=[r.number for r in rows], values=[r.value for r in rows],
+                   labels=labels, columns={label: _numeric(raw[label]) for label in labels},
+                   options=options)
+
+
+def _varies(column: list[Any]) -> bool:
+    try:
+        return len(set(column)) > 1
+    except TypeError:  # lists or dicts as values (a custom space): compare their text
+        return len({repr(v) for v in column}) > 1
 
 
 def _option_text(option: Any) -> str:
@@ -286,8 +364,8 @@ def _space_of(study: Study) -> Space | None:
 
 
 def _numeric(values: list[Any]) -> list[float | None]:
-    """Raw values as floats (bool -> 0/1; other types -> their rank among the distinct
-    values, by text); ``None`` stays ``None``."""
+    """Raw values as finite floats (bool -> 0/1; other types -> their rank among the
+    distinct values, by text); ``None`` (and a non-finite number) -> ``None``."""
     others = sorted({repr(v) for v in values
                      if v is not None and not isinstance(v, int | float)})
     rank = {text: i for i, text in enumerate(others)}
@@ -303,83 +381,47 @@ def _numeric(values: list[Any]) -> list[float | None]:
     return out
 
 
-def parallel(session: Session, study_id: int) -> Parallel:
+def parallel(session: Session, study_id: int, labels: Sequence[str] | None = None
+             ) -> Parallel:
     """The parameters and score of every COMPLETE search trial, one axis per label that
-    varies (choice axes carry their options' text; the value is the option index)."""
+    varies (choice axes carry their options' text; the value is the option index).
+
+    ``labels`` keeps only those axes, in that order (unknown or constant ones are
+    skipped): what a chart that shows a few axes asks for."""
     study = studies_mod.get_study(session, study_id)
-    rows = _complete(session, study_id)
-    space = _space_of(study)
-    axes = []
-    for label in _ordered_labels(space, (p for _, _, p in rows)):
-        info = space.params.get(label) if space else None
-        options = [_option_text(o) for o in info.options] if info and info.options else None
-        axes.append(ParallelAxis(label=label, options=options,
-                                 values=_numeric([p.get(label) for _, _, p in rows])))
-    return Parallel(study_id=study_id, numbers=[r[0] for r in rows],
-                    values=[r[1] for r in rows], axes=axes)
+    cols = complete_columns(session, study)
+    chosen = cols.labels if labels is None else [
+        label for label in dict.fromkeys(labels) if label in cols.columns]
+    axis = ParallelAxis.model_construct
+    return Parallel.model_construct(
+        study_id=study_id, numbers=cols.numbers, values=cols.values,
+        axes=[axis(label=label, options=cols.options[label], values=cols.columns[label])
+              for label in chosen],
+    )
 
 
-class ImportanceCache:
-    """Importance results per ``(study id, COMPLETE trial count)``, least recently used
-    dropped beyond ``size``. A COMPLETE trial never changes, so the count identifies the
-    data the forest saw. Thread-safe; one fit at a time (the fit is CPU-bound)."""
-
-    def __init__(self, size: int = 64) -> None:
-        self.size = size
-        self._entries: OrderedDict[tuple[int, int], Importance] = OrderedDict()
-        self._lock = threading.Lock()
-        self.fit_lock = threading.Lock()
-
-    def get(self, key: tuple[int, int]) -> Importance | None:
-        with self._lock:
-            hit = self._entries.get(key)
-            if hit is not None:
-                self._entries.move_to_end(key)
-            return hit
-
-    def put(self, key: tuple[int, int], value: Importance) -> None:
-        with self._lock:
-            self._entries[key] = value
-            self._entries.move_to_end(key)
-            while len(self._entries) > self.size:
-                self._entries.popitem(last=False)
-
-
-IMPORTANCE_CACHE = ImportanceCache()
-
-
-def importance(
-    session: Session, study_id: int, cache: ImportanceCache = IMPORTANCE_CACHE
-) -> Importance:
+def importance(session: Session, study_id: int, cache: ResultCache | None = None
+               ) -> Importance:
     """Random-forest importance of each varying parameter label for the score.
 
     Cached per (study, number of COMPLETE search trials): the page refreshes cost one
     count query until another trial completes. See :class:`~.schemas.Importance`.
     """
-    studies_mod.get_study(session, study_id)
-    n_complete = session.scalar(
-        select(func.count()).where(
-            Trial.study_id == study_id, IS_SEARCH, Trial.state == TrialState.COMPLETE,
-            Trial.value.is_not(None),
-        )
-    ) or 0
-    key = (study_id, n_complete)
+    cache = cache or IMPORTANCE_CACHE
+    study = studies_mod.get_study(session, study_id)
+    key = (study_id, _n_complete(session, study_id))
     if (hit := cache.get(key)) is not None:
         return hit
-    with cache.fit_lock:
+    with cache.compute_lock:
         if (hit := cache.get(key)) is not None:
             return hit
-        study = studies_mod.get_study(session, study_id)
-        result = _fit_importance(study_id, _complete(session, study_id), _space_of(study))
-        # Trials may have completed between the count and the read: key by what was fit.
+        result = _fit_importance(study_id, complete_columns(session, study))
         cache.put((study_id, result.n_complete), result)
         return result
 
 
-def _fit_importance(
-    study_id: int, rows: list[tuple[int, float, dict[str, Any]]], space: Space | None
-) -> Importance:
-    n_complete = len(rows)
+def _fit_importance(study_id: int, cols: Columns) -> Importance:
+    n_complete = len(cols.numbers)
 
     def answer(n_fit: int, items: list[ParamImportance], note: str | None) -> Importance:
         return Importance(study_id=study_id, n_complete=n_complete, n_fit=n_fit,
@@ -388,21 +430,20 @@ def _fit_importance(
     if n_complete < IMPORTANCE_MIN_TRIALS:
         return answer(0, [], f"needs at least {IMPORTANCE_MIN_TRIALS} COMPLETE trials; "
                              f"{n_complete} so far")
+    pick = np.arange(n_complete)
     if n_complete > IMPORTANCE_MAX_FIT:
-        pick = np.random.default_rng(0).choice(n_complete, IMPORTANCE_MAX_FIT, replace=False)
-        rows = [rows[i] for i in np.sort(pick)]
-    labels = _ordered_labels(space, (p for _, _, p in rows))
-    y = np.array([v for _, v, _ in rows], dtype=float)
-    if not labels or float(np.ptp(y)) == 0.0:
-        why = "no parameter varies" if not labels else "every score is the same"
-        return answer(len(rows), [], f"nothing to explain: {why}")
-    columns = []
-    for label in labels:
-        values = _numeric([p.get(label) for _, _, p in rows])
-        present = [v for v in values if v is not None]
-        inactive = (min(present) - 1.0) if present else -1.0
-        columns.append([inactive if v is None else v for v in values])
-    x = np.array(columns, dtype=float).T
+        pick = np.sort(np.random.default_rng(0).choice(n_complete, IMPORTANCE_MAX_FIT,
+                                                       replace=False))
+    y = np.asarray(cols.values, dtype=float)[pick]
+    if not cols.labels or float(np.ptp(y)) == 0.0:
+        why = "no parameter varies" if not cols.labels else "every score is the same"
+        return answer(len(pick), [], f"nothing to explain: {why}")
+    x = np.empty((len(pick), len(cols.labels)))
+    for j, label in enumerate(cols.labels):
+        column = np.array(cols.columns[label], dtype=float)[pick]  # None -> nan
+        present = column[~np.isnan(column)]
+        inactive = float(present.min()) - 1.0 if present.size else -1.0
+        x[:, j] = np.where(np.isnan(column), inactive, column)
 
     from sklearn.ensemble import RandomForestRegressor  # import cost paid on first use
 
@@ -412,13 +453,13 @@ def _fit_importance(
     weights = forest.feature_importances_
     total = float(weights.sum())
     if not math.isfinite(total) or total <= 0:
-        return answer(len(rows), [], "the forest found no split that explains the scores")
+        return answer(len(pick), [], "the forest found no split that explains the scores")
     items = sorted(
         (ParamImportance(label=label, importance=float(w) / total)
-         for label, w in zip(labels, weights, strict=True)),
+         for label, w in zip(cols.labels, weights, strict=True)),
         key=lambda item: (-item.importance, item.label),
     )
-    return answer(len(rows), items, None)
+    return answer(len(pick), items, None)
 
 
 # -- one trial --------------------------------------------------------------------------

@@ -69,6 +69,9 @@ def api_factory(db_url):
     from service.app import create_app
 
     def build(**settings: object) -> Api:
+        # The suggester runs in-process here (no pool to spawn per test); the live
+        # coordinators of the integration tests use the default process pool.
+        settings.setdefault("suggest_processes", 0)
         s = Settings(database_url=db_url, admin_token=ADMIN_TOKEN, **settings)
         client = TestClient(create_app(s, maintenance=False))
         client.__enter__()

@@ -426,3 +426,10 @@ def test_stopping_a_study_queues_final_evaluations_that_can_still_run(api):
     shown = api.client.get(f"/api/v1/studies/{sid}/trials/{t['number']}",
                            headers=api.reader).json()
     assert shown["test_value"] == 0.8 and shown["value"] == 0.9
+
+
+def test_suggestions_from_a_process_pool(api_factory):
+    """The default: TPE runs in a separate process; the queue is filled all the same."""
+    api = api_factory(suggest_processes=1)
+    study = api.new_study(algorithm="tpe", max_trials=6, max_parallel=3)
+    assert study["counts"].get("WAITING", 0) == 3

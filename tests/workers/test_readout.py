@@ -130,6 +130,7 @@ def test_inner_split_is_stratified_and_seeded() -> None:
     assert np.intersect1d(fit, held).size == 0 and len(fit) + len(held) == len(y)
     assert [int((y[held] == c).sum()) for c in range(4)] == [2, 4, 0, 1]
     fit2, held2 = ro.stratified_inner_split(y, 0.2, seed=3)
+    np.testing.assert_array_equal(fit, fit2)
     np.testing.assert_array_equal(held, held2)
 
 
