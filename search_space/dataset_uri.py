@@ -57,6 +57,13 @@ def parse_dataset_uri(uri: str) -> DatasetURI:
         raise DatasetURIError(f"{scheme}: needs a path, e.g. {scheme}:/data/{scheme}")
     if "\x00" in target:
         raise DatasetURIError("dataset path must not contain NUL characters")
+    if scheme in PATH_SCHEMES and not target.startswith("/"):
+        # The coordinator and every worker resolve paths in their own working directory:
+        # only an absolute path means the same data everywhere.
+        raise DatasetURIError(
+            f"{scheme}: needs an absolute path (the CLI makes relative ones absolute), "
+            f"got {target!r}"
+        )
     return DatasetURI(scheme=scheme, target=target)
 
 

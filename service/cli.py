@@ -198,6 +198,9 @@ def study_create(
             space_value = json.loads(Path(space[1:]).read_text())
         except (OSError, ValueError) as exc:
             raise _fail(f"--space {space}: {exc}") from None
+    scheme, sep, target = dataset.partition(":")
+    if sep and scheme != "builtin" and target and not target.startswith("/"):
+        dataset = f"{scheme}:{Path(target).resolve()}"  # the server needs absolute paths
     body = dict(name=name, dataset=dataset, space=space_value, evaluator=evaluator,
                 algorithm=algorithm, max_trials=max_trials, max_parallel=max_parallel,
                 seed=seed, top_k=top_k)

@@ -24,7 +24,12 @@ from search_space import (
     list_spaces,
     parse_space,
 )
-from search_space.dataset_uri import DEFAULT_COLOR, DatasetURIError, parse_dataset_uri
+from search_space.dataset_uri import (
+    DEFAULT_COLOR,
+    DatasetURIError,
+    check_dataset_location,
+    parse_dataset_uri,
+)
 
 from .errors import Conflict, InvalidInput, NotFound
 from .models import Study, StudyState, Trial, TrialState
@@ -93,6 +98,9 @@ def create_study(session: Session, body: StudyCreate) -> Study:
     space_name, space = resolve_space(body.space)
     try:
         parse_dataset_uri(body.dataset)
+        # Where the coordinator sees the path, a wrong layout is refused now; a path it
+        # cannot see may still exist on the workers (they report a FAILED trial if not).
+        check_dataset_location(body.dataset)
     except DatasetURIError as exc:
         raise InvalidInput(str(exc), field="dataset") from None
     if body.algorithm == "grid" and not space.is_discrete:

@@ -173,7 +173,7 @@ class WorkerDaemon:
         if load_data is None:
             from .datasets import DatasetCache
 
-            load_data = DatasetCache(base_dir=config.data_dir).get
+            load_data = DatasetCache().get
         self.evaluate = evaluate
         self.load_data = load_data
         self.spool = Spool(config.data_dir / "spool")

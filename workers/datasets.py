@@ -129,7 +129,6 @@ def load_dataset(
     seed: int = 0,
     size: int | None = None,
     max_per_class: MaxPerClass = None,
-    base_dir: str | os.PathLike[str] | None = None,
 ) -> Dataset:
     """Load the dataset named by ``uri``.
 
@@ -143,8 +142,8 @@ def load_dataset(
     ``max_per_class``: keep at most that many images per class *per split* (an int for
     both splits, or ``{"train": 200, "test": 50}``), chosen deterministically (sorted file
     order, then a seeded choice); for a one-tree imagefolder the fractional split is made
-    first. Not supported for lfw. ``base_dir``: relative paths in the URI are resolved
-    against it (default: the current directory).
+    first. Not supported for lfw. Paths in the URI are absolute (see
+    :func:`search_space.dataset_uri.parse_dataset_uri`).
 
     Raises :class:`DatasetError` for every bad input (unknown scheme, missing path, wrong
     layout, a corrupt image naming its file, mismatched labels, bad arguments).
@@ -167,9 +166,7 @@ def load_dataset(
     if parsed.scheme == "builtin":
         raw = _BUILTINS[parsed.target](uri)
     else:
-        path = Path(parsed.target).expanduser()
-        if base_dir is not None and not path.is_absolute():
-            path = Path(base_dir) / path
+        path = Path(parsed.target)
         if not path.exists():
             raise DatasetError(f"{uri}: {path} does not exist")
         if parsed.scheme == "lfw":
@@ -211,16 +208,13 @@ class DatasetCache:
     ``get`` takes the arguments of :func:`load_dataset` and returns the same
     :class:`Dataset` object for the same arguments. At most ``max_entries`` datasets are
     kept (least recently used dropped first). Thread-safe: concurrent ``get`` calls load
-    once. ``base_dir`` resolves relative paths in URIs (see :func:`load_dataset`).
+    once.
     """
 
-    def __init__(
-        self, max_entries: int = 4, *, base_dir: str | os.PathLike[str] | None = None
-    ) -> None:
+    def __init__(self, max_entries: int = 4) -> None:
         if max_entries < 1:
             raise ValueError("max_entries must be >= 1")
         self.max_entries = max_entries
-        self.base_dir = base_dir
         self._entries: OrderedDict[tuple[Any, ...], Dataset] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -252,7 +246,6 @@ class DatasetCache:
                 seed=seed,
                 size=size,
                 max_per_class=max_per_class,
-                base_dir=self.base_dir,
             )
             self._entries[key] = ds
             while len(self._entries) > self.max_entries:

@@ -19,9 +19,11 @@ Contract:
   extraction / every optimiser step, so it must be cheap (the daemon's returns its last
   heartbeat answer). ``report(step, value)`` hands an intermediate value to the daemon:
   screen and View 1 pairs call it once, with the score (step 0); train once per epoch
-  (step = epoch, 1-based); View 2 pairs once per fold (step = fold number, value = the
-  running mean). Either returning ``"prune"`` raises :class:`Pruned` (with the last value),
-  ``"stop"`` raises :class:`Stopped`; ``"continue"`` or ``None`` go on.
+  (step = epoch, 1-based; validation accuracy, or with ``final=True`` the epoch's training
+  accuracy, since the test split is scored once, at the end); View 2 pairs once per fold
+  (step = fold number, value = the running mean). Either returning ``"prune"`` raises
+  :class:`Pruned` (with the last value), ``"stop"`` raises :class:`Stopped`; ``"continue"``
+  or ``None`` go on.
 * ``deadline`` is a ``time.monotonic()`` value; past it the evaluation raises
   :class:`DeadlineExceeded` at its next check (every batch / step).
 * ``final=False`` scores the search split (validation, or View 1 for pairs); ``final=True``

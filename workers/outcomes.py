@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 
-class Pruned(Exception):  # noqa: N818 - reads as the trial's state
+class Pruned(Exception):
     """The coordinator said ``prune`` (early stopping); ``value`` is the last intermediate."""
 
     def __init__(self, message: str = "pruned", value: float | None = None) -> None:
@@ -11,5 +11,5 @@ class Pruned(Exception):  # noqa: N818 - reads as the trial's state
         self.value = value
 
 
-class Stopped(Exception):  # noqa: N818
+class Stopped(Exception):
     """The coordinator said ``stop`` (the study was stopped, or the lease is gone)."""

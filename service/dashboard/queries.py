@@ -238,26 +238,36 @@ def history(session: Session, study_id: int) -> History:
     return History.model_construct(study_id=study_id, points=points)
 
 
+CacheKey = tuple[str, int, int]
+
+
+def _key(session: Session, study_id: int, n_complete: int) -> CacheKey:
+    """``(database URL, study id, COMPLETE count)``: apps on other databases in the same
+    process (tests, benchmarks) never see each other's entries."""
+    url = session.get_bind().url.render_as_string(hide_password=True)
+    return (url, study_id, n_complete)
+
+
 class ResultCache:
-    """Results keyed by ``(study id, number of COMPLETE search trials)``, the least
-    recently used dropped beyond ``size``. A COMPLETE trial never changes, so the count
-    identifies the data a result was computed from. Thread-safe; ``compute_lock``
+    """Results keyed by ``(database, study id, number of COMPLETE search trials)``, the
+    least recently used dropped beyond ``size``. A COMPLETE trial never changes, so the
+    count identifies the data a result was computed from. Thread-safe; ``compute_lock``
     serialises the (CPU-bound) computations so that a burst of requests computes once."""
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._entries: OrderedDict[tuple[int, int], Any] = OrderedDict()
+        self._entries: OrderedDict[CacheKey, Any] = OrderedDict()
         self._lock = threading.Lock()
         self.compute_lock = threading.Lock()
 
-    def get(self, key: tuple[int, int]) -> Any | None:
+    def get(self, key: CacheKey) -> Any | None:
         with self._lock:
             hit = self._entries.get(key)
             if hit is not None:
                 self._entries.move_to_end(key)
             return hit
 
-    def put(self, key: tuple[int, int], value: Any) -> None:
+    def put(self, key: CacheKey, value: Any) -> None:
         with self._lock:
             self._entries[key] = value
             self._entries.move_to_end(key)
@@ -296,7 +306,7 @@ def complete_columns(session: Session, study: Study, cache: ResultCache | None =
                      ) -> Columns:
     """The :class:`Columns` of ``study``, cached per number of COMPLETE trials."""
     cache = cache or COLUMNS_CACHE
-    key = (study.id, _n_complete(session, study.id))
+    key = _key(session, study.id, _n_complete(session, study.id))
     if (hit := cache.get(key)) is not None:
         return hit
     with cache.compute_lock:
@@ -304,7 +314,7 @@ def complete_columns(session: Session, study: Study, cache: ResultCache | None =
             return hit
         result = _columns(session, study)
         # Trials may have completed between the count and the read: key by what was read.
-        cache.put((study.id, len(result.numbers)), result)
+        cache.put(_key(session, study.id, len(result.numbers)), result)
         return result
 
 
@@ -409,14 +419,14 @@ def importance(session: Session, study_id: int, cache: ResultCache | None = None
     """
     cache = cache or IMPORTANCE_CACHE
     study = studies_mod.get_study(session, study_id)
-    key = (study_id, _n_complete(session, study_id))
+    key = _key(session, study_id, _n_complete(session, study_id))
     if (hit := cache.get(key)) is not None:
         return hit
     with cache.compute_lock:
         if (hit := cache.get(key)) is not None:
             return hit
         result = _fit_importance(study_id, complete_columns(session, study))
-        cache.put((study_id, result.n_complete), result)
+        cache.put(_key(session, study_id, result.n_complete), result)
         return result
 
 

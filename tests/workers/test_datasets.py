@@ -678,15 +678,16 @@ def test_max_per_class_applies_to_array_formats() -> None:
 
 def test_dataset_cache_loads_once_and_evicts(tmp_path: Path) -> None:
     root = write_idx_dir(tmp_path / "idx", gz=True)
-    cache = DatasetCache(max_entries=2, base_dir=tmp_path)
-    first = cache.get("idx:idx", color="gray")  # relative to base_dir
-    assert cache.get("idx:idx", color="gray") is first
+    cache = DatasetCache(max_entries=2)
+    uri = f"idx:{tmp_path / 'idx'}"
+    first = cache.get(uri, color="gray")
+    assert cache.get(uri, color="gray") is first
     assert first.fingerprint == load_dataset(f"idx:{root}", color="gray").fingerprint
-    rgb = cache.get("idx:idx", color="rgb")
+    rgb = cache.get(uri, color="rgb")
     assert rgb is not first and rgb.x.shape[1] == 3
-    cache.get("idx:idx", color="gray", size=3)  # third entry: the oldest (first) goes
+    cache.get(uri, color="gray", size=3)  # third entry: the oldest (first) goes
     assert len(cache) == 2
-    assert cache.get("idx:idx", color="gray") is not first
+    assert cache.get(uri, color="gray") is not first
 
 
 def test_check_dataset_location(tmp_path: Path) -> None:

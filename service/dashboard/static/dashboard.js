@@ -170,24 +170,33 @@
                  yaxis: { automargin: true } }));
   }
 
+  function parallelPath(base, importance) {
+    const top = (importance && importance.importances || []).slice(0, MAX_PARALLEL_AXES);
+    if (!top.length) { return base + "/parallel"; }
+    const query = new URLSearchParams();
+    for (const item of top) { query.append("labels", item.label); }
+    return base + "/parallel?" + query.toString();
+  }
+
   async function studyCharts(el) {
-    const id = el.dataset.study;
-    const base = "/api/v1/studies/" + id;
-    const [history, importance, parallel] = await Promise.allSettled([
-      getJSON(base + "/history"), getJSON(base + "/importance"), getJSON(base + "/parallel"),
-    ]);
+    const base = "/api/v1/studies/" + el.dataset.study;
     const div = (name) => document.getElementById("chart-" + name);
+    // The parallel chart asks only for the most important labels, so importance first.
+    const [history, importance] = await Promise.allSettled([
+      getJSON(base + "/history"), getJSON(base + "/importance"),
+    ]);
+    const imp = importance.status === "fulfilled" ? importance.value : null;
+    const parallel = getJSON(parallelPath(base, imp));
     const jobs = [];
     if (history.status === "fulfilled") {
       jobs.push(drawBest(div("best"), history.value), drawScores(div("scores"), history.value));
     } else {
       jobs.push(failed(div("best"), history.reason), failed(div("scores"), history.reason));
     }
-    const imp = importance.status === "fulfilled" ? importance.value : null;
     jobs.push(imp ? drawImportance(div("importance"), imp, document.getElementById("importance-note"))
       : failed(div("importance"), importance.reason));
-    jobs.push(parallel.status === "fulfilled" ? drawParallel(div("parallel"), parallel.value, imp)
-      : failed(div("parallel"), parallel.reason));
+    jobs.push(parallel.then((p) => drawParallel(div("parallel"), p, imp),
+                            (error) => failed(div("parallel"), error)));
     await Promise.all(jobs);
   }
 
