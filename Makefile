@@ -40,13 +40,10 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# DEMO_ARGS="--no-serve" exits after the leaderboard instead of serving the dashboard.
+DEMO_ARGS ?=
 demo: venv
-	@echo "archsearch demo is not built yet (issue: one-command demo)."
-	@echo "When it lands, 'make demo' will start the coordinator on SQLite, 2 local workers,"
-	@echo "run a TPE search of the pinto-cox space on builtin:mnist5k and print a leaderboard."
-	@echo "Today you can: '$(BIN)/archsearch db upgrade && $(BIN)/archsearch serve' and"
-	@echo "'$(BIN)/archsearch spaces show pinto-cox'."
-	@exit 1
+	$(BIN)/archsearch demo $(DEMO_ARGS)
 
 bench: venv
 	$(BIN)/python -m pip install -q -e ".[dev,bench]"

@@ -60,14 +60,26 @@ def fill(url: str, n_trials: int, seed: int = 0) -> int:
     engine = make_engine(url)
     try:
         with session_scope(session_factory(engine)) as s:
-            study = Study(name="bench-dashboard", state=StudyState.RUNNING,
-                          space_name="pinto-cox", space=space.to_dict(),
-                          dataset="builtin:digits", evaluator="screen", evaluator_options={},
-                          algorithm="tpe", algorithm_options={}, max_trials=n_trials + 100,
-                          max_parallel=8, top_k=5, seed=seed)
+            study = Study(
+                name="bench-dashboard",
+                state=StudyState.RUNNING,
+                space_name="pinto-cox",
+                space=space.to_dict(),
+                dataset="builtin:digits",
+                evaluator="screen",
+                evaluator_options={},
+                algorithm="tpe",
+                algorithm_options={},
+                max_trials=n_trials + 100,
+                max_parallel=8,
+                top_k=5,
+                seed=seed,
+            )
             s.add(study)
-            workers = [Worker(name=f"gpu{i:02d}", host=f"node{i // 4}", device=f"cuda:{i % 4}")
-                       for i in range(8)]
+            workers = [
+                Worker(name=f"gpu{i:02d}", host=f"node{i // 4}", device=f"cuda:{i % 4}")
+                for i in range(8)
+            ]
             s.add_all(workers)
             s.flush()
             rows = []
@@ -83,9 +95,15 @@ def fill(url: str, n_trials: int, seed: int = 0) -> int:
                     state = TrialState.RUNNING if tail < len(workers) // 2 else TrialState.WAITING
                 else:
                     u = rng.random()
-                    state = (TrialState.INFEASIBLE if u < 0.08 else TrialState.FAILED
-                             if u < 0.12 else TrialState.PRUNED if u < 0.15
-                             else TrialState.COMPLETE)
+                    state = (
+                        TrialState.INFEASIBLE
+                        if u < 0.08
+                        else TrialState.FAILED
+                        if u < 0.12
+                        else TrialState.PRUNED
+                        if u < 0.15
+                        else TrialState.COMPLETE
+                    )
                 # A score that depends on the architecture, plus noise.
                 depth = len(arch.layers)
                 width = sum(math.log2(layer.fbcorr.n_filters) for layer in arch.layers)
@@ -93,26 +111,44 @@ def fill(url: str, n_trials: int, seed: int = 0) -> int:
                 done = state.is_finished()
                 reason = {
                     TrialState.INFEASIBLE: f"L{depth} lnorm: a 9x9 window does not fit a "
-                                           f"{rng.randint(1, 8)}x{rng.randint(1, 8)} map",
-                    TrialState.FAILED: rng.choice(["CUDA out of memory", "worker lost its "
-                                                   "lease 3 times", "dataset read error"]),
+                    f"{rng.randint(1, 8)}x{rng.randint(1, 8)} map",
+                    TrialState.FAILED: rng.choice(
+                        [
+                            "CUDA out of memory",
+                            "worker lost its lease 3 times",
+                            "dataset read error",
+                        ]
+                    ),
                     TrialState.PRUNED: "below the median of finished trials at step 2",
                 }.get(state)
-                rows.append(dict(
-                    study_id=study.id, number=number, state=state, priority=1,
-                    source="suggested", params=raw, arch=arch.to_dict(),
-                    config_hash=f"{seed}-{number}", seed=42,
-                    value=value if state in (TrialState.COMPLETE, TrialState.PRUNED) else None,
-                    test_value=None, metrics={"n_train": 4000} if done else {},
-                    intermediate=[[1, value - 0.05], [2, value - 0.01]] if done else [],
-                    reason=reason,
-                    worker_id=worker if state != TrialState.WAITING else None,
-                    attempt=1, created_at=created,
-                    started_at=started if state != TrialState.WAITING else None,
-                    finished_at=finished if done else None,
-                    lease_expires_at=(datetime.now(UTC) + timedelta(seconds=60)
-                                      if state == TrialState.RUNNING else None),
-                ))
+                rows.append(
+                    dict(
+                        study_id=study.id,
+                        number=number,
+                        state=state,
+                        priority=1,
+                        source="suggested",
+                        params=raw,
+                        arch=arch.to_dict(),
+                        config_hash=f"{seed}-{number}",
+                        seed=42,
+                        value=value if state in (TrialState.COMPLETE, TrialState.PRUNED) else None,
+                        test_value=None,
+                        metrics={"n_train": 4000} if done else {},
+                        intermediate=[[1, value - 0.05], [2, value - 0.01]] if done else [],
+                        reason=reason,
+                        worker_id=worker if state != TrialState.WAITING else None,
+                        attempt=1,
+                        created_at=created,
+                        started_at=started if state != TrialState.WAITING else None,
+                        finished_at=finished if done else None,
+                        lease_expires_at=(
+                            datetime.now(UTC) + timedelta(seconds=60)
+                            if state == TrialState.RUNNING
+                            else None
+                        ),
+                    )
+                )
             s.execute(insert(Trial), rows)
             return study.id
     finally:
@@ -161,8 +197,10 @@ def run(quick: bool = False, record: bool = True) -> list[Timing]:
             cold_ms = 1000 * (time.perf_counter() - t)
             assert cold.status_code == 200, cold.text
             routes = [
-                ("baseline: REST trials page (limit=1000)",
-                 f"/api/v1/studies/{sid}/trials?limit=1000"),
+                (
+                    "baseline: REST trials page (limit=1000)",
+                    f"/api/v1/studies/{sid}/trials?limit=1000",
+                ),
                 ("page: study", f"/studies/{sid}"),
                 ("page: study, live refresh (?partial=1)", f"/studies/{sid}?partial=1"),
                 ("page: studies", "/"),
@@ -176,19 +214,40 @@ def run(quick: bool = False, record: bool = True) -> list[Timing]:
             ]
             timings = [measure(client, name, path, repeats) for name, path in routes]
     base = timings[0].p50
-    rows = [[x.name, round(x.p50, 1), round(x.max, 1), f"{x.size / 1024:.0f} KiB",
-             f"{x.p50 / base:.2f}x"] for x in timings]
-    rows.append(["json: importance, cold (forest fit)", round(cold_ms, 1), round(cold_ms, 1),
-                 f"{len(cold.content) / 1024:.0f} KiB", f"{cold_ms / base:.2f}x"])
+    rows = [
+        [
+            x.name,
+            round(x.p50, 1),
+            round(x.max, 1),
+            f"{x.size / 1024:.0f} KiB",
+            f"{x.p50 / base:.2f}x",
+        ]
+        for x in timings
+    ]
+    rows.append(
+        [
+            "json: importance, cold (forest fit)",
+            round(cold_ms, 1),
+            round(cold_ms, 1),
+            f"{len(cold.content) / 1024:.0f} KiB",
+            f"{cold_ms / base:.2f}x",
+        ]
+    )
     page = next(x for x in timings if x.name == "page: study")
     verdict = "under" if page.max < PAGE_BUDGET_MS else "OVER"
     body = report.table(["route", "p50 ms", "max ms", "size", "p50 vs baseline"], rows)
-    body += (f"\n\nSQLite, one study of {n_trials:,} trials (pinto-cox prior draws, ~80% "
-             f"COMPLETE; filled through the ORM in {fill_s:.1f} s), in-process TestClient, "
-             f"{repeats} timed requests per route after one warm-up. The study page's max "
-             f"server time is {page.max:.0f} ms: {verdict} the {PAGE_BUDGET_MS:.0f} ms budget "
-             "(its charts are fetched by the browser from the json routes).")
-    report.record("dashboard: server time on a 10,000-trial study" if not quick else
-                  f"dashboard: server time on a {n_trials}-trial study (quick)", body,
-                  enabled=record)
+    body += (
+        f"\n\nSQLite, one study of {n_trials:,} trials (pinto-cox prior draws, ~80% "
+        f"COMPLETE; filled through the ORM in {fill_s:.1f} s), in-process TestClient, "
+        f"{repeats} timed requests per route after one warm-up. The study page's max "
+        f"server time is {page.max:.0f} ms: {verdict} the {PAGE_BUDGET_MS:.0f} ms budget "
+        "(its charts are fetched by the browser from the json routes)."
+    )
+    report.record(
+        "dashboard: server time on a 10,000-trial study"
+        if not quick
+        else f"dashboard: server time on a {n_trials}-trial study (quick)",
+        body,
+        enabled=record,
+    )
     return timings

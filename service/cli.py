@@ -292,6 +292,31 @@ def worker(
     typer.echo(f"worker {daemon.worker_id}: {done} trial(s) finished", err=True)
 
 
+@app.command()
+def demo(
+    data_dir: str = typer.Option(None, help="Where the demo keeps its database and logs "
+                                 "(default ~/.archsearch/demo; wiped at the start)."),
+    trials: int = typer.Option(24, help="Search trials."),
+    workers: int = typer.Option(2, help="Local worker processes."),
+    dataset: str = typer.Option("builtin:mnist5k", help="Dataset URI."),
+    port: int = typer.Option(None, help="Coordinator port (default: a free one)."),
+    serve: bool = typer.Option(True, "--serve/--no-serve",
+                               help="Keep serving the dashboard after the run."),
+    keep: bool = typer.Option(False, help="Keep a previous demo's database."),
+) -> None:
+    """Run archsearch end to end here: coordinator + workers + a TPE study + leaderboard."""
+    from pathlib import Path
+
+    from .demo import DemoOptions, default_data_dir, reset_data_dir, run_demo
+
+    path = Path(data_dir) if data_dir else default_data_dir()
+    if not keep:
+        reset_data_dir(path)
+    code = run_demo(DemoOptions(data_dir=path, trials=trials, workers=workers,
+                                dataset=dataset, port=port, serve=serve))
+    raise typer.Exit(code)
+
+
 @spaces_app.callback()
 def spaces_list(ctx: typer.Context) -> None:
     """List the built-in spaces (``archsearch spaces show NAME`` prints one)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -19,6 +20,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+
+
+def die_with_parent() -> None:
+    """``preexec_fn`` for child processes: SIGTERM the child when its parent dies, so a
+    killed demo leaves no orphans (Linux ``prctl(PR_SET_PDEATHSIG)``; a no-op elsewhere)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
 def free_port() -> int:
@@ -48,6 +59,7 @@ def start_coordinator(
     env: dict[str, str] | None = None,
     timeout: float = 60.0,
     quiet: bool = True,
+    die_with_parent_process: bool = False,
 ) -> LiveCoordinator:
     """Run ``python -m service serve`` and wait until ``/healthz`` answers 200.
 
@@ -71,6 +83,7 @@ def start_coordinator(
             stdout=subprocess.DEVNULL if quiet else None,
             stderr=log_file,
             text=True,
+            preexec_fn=die_with_parent if die_with_parent_process else None,
         )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout

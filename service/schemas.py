@@ -73,6 +73,18 @@ class EvaluatorOptions(BaseModel):
     validation_fraction: float = Field(0.2, gt=0, lt=1)
     trial_timeout_seconds: float = Field(3600, gt=0)
     filter_seed: int = Field(42, ge=0, le=2**31 - 1)
+    max_per_class: int | dict[Literal["train", "test"], int] | None = Field(
+        None, description="Screen on a class-balanced subset: at most this many images per "
+        "class (an int for both splits, or {\"train\": n, \"test\": m})."
+    )
+
+    @model_validator(mode="after")
+    def _positive_caps(self) -> EvaluatorOptions:
+        caps = self.max_per_class
+        values = caps.values() if isinstance(caps, dict) else [caps] if caps else []
+        if any(v < 1 for v in values):
+            raise ValueError("max_per_class values must be >= 1")
+        return self
 
 
 class StudyCreate(BaseModel):

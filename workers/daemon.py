@@ -349,7 +349,8 @@ class WorkerDaemon:
 
         try:
             arch = Architecture.from_dict(trial["arch"])
-            data = self.load_data(study["dataset"], color=_color(study), seed=study["seed"])
+            data = self.load_data(study["dataset"], color=_color(study), seed=study["seed"],
+                                  max_per_class=options.get("max_per_class"))
             expected = study.get("dataset_fingerprint")
             if expected and expected != data.fingerprint:
                 raise DataMismatch(

@@ -50,9 +50,14 @@ def parallel(
     study_id: int,
     _: Reader,
     session: SessionDep,
-    labels: Annotated[list[str] | None, Query(
-        max_length=200, description="Only these parameter labels (repeat the parameter), "
-        "in this order; unknown or constant labels are skipped.")] = None,
+    labels: Annotated[
+        list[str] | None,
+        Query(
+            max_length=200,
+            description="Only these parameter labels (repeat the parameter), "
+            "in this order; unknown or constant labels are skipped.",
+        ),
+    ] = None,
 ) -> Response:
     """Parameters and score of every COMPLETE search trial, column by column (the
     parallel-coordinates chart; it asks for its few most important labels)."""

@@ -64,8 +64,8 @@ IMPORTANCE_MIN_TRIALS = 5
 IMPORTANCE_MAX_FIT = 2000
 IMPORTANCE_TREES = 64
 IMPORTANCE_METHOD = (
-    f"random forest ({IMPORTANCE_TREES} trees, min 3 samples per leaf) on raw parameter "
-    "values, impurity-based importance"
+    f"random forest ({IMPORTANCE_TREES} trees; 3 samples per leaf from 50 trials on) on raw "
+    "parameter values, impurity-based importance"
 )
 
 
@@ -202,14 +202,18 @@ def summary(
         best_value=best.get(study_id),
         workers_busy=busy.get(study_id, 0),
         leaderboard=[
-            LeaderRow(number=r.number, value=r.value, test_value=r.test_value,
-                      arch_summary=arch_summary(r.arch), worker_id=r.worker_id)
+            LeaderRow(
+                number=r.number,
+                value=r.value,
+                test_value=r.test_value,
+                arch_summary=arch_summary(r.arch),
+                worker_id=r.worker_id,
+            )
             for r in top
         ],
         failures_total=counts["FAILED"] + counts["INFEASIBLE"],
         failures=[
-            FailureRow(number=r.number, state=r.state, reason=r.reason,
-                       finished_at=r.finished_at)
+            FailureRow(number=r.number, state=r.state, reason=r.reason, finished_at=r.finished_at)
             for r in recent
         ],
         reasons=[ReasonCount(state=r.state, reason=r.reason, count=r.n) for r in common],
@@ -294,16 +298,20 @@ IMPORTANCE_CACHE = ResultCache(size=64)
 
 
 def _n_complete(session: Session, study_id: int) -> int:
-    return session.scalar(
-        select(func.count()).where(
-            Trial.study_id == study_id, IS_SEARCH, Trial.state == TrialState.COMPLETE,
-            Trial.value.is_not(None),
+    return (
+        session.scalar(
+            select(func.count()).where(
+                Trial.study_id == study_id,
+                IS_SEARCH,
+                Trial.state == TrialState.COMPLETE,
+                Trial.value.is_not(None),
+            )
         )
-    ) or 0
+        or 0
+    )
 
 
-def complete_columns(session: Session, study: Study, cache: ResultCache | None = None
-                     ) -> Columns:
+def complete_columns(session: Session, study: Study, cache: ResultCache | None = None) -> Columns:
     """The :class:`Columns` of ``study``, cached per number of COMPLETE trials."""
     cache = cache or COLUMNS_CACHE
     key = _key(session, study.id, _n_complete(session, study.id))
@@ -321,8 +329,12 @@ def complete_columns(session: Session, study: Study, cache: ResultCache | None =
 def _columns(session: Session, study: Study) -> Columns:
     rows = session.execute(
         select(Trial.number, Trial.value, Trial.params)
-        .where(Trial.study_id == study.id, IS_SEARCH, Trial.state == TrialState.COMPLETE,
-               Trial.value.is_not(None))
+        .where(
+            Trial.study_id == study.id,
+            IS_SEARCH,
+            Trial.state == TrialState.COMPLETE,
+            Trial.value.is_not(None),
+        )
         .order_by(Trial.number)
     ).all()
     n = len(rows)
@@ -340,11 +352,14 @@ def _columns(session: Session, study: Study) -> Columns:
     options: dict[str, list[str] | None] = {}
     for label in labels:
         info = space.params.get(label) if space else None
-        options[label] = [_option_text(o) for o in info.options] if info and info.options \
-            else None
-    return Columns(numbers=[r.number for r in rows], values=[r.value for r in rows],
-                   labels=labels, columns={label: _numeric(raw[label]) for label in labels},
-                   options=options)
+        options[label] = [_option_text(o) for o in info.options] if info and info.options else None
+    return Columns(
+        numbers=[r.number for r in rows],
+        values=[r.value for r in rows],
+        labels=labels,
+        columns={label: _numeric(raw[label]) for label in labels},
+        options=options,
+    )
 
 
 def _varies(column: list[Any]) -> bool:
@@ -376,8 +391,7 @@ def _space_of(study: Study) -> Space | None:
 def _numeric(values: list[Any]) -> list[float | None]:
     """Raw values as finite floats (bool -> 0/1; other types -> their rank among the
     distinct values, by text); ``None`` (and a non-finite number) -> ``None``."""
-    others = sorted({repr(v) for v in values
-                     if v is not None and not isinstance(v, int | float)})
+    others = sorted({repr(v) for v in values if v is not None and not isinstance(v, int | float)})
     rank = {text: i for i, text in enumerate(others)}
     out: list[float | None] = []
     for v in values:
@@ -391,8 +405,7 @@ def _numeric(values: list[Any]) -> list[float | None]:
     return out
 
 
-def parallel(session: Session, study_id: int, labels: Sequence[str] | None = None
-             ) -> Parallel:
+def parallel(session: Session, study_id: int, labels: Sequence[str] | None = None) -> Parallel:
     """The parameters and score of every COMPLETE search trial, one axis per label that
     varies (choice axes carry their options' text; the value is the option index).
 
@@ -400,18 +413,24 @@ def parallel(session: Session, study_id: int, labels: Sequence[str] | None = Non
     skipped): what a chart that shows a few axes asks for."""
     study = studies_mod.get_study(session, study_id)
     cols = complete_columns(session, study)
-    chosen = cols.labels if labels is None else [
-        label for label in dict.fromkeys(labels) if label in cols.columns]
+    chosen = (
+        cols.labels
+        if labels is None
+        else [label for label in dict.fromkeys(labels) if label in cols.columns]
+    )
     axis = ParallelAxis.model_construct
     return Parallel.model_construct(
-        study_id=study_id, numbers=cols.numbers, values=cols.values,
-        axes=[axis(label=label, options=cols.options[label], values=cols.columns[label])
-              for label in chosen],
+        study_id=study_id,
+        numbers=cols.numbers,
+        values=cols.values,
+        axes=[
+            axis(label=label, options=cols.options[label], values=cols.columns[label])
+            for label in chosen
+        ],
     )
 
 
-def importance(session: Session, study_id: int, cache: ResultCache | None = None
-               ) -> Importance:
+def importance(session: Session, study_id: int, cache: ResultCache | None = None) -> Importance:
     """Random-forest importance of each varying parameter label for the score.
 
     Cached per (study, number of COMPLETE search trials): the page refreshes cost one
@@ -434,16 +453,24 @@ def _fit_importance(study_id: int, cols: Columns) -> Importance:
     n_complete = len(cols.numbers)
 
     def answer(n_fit: int, items: list[ParamImportance], note: str | None) -> Importance:
-        return Importance(study_id=study_id, n_complete=n_complete, n_fit=n_fit,
-                          method=IMPORTANCE_METHOD, importances=items, note=note)
+        return Importance(
+            study_id=study_id,
+            n_complete=n_complete,
+            n_fit=n_fit,
+            method=IMPORTANCE_METHOD,
+            importances=items,
+            note=note,
+        )
 
     if n_complete < IMPORTANCE_MIN_TRIALS:
-        return answer(0, [], f"needs at least {IMPORTANCE_MIN_TRIALS} COMPLETE trials; "
-                             f"{n_complete} so far")
+        return answer(
+            0, [], f"needs at least {IMPORTANCE_MIN_TRIALS} COMPLETE trials; {n_complete} so far"
+        )
     pick = np.arange(n_complete)
     if n_complete > IMPORTANCE_MAX_FIT:
-        pick = np.sort(np.random.default_rng(0).choice(n_complete, IMPORTANCE_MAX_FIT,
-                                                       replace=False))
+        pick = np.sort(
+            np.random.default_rng(0).choice(n_complete, IMPORTANCE_MAX_FIT, replace=False)
+        )
     y = np.asarray(cols.values, dtype=float)[pick]
     if not cols.labels or float(np.ptp(y)) == 0.0:
         why = "no parameter varies" if not cols.labels else "every score is the same"
@@ -457,16 +484,22 @@ def _fit_importance(study_id: int, cols: Columns) -> Importance:
 
     from sklearn.ensemble import RandomForestRegressor  # import cost paid on first use
 
-    forest = RandomForestRegressor(n_estimators=IMPORTANCE_TREES, min_samples_leaf=3,
-                                   random_state=0, n_jobs=1)
+    forest = RandomForestRegressor(
+        n_estimators=IMPORTANCE_TREES,
+        random_state=0,
+        n_jobs=1,
+        min_samples_leaf=3 if len(pick) >= 50 else 1,
+    )
     forest.fit(x, y)
     weights = forest.feature_importances_
     total = float(weights.sum())
     if not math.isfinite(total) or total <= 0:
         return answer(len(pick), [], "the forest found no split that explains the scores")
     items = sorted(
-        (ParamImportance(label=label, importance=float(w) / total)
-         for label, w in zip(cols.labels, weights, strict=True)),
+        (
+            ParamImportance(label=label, importance=float(w) / total)
+            for label, w in zip(cols.labels, weights, strict=True)
+        ),
         key=lambda item: (-item.importance, item.label),
     )
     return answer(len(pick), items, None)
@@ -485,7 +518,8 @@ def trial_detail(session: Session, study_id: int, number: int) -> TrialDetail:
     worker = session.get(Worker, trial.worker_id) if trial.worker_id is not None else None
     final_of = (
         session.scalar(select(Trial.number).where(Trial.id == trial.final_of_id))
-        if trial.final_of_id is not None else None
+        if trial.final_of_id is not None
+        else None
     )
     rescored_by = session.scalar(
         select(Trial.number).where(Trial.final_of_id == trial.id).order_by(Trial.number)
@@ -494,6 +528,7 @@ def trial_detail(session: Session, study_id: int, number: int) -> TrialDetail:
     return TrialDetail(
         trial=out,
         study_name=study.name,
+        params_shown=_params_shown(_space_of(study), out.params),
         worker_name=worker.name if worker else None,
         timing=Timing(
             queued_seconds=_seconds(trial.started_at, trial.created_at),
@@ -502,6 +537,23 @@ def trial_detail(session: Session, study_id: int, number: int) -> TrialDetail:
         final_of_number=final_of,
         rescored_by_number=rescored_by,
     )
+
+
+def _params_shown(space: Space | None, params: dict[str, Any]) -> dict[str, str]:
+    shown = {}
+    for label, raw in params.items():
+        info = space.params.get(label) if space else None
+        if (
+            info is not None
+            and info.options
+            and isinstance(raw, int)
+            and not isinstance(raw, bool)
+            and 0 <= raw < len(info.options)
+        ):
+            shown[label] = _option_text(info.options[raw])
+        else:
+            shown[label] = _option_text(raw)
+    return shown
 
 
 # -- workers ------------------------------------------------------------------------------
@@ -517,8 +569,12 @@ def workers_status(session: Session, lease_seconds: float) -> WorkersStatus:
         .where(Trial.state == TrialState.RUNNING, Trial.worker_id.is_not(None))
         .order_by(Trial.started_at)
     ):
-        running.setdefault(r.worker_id, CurrentTrial(
-            trial_id=r.id, study_id=r.study_id, number=r.number, started_at=r.started_at))
+        running.setdefault(
+            r.worker_id,
+            CurrentTrial(
+                trial_id=r.id, study_id=r.study_id, number=r.number, started_at=r.started_at
+            ),
+        )
     done = dict(
         session.execute(
             select(Trial.worker_id, func.count())
@@ -529,10 +585,18 @@ def workers_status(session: Session, lease_seconds: float) -> WorkersStatus:
     out = []
     for w in session.scalars(select(Worker).order_by(Worker.id)):
         since = _seconds(db_now, w.last_seen_at) or 0.0
-        out.append(WorkerStatus(
-            id=w.id, name=w.name, host=w.host, device=w.device, alive=since <= window,
-            registered_at=w.registered_at, last_seen_at=w.last_seen_at,
-            seconds_since_seen=max(since, 0.0), current=running.get(w.id),
-            trials_done=done.get(w.id, 0),
-        ))
+        out.append(
+            WorkerStatus(
+                id=w.id,
+                name=w.name,
+                host=w.host,
+                device=w.device,
+                alive=since <= window,
+                registered_at=w.registered_at,
+                last_seen_at=w.last_seen_at,
+                seconds_since_seen=max(since, 0.0),
+                current=running.get(w.id),
+                trials_done=done.get(w.id, 0),
+            )
+        )
     return WorkersStatus(db_now=db_now, alive_within_seconds=window, workers=out)

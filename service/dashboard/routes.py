@@ -91,8 +91,12 @@ def fmt_duration(seconds: float | None) -> str:
 
 
 def _environment() -> Environment:
-    env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=True,
-                      trim_blocks=True, lstrip_blocks=True)
+    env = Environment(
+        loader=FileSystemLoader(HERE / "templates"),
+        autoescape=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
     env.filters.update(score=fmt_score, time=fmt_time, duration=fmt_duration)
     return env
 
@@ -117,9 +121,14 @@ _check_reader = require(Role.READER)
 
 def page_reader(
     request: Request,
-    token: Annotated[str | None, Query(
-        max_length=512, description="A reader (or stronger) token: checked, stored in the "
-        "archsearch_token cookie, then removed from the URL by a redirect.")] = None,
+    token: Annotated[
+        str | None,
+        Query(
+            max_length=512,
+            description="A reader (or stronger) token: checked, stored in the "
+            "archsearch_token cookie, then removed from the URL by a redirect.",
+        ),
+    ] = None,
     authorization: Annotated[str | None, Header()] = None,
     archsearch_token: Annotated[str | None, Cookie(include_in_schema=False)] = None,
 ) -> None:
@@ -148,51 +157,82 @@ def _or_404(fn: Callable[..., T], *args: Any) -> T:
         raise PageError(404, exc.message) from None
 
 
-router = APIRouter(tags=["dashboard"], default_response_class=HTMLResponse,
-                   responses={401: {"description": "HTML page: how to pass a token"},
-                              403: {"description": "HTML page: the token's role is too low"}})
+router = APIRouter(
+    tags=["dashboard"],
+    default_response_class=HTMLResponse,
+    responses={
+        401: {"description": "HTML page: how to pass a token"},
+        403: {"description": "HTML page: the token's role is too low"},
+    },
+)
 Partial = Annotated[bool, Query(description="Only the live section (the refresh loop).")]
 
 
 # -- pages -------------------------------------------------------------------------------
 @router.get("/", response_class=HTMLResponse)
-def index(request: Request, _: PageReader, session: SessionDep,
-          partial: Partial = False) -> HTMLResponse:
+def index(
+    request: Request, _: PageReader, session: SessionDep, partial: Partial = False
+) -> HTMLResponse:
     """Studies: name, state, progress, best score, started, workers busy."""
     data = queries.overview(session)
-    return render(request, "_index_live.html" if partial else "index.html", data=data,
-                  version=_version(data))
+    return render(
+        request, "_index_live.html" if partial else "index.html", data=data, version=_version(data)
+    )
 
 
-@router.get("/studies/{study_id}", response_class=HTMLResponse,
-            responses={404: {"description": "HTML page: no such study"}})
-def study_page(request: Request, study_id: int, _: PageReader, session: SessionDep,
-               partial: Partial = False) -> HTMLResponse:
+@router.get(
+    "/studies/{study_id}",
+    response_class=HTMLResponse,
+    responses={404: {"description": "HTML page: no such study"}},
+)
+def study_page(
+    request: Request, study_id: int, _: PageReader, session: SessionDep, partial: Partial = False
+) -> HTMLResponse:
     """One study: charts (best so far, scores by state, parallel coordinates, parameter
     importance), counts by state, leaderboard, failures with reasons."""
     data = _or_404(queries.summary, session, study_id)
-    return render(request, "_study_live.html" if partial else "study.html", s=data,
-                  version=_version(data))
+    return render(
+        request, "_study_live.html" if partial else "study.html", s=data, version=_version(data)
+    )
 
 
-@router.get("/studies/{study_id}/trials/{number}", response_class=HTMLResponse,
-            responses={404: {"description": "HTML page: no such study or trial"}})
-def trial_page(request: Request, study_id: int, number: int, _: PageReader,
-               session: SessionDep, partial: Partial = False) -> HTMLResponse:
+@router.get(
+    "/studies/{study_id}/trials/{number}",
+    response_class=HTMLResponse,
+    responses={404: {"description": "HTML page: no such study or trial"}},
+)
+def trial_page(
+    request: Request,
+    study_id: int,
+    number: int,
+    _: PageReader,
+    session: SessionDep,
+    partial: Partial = False,
+) -> HTMLResponse:
     """One trial: parameters, architecture, intermediate values, timings, worker, attempts,
     reason."""
     data = _or_404(queries.trial_detail, session, study_id, number)
-    return render(request, "_trial_live.html" if partial else "trial.html", d=data,
-                  t=data.trial, version=_version(data))
+    return render(
+        request,
+        "_trial_live.html" if partial else "trial.html",
+        d=data,
+        t=data.trial,
+        version=_version(data),
+    )
 
 
 @router.get("/workers", response_class=HTMLResponse)
-def workers_page(request: Request, _: PageReader, session: SessionDep,
-                 partial: Partial = False) -> HTMLResponse:
+def workers_page(
+    request: Request, _: PageReader, session: SessionDep, partial: Partial = False
+) -> HTMLResponse:
     """Workers: alive or not, device, current trial, last heartbeat, trials done."""
     data = queries.workers_status(session, request.app.state.settings.lease_seconds)
-    return render(request, "_workers_live.html" if partial else "workers.html", data=data,
-                  version=_version(data))
+    return render(
+        request,
+        "_workers_live.html" if partial else "workers.html",
+        data=data,
+        version=_version(data),
+    )
 
 
 @router.get("/logout", response_class=RedirectResponse, status_code=303)
@@ -220,8 +260,7 @@ def plotly_js(request: Request) -> Response:
     """plotly.js as shipped in the ``plotly`` Python package (works offline), gzip when
     the browser accepts it, cacheable for a day, 304 for a matching If-None-Match."""
     data, gz, etag = _plotly()
-    headers = {"ETag": etag, "Cache-Control": "public, max-age=86400",
-               "Vary": "Accept-Encoding"}
+    headers = {"ETag": etag, "Cache-Control": "public, max-age=86400", "Vary": "Accept-Encoding"}
     if request.headers.get("if-none-match") == etag:
         return Response(status_code=304, headers=headers)
     if "gzip" in request.headers.get("accept-encoding", ""):
@@ -234,13 +273,21 @@ def token_redirect(request: Request, exc: Exception) -> Response:
     """The answer to :class:`TokenAccepted`: 303 to the page, setting the cookie."""
     assert isinstance(exc, TokenAccepted)
     response = RedirectResponse(exc.location, status_code=303)
-    response.set_cookie(COOKIE, exc.token, max_age=COOKIE_MAX_AGE, path="/", httponly=True,
-                        samesite="lax", secure=request.url.scheme == "https")
+    response.set_cookie(
+        COOKIE,
+        exc.token,
+        max_age=COOKIE_MAX_AGE,
+        path="/",
+        httponly=True,
+        samesite="lax",
+        secure=request.url.scheme == "https",
+    )
     return response
 
 
 def page_error(request: Request, exc: Exception) -> Response:
     """The answer to :class:`PageError`: an HTML page with the status and the reason."""
     assert isinstance(exc, PageError)
-    return render(request, "error.html", status_code=exc.status, status=exc.status,
-                  message=exc.message)
+    return render(
+        request, "error.html", status_code=exc.status, status=exc.status, message=exc.message
+    )

@@ -175,6 +175,10 @@ class TrialDetail(BaseModel):
 
     trial: TrialOut
     study_name: str
+    params_shown: dict[str, str] = Field(
+        description="Each parameter as the space reads it: a choice's option (the raw value "
+        "is its index), other values as they are."
+    )
     worker_name: str | None
     timing: Timing
     final_of_number: int | None = Field(description="For a final trial: the trial it re-scores.")

@@ -24,7 +24,7 @@
 
   function layout(extra) {
     return Object.assign({
-      margin: { l: 56, r: 16, t: 12, b: 44 },
+      margin: { l: 56, r: 16, t: 32, b: 44 },
       paper_bgcolor: "rgba(0,0,0,0)",
       plot_bgcolor: "rgba(0,0,0,0)",
       font: { size: 11, color: "#1d2330" },
@@ -70,7 +70,7 @@
     return draw(div, [
       { type: "scatter", mode: "markers", name: "COMPLETE score",
         x: complete.map((p) => p.number), y: complete.map((p) => p.value),
-        marker: { size: 4, color: "rgba(46,157,91,0.25)" },
+        marker: { size: 5, color: "rgba(46,157,91,0.45)" },
         hovertemplate: "trial %{x}<br>score %{y:.4g}<extra></extra>" },
       { type: "scatter", mode: "lines", name: "best so far", line: { shape: "hv", width: 2.5,
         color: "#2f6fdb" }, x: best.map((p) => p.number), y: best.map((p) => p.best_so_far),
@@ -106,7 +106,7 @@
     }
     return draw(div, traces, layout({
       showlegend: true, legend: { orientation: "h", y: -0.22 },
-      margin: { l: 56, r: 16, t: 12, b: 70 },
+      margin: { l: 56, r: 16, t: 32, b: 70 },
       xaxis: { title: { text: "trial" } }, yaxis: { title: { text: "score" } },
     }));
   }
@@ -158,6 +158,7 @@
           + " COMPLETE trials)";
     }
     const items = importance.importances.slice(0, MAX_IMPORTANCE_BARS).reverse();
+    if (div) { div.style.height = Math.max(240, 22 * items.length + 90) + "px"; }
     if (!items.length) {
       return draw(div, [], emptyLayout(importance.note || "no importance yet"));
     }
@@ -165,7 +166,7 @@
       type: "bar", orientation: "h", x: items.map((i) => i.importance),
       y: items.map((i) => i.label), marker: { color: "#2f6fdb" },
       hovertemplate: "%{y}<br>%{x:.3f}<extra></extra>",
-    }], layout({ margin: { l: 170, r: 16, t: 8, b: 36 },
+    }], layout({ margin: { l: 170, r: 16, t: 32, b: 40 },
                  xaxis: { title: { text: "importance (sums to 1)" } },
                  yaxis: { automargin: true } }));
   }
@@ -217,7 +218,10 @@
       type: "scatter", mode: "lines+markers", x: points.map((p) => p[0]),
       y: points.map((p) => p[1]), line: { color: "#2f6fdb" },
       hovertemplate: "step %{x}<br>%{y:.4g}<extra></extra>",
-    }], layout({ xaxis: { title: { text: "step" } }, yaxis: { title: { text: "value" } } }));
+    }], layout({
+      xaxis: { title: { text: "step" }, dtick: points.length <= 20 ? 1 : undefined },
+      yaxis: { title: { text: "value" } },
+    }));
   }
 
   // -- drawing and refreshing -----------------------------------------------------------------

@@ -1,0 +1,183 @@
+"""The dashboard in a real browser: headless Chromium (Debian packages ``chromium`` and
+``chromium-driver``) driven by selenium against a live coordinator (uvicorn on a loopback
+port, ``ARCHSEARCH_OPEN_READS=true``) whose study was filled through the API.
+
+Every page is opened; the charts must have drawn (plotly's SVG in each chart div), the
+browser console must hold no SEVERE entry, the live refresh must pick up a new best
+score, and a hostile study name must show as text (no script runs). Screenshots go to
+``$ARCHSEARCH_SCREENSHOT_DIR`` when set (e.g. ``bench/out/screenshots``), else to the
+test's temporary directory; the folder is written to stderr.
+
+Without ``/usr/bin/chromium`` the test is SKIPPED with the reason, unless
+``ARCHSEARCH_REQUIRE_BROWSER=1`` (CI, ``.ci/run``), where it FAILS.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from client import Client
+from service.launch import LiveCoordinator, start_coordinator, stop_coordinator
+from tests.service.conftest import ADMIN_TOKEN, migrate
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+REQUIRE = os.environ.get("ARCHSEARCH_REQUIRE_BROWSER", "") not in ("", "0", "false")
+HOSTILE = "<script>alert(1)</script> cifar"
+CHARTS = {
+    "study": ["chart-best", "chart-scores", "chart-parallel", "chart-importance"],
+    "trial": ["chart-intermediate"],
+}
+FLAGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    # parcoords draws with WebGL: let it use the software renderer without a GPU.
+    "--enable-unsafe-swiftshader",
+    "--window-size=1400,1000",
+]
+
+
+def _missing_browser() -> str | None:
+    for path in (CHROMIUM, CHROMEDRIVER):
+        if not path.exists():
+            return f"{path} is missing (apt-get install chromium chromium-driver)"
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        return "selenium is not installed (pip install -e '.[dev]')"
+    return None
+
+
+@pytest.fixture
+def driver(tmp_path) -> Iterator[object]:
+    reason = _missing_browser()
+    if reason is not None:
+        if REQUIRE:
+            pytest.fail(f"ARCHSEARCH_REQUIRE_BROWSER=1 but {reason}")
+        pytest.skip(f"browser test skipped: {reason}")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    browser = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    browser.set_page_load_timeout(60)
+    try:
+        yield browser
+    finally:
+        browser.quit()
+
+
+@pytest.fixture
+def coordinator(sqlite_url) -> Iterator[LiveCoordinator]:
+    migrate(sqlite_url)
+    live = start_coordinator(
+        sqlite_url, admin_token=ADMIN_TOKEN, env={"ARCHSEARCH_OPEN_READS": "true"}
+    )
+    try:
+        yield live
+    finally:
+        stop_coordinator(live)
+
+
+def fill(c: Client) -> tuple[int, int, int, dict]:
+    """A study with COMPLETE, FAILED and INFEASIBLE trials and intermediate values;
+    returns ``(study id, worker id, number of a trial with intermediate values, the
+    trial left RUNNING)``."""
+    study = c.create_study(
+        name=HOSTILE,
+        dataset="builtin:digits",
+        space="pinto-cox",
+        algorithm="random",
+        max_trials=40,
+        max_parallel=4,
+        top_k=0,
+    )
+    wid = c.register_worker("gpu01", host="node1", device="cuda:0")["id"]
+    scored = None
+    for k in range(1, 100):
+        got = c.claim(wid)
+        assert got is not None, "the study ran out of trials"
+        trial = got["trial"]
+        if k == 20:
+            return study["id"], wid, scored, trial
+        value = 0.3 + 0.5 * ((k * 37) % 17) / 17
+        for step in (1, 2, 3):
+            c.heartbeat(trial["id"], wid, step=step, value=value * step / 3)
+        if k % 6 == 0:
+            c.fail(trial["id"], wid, "error", "CUDA out of memory <b>really</b>")
+        elif k % 7 == 0:
+            c.fail(trial["id"], wid, "infeasible", "L2 lnorm: a 9x9 window does not fit")
+        else:
+            c.complete(trial["id"], wid, value)
+            scored = scored or trial["number"]
+    raise AssertionError("unreachable")
+
+
+def test_every_page_renders_in_chromium(driver, coordinator, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    shots = Path(os.environ.get("ARCHSEARCH_SCREENSHOT_DIR") or tmp_path / "screenshots")
+    shots.mkdir(parents=True, exist_ok=True)
+    sys.stderr.write(f"\ndashboard screenshots: {shots.resolve()}\n")
+    base = coordinator.base_url
+    with Client(base, ADMIN_TOKEN) as c:
+        sid, wid, scored, running = fill(c)
+
+        def visit(name: str, path: str, charts: list[str]) -> None:
+            driver.get(base + path)
+            if charts:
+                WebDriverWait(driver, 30).until(
+                    lambda d: d.execute_script("return document.body.dataset.chartsDrawn")
+                )
+            for chart in charts:
+                drawn = driver.find_elements(By.CSS_SELECTOR, f"#{chart}.js-plotly-plot .main-svg")
+                assert drawn, f"{name}: chart #{chart} did not draw"
+            height = driver.execute_script("return document.documentElement.scrollHeight")
+            driver.set_window_size(1400, min(max(height + 160, 800), 4000))
+            time.sleep(0.3)  # let plotly's responsive resize settle before the picture
+            driver.save_screenshot(str(shots / f"{name}.png"))
+            driver.set_window_size(1400, 1000)
+            severe = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+            assert not severe, f"{name}: console errors {severe}"
+
+        visit("studies", "/", [])
+        assert HOSTILE in driver.find_element(By.CSS_SELECTOR, "table.grid").text
+        visit("study", f"/studies/{sid}", CHARTS["study"])
+        assert driver.find_element(By.TAG_NAME, "h1").text == HOSTILE  # text, not markup
+        parcoords = driver.find_elements(By.CSS_SELECTOR, "#chart-parallel .parcoords")
+        assert parcoords, "the parallel-coordinates trace did not draw"
+        bars = driver.find_elements(By.CSS_SELECTOR, "#chart-importance .bars .point")
+        assert bars, "the importance bars did not draw"
+
+        # The live refresh: a new best score shows up without a reload.
+        c.complete(running["id"], wid, 0.999)
+        WebDriverWait(driver, 20).until(
+            lambda d: d.find_element(By.ID, "best-value").text == "0.999"
+        )
+        assert not [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+
+        visit("trial", f"/studies/{sid}/trials/{scored}", CHARTS["trial"])
+        lines = driver.find_elements(By.CSS_SELECTOR, "#chart-intermediate .scatterlayer .trace")
+        assert lines, "no intermediate values drawn"
+        visit("workers", "/workers", [])
+        assert "gpu01" in driver.find_element(By.ID, "workers").text
+    for name in ("studies", "study", "trial", "workers"):
+        assert (shots / f"{name}.png").stat().st_size > 10_000, name
