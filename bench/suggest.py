@@ -104,12 +104,12 @@ def claim_latency(n_history: int, claims: int = 60) -> tuple[float, float]:
     """p50 / p99 claim latency (ms, client side) on a study with ``n_history`` finished
     trials and a TPE study's queue being refilled in the background after each report."""
     from client import Client
+    from search_space import get_space
     from service.auth import create_token
     from service.db import make_engine, session_factory, session_scope
     from service.launch import start_coordinator, stop_coordinator
     from service.migrate import upgrade
     from service.models import Role, Study, StudyState, Trial, TrialState
-    from search_space import get_space
 
     space = get_space("fg11")
     with tempfile.TemporaryDirectory() as d:

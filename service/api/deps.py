@@ -70,9 +70,9 @@ def require(role: Role) -> Callable[..., Role | None]:
         archsearch_token: Annotated[str | None, Cookie(include_in_schema=False)] = None,
     ) -> Role | None:
         settings: Settings = request.app.state.settings
-        if (not authorization and archsearch_token and role == Role.READER
-                and not settings.open_reads):
-            authorization = f"Bearer {archsearch_token}"
+        cookie = archsearch_token if role == Role.READER and not settings.open_reads else None
+        if not authorization and cookie:
+            authorization = f"Bearer {cookie}"
         admin = settings.admin_token.get_secret_value() if settings.admin_token else None
         with request.app.state.sessions() as session:
             return authorize(

@@ -44,7 +44,9 @@ def _action(session: SessionDep, trial: Trial, step: int | None, value: float | 
     study = session.get(Study, trial.study_id)
     if study is None or study.state == StudyState.STOPPED:
         return "stop"
-    if step is None or value is None:
+    # Only a multi-epoch protocol has a learning curve to compare; a screen reports its
+    # one final score, and a final (test) evaluation is never cut short.
+    if step is None or value is None or study.evaluator != "train" or trial.is_final:
         return "continue"
     # Median stopping rule: prune when below the median of finished peers at this step.
     peers = session.scalars(

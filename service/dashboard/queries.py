@@ -540,6 +540,7 @@ def trial_detail(session: Session, study_id: int, number: int) -> TrialDetail:
 
 
 def _params_shown(space: Space | None, params: dict[str, Any]) -> dict[str, str]:
+    """For each choice label of ``params``: the option its raw index picks, as text."""
     shown = {}
     for label, raw in params.items():
         info = space.params.get(label) if space else None
@@ -551,8 +552,6 @@ def _params_shown(space: Space | None, params: dict[str, Any]) -> dict[str, str]
             and 0 <= raw < len(info.options)
         ):
             shown[label] = _option_text(info.options[raw])
-        else:
-            shown[label] = _option_text(raw)
     return shown
 
 

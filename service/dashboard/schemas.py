@@ -176,8 +176,8 @@ class TrialDetail(BaseModel):
     trial: TrialOut
     study_name: str
     params_shown: dict[str, str] = Field(
-        description="Each parameter as the space reads it: a choice's option (the raw value "
-        "is its index), other values as they are."
+        description="For each choice parameter: the option it picks (its raw value is the "
+        "option's index)."
     )
     worker_name: str | None
     timing: Timing

@@ -239,6 +239,7 @@ def test_pages_show_the_study(api):
     assert '"layers": [' in trial.text  # the arch JSON, pretty
     assert "depth" in trial.text and "gpu01" in trial.text
     assert 'id="chart-intermediate"' in trial.text
+    assert " layers</code>" in trial.text  # a choice shows the option it picks
 
     failed = next(t for t in f.trials if t["state"] == "FAILED")
     page = api.client.get(f"/studies/{f.study_id}/trials/{failed['number']}", headers=api.reader)
@@ -249,6 +250,37 @@ def test_pages_show_the_study(api):
     assert workers.status_code == 200
     assert "gpu01" in workers.text and "alive" in workers.text and "cuda:0" in workers.text
     assert f'href="/studies/{f.study_id}/trials/{f.running_number}"' in workers.text
+
+
+def test_finished_study_shows_test_scores(api):
+    sid = api.new_study(name="finals", max_trials=4, max_parallel=2, top_k=2)["id"]
+    wid = api.new_worker()
+    k = 0
+    while (
+        claim := api.client.post(f"/api/v1/workers/{wid}/claim", headers=api.worker)
+    ).status_code == 200:
+        trial = claim.json()["trial"]
+        k += 1
+        value = 0.5 + k / 100
+        api.client.post(
+            f"/api/v1/trials/{trial['id']}/complete",
+            json={"worker_id": wid, "value": value},
+            headers=api.worker,
+        )
+    got = get_json(api, f"/api/v1/studies/{sid}/summary")
+    rescored = min(2, got["counts"]["COMPLETE"])
+    assert rescored >= 1
+    assert got["state"] == "finished" and got["finals"]["COMPLETE"] == rescored
+    assert got["done"] == got["max_trials"] == 4
+    tests = [r["test_value"] is not None for r in got["leaderboard"]]
+    assert tests == [True] * rescored + [False] * (len(tests) - rescored)
+    history = get_json(api, f"/api/v1/studies/{sid}/history")["points"]
+    assert len(history) == 4  # the final re-scores are not search history
+    best = got["leaderboard"][0]
+    page = api.client.get(f"/studies/{sid}", headers=api.reader).text
+    assert f"{best['test_value']:.4g}" in page and "test re-scores" in page
+    trial = api.client.get(f"/studies/{sid}/trials/{best['number']}", headers=api.reader).text
+    assert "Test re-score" in trial
 
 
 def test_unknown_study_or_trial_is_404(api):

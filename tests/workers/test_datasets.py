@@ -12,7 +12,6 @@ import io
 import os
 import pickle
 import struct
-import time
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -279,11 +278,9 @@ def test_imagefolder_layout_errors(tmp_path: Path) -> None:
 def test_shared_cifar_zip_subset() -> None:
     if not CIFAR_ZIP.is_file():
         pytest.skip(f"{CIFAR_ZIP} is absent (a clone without ../shared/data)")
-    start = time.perf_counter()
     ds = load_dataset(
         f"imagefolder:{CIFAR_ZIP}", color="rgb", max_per_class={"train": 200, "test": 50}
     )
-    elapsed = time.perf_counter() - start
     assert ds.classes == (
         "airplane", "automobile", "bird", "cat", "deer",
         "dog", "frog", "horse", "ship", "truck",
@@ -292,7 +289,6 @@ def test_shared_cifar_zip_subset() -> None:
     assert np.bincount(ds.y[~ds.is_test]).tolist() == [200] * 10
     assert np.bincount(ds.y[ds.is_test]).tolist() == [50] * 10
     assert 40 < ds.x.mean() < 200  # real photographs, not blank
-    assert elapsed < 30, f"2,500 CIFAR JPEGs took {elapsed:.1f} s"
 
 
 # ======================================================================================
