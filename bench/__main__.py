@@ -13,8 +13,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("names", nargs="*", help=f"benchmarks to run (default: {BENCHMARKS})")
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
-    parser.add_argument("--no-record", action="store_true",
-                        help="print only; do not append to bench/RESULTS.md")
+    parser.add_argument(
+        "--no-record", action="store_true", help="print only; do not append to bench/RESULTS.md"
+    )
     args = parser.parse_args(argv)
     unknown = sorted(set(args.names) - set(BENCHMARKS))
     if unknown:

@@ -97,9 +97,14 @@ def archsearch_run(backend: str, n_workers: int, n_trials: int) -> Outcome:
         try:
             with Client(live.base_url, ADMIN) as admin:
                 study = admin.create_study(
-                    name="bench", dataset="builtin:digits", space="fg11", algorithm="random",
-                    max_trials=n_trials, max_parallel=n_trials,
-                    evaluator_options={"max_features": 10_000_000}, top_k=0,
+                    name="bench",
+                    dataset="builtin:digits",
+                    space="fg11",
+                    algorithm="random",
+                    max_trials=n_trials,
+                    max_parallel=n_trials,
+                    evaluator_options={"max_features": 10_000_000},
+                    top_k=0,
                 )
             claimable = study["counts"].get("WAITING", 0)
 
@@ -131,8 +136,9 @@ def optuna_run(backend: str, n_workers: int, n_trials: int) -> Outcome:
     with database(backend) as url:
         kwargs = {"connect_args": {"timeout": 30}} if backend == "sqlite" else {}
         storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
-        study = optuna.create_study(storage=storage, study_name="bench",
-                                    sampler=optuna.samplers.RandomSampler(seed=0))
+        study = optuna.create_study(
+            storage=storage, study_name="bench", sampler=optuna.samplers.RandomSampler(seed=0)
+        )
         per = n_trials // n_workers
 
         def worker(i: int, lat: list[float]) -> int:
@@ -152,8 +158,9 @@ def optuna_run(backend: str, n_workers: int, n_trials: int) -> Outcome:
     return Outcome("optuna RDB ask/tell", backend, n_workers, done, seconds, lats, errors)
 
 
-def run(quick: bool = False, record: bool = True, workers: tuple[int, ...] = (32,)
-        ) -> list[Outcome]:
+def run(
+    quick: bool = False, record: bool = True, workers: tuple[int, ...] = (32,)
+) -> list[Outcome]:
     """Measure both systems on both backends; print and (optionally) record the table."""
     n_trials = 320 if quick else 2000
     rows = []
@@ -165,13 +172,38 @@ def run(quick: bool = False, record: bool = True, workers: tuple[int, ...] = (32
             outcomes += [ours, base]
             for o in (ours, base):
                 ratio = f"{ours.rate / base.rate:.2f}x" if o is ours else "1.00x (baseline)"
-                rows.append([o.system, o.backend, o.workers, o.trials, o.rate, o.pct(0.5),
-                             o.pct(0.99), o.errors, ratio])
-    body = report.table(["system", "db", "workers", "trials", "trials/s", "p50 claim ms",
-                         "p99 claim ms", "errors", "throughput vs baseline"], rows)
-    body += ("\n\nZero-cost evaluation: each worker claims (asks), then completes (tells) at "
-             "once. archsearch goes through uvicorn + HTTP; Optuna talks to the database "
-             "directly. Claim latency is measured by the client around one claim call. "
-             f"{n_trials} trials per run.")
+                rows.append(
+                    [
+                        o.system,
+                        o.backend,
+                        o.workers,
+                        o.trials,
+                        o.rate,
+                        o.pct(0.5),
+                        o.pct(0.99),
+                        o.errors,
+                        ratio,
+                    ]
+                )
+    body = report.table(
+        [
+            "system",
+            "db",
+            "workers",
+            "trials",
+            "trials/s",
+            "p50 claim ms",
+            "p99 claim ms",
+            "errors",
+            "throughput vs baseline",
+        ],
+        rows,
+    )
+    body += (
+        "\n\nZero-cost evaluation: each worker claims (asks), then completes (tells) at "
+        "once. archsearch goes through uvicorn + HTTP; Optuna talks to the database "
+        "directly. Claim latency is measured by the client around one claim call. "
+        f"{n_trials} trials per run."
+    )
     report.record("coordinator: claim -> complete throughput", body, enabled=record)
     return outcomes

@@ -41,8 +41,14 @@ PINTO_COX_32 = Architecture(
     input_size=32,
     input_channels=3,
     lnorm0=LNorm(3, remove_mean=False, stretch=10.0, threshold=1.0),
-    layers=(Layer(FBCorr(64, 5), Activation(0.0, math.inf), LPool(5, 2.0, 2),
-                  LNorm(3, remove_mean=False, stretch=1.0, threshold=1.0)),),
+    layers=(
+        Layer(
+            FBCorr(64, 5),
+            Activation(0.0, math.inf),
+            LPool(5, 2.0, 2),
+            LNorm(3, remove_mean=False, stretch=1.0, threshold=1.0),
+        ),
+    ),
     seed=42,
 )
 MODELS: dict[str, Architecture] = {
@@ -118,13 +124,18 @@ def conv_ceiling(device: torch.device, dtype: torch.dtype, quick: bool) -> float
     return best
 
 
-def model_throughput(arch: Architecture, device: torch.device, dtype: torch.dtype,
-                     batch: int, n_images: int) -> tuple[float, float]:
+def model_throughput(
+    arch: Architecture, device: torch.device, dtype: torch.dtype, batch: int, n_images: int
+) -> tuple[float, float]:
     """``(images/s, GFLOP/s)`` of ``extract_features`` over ``n_images`` random images."""
     model = build_model(arch, dtype=dtype, device=device)
     rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, size=(n_images, arch.input_channels, arch.input_size,
-                                        arch.input_size), dtype=np.uint8)
+    images = rng.integers(
+        0,
+        256,
+        size=(n_images, arch.input_channels, arch.input_size, arch.input_size),
+        dtype=np.uint8,
+    )
     index = np.arange(n_images)
     extract_features(model, images, index[:batch], device=device, batch_size=batch)  # warm-up
     _sync(device)
@@ -144,14 +155,18 @@ def plan(device: torch.device, quick: bool) -> list[tuple[str, torch.dtype, int,
     if device.type == "cuda":
         dtypes = [torch.float32, torch.bfloat16]
         batches = [64, 256] if quick else [64, 128, 256, 512]
-        images = {"fg11-ht-l3-1st 200px": lambda b: 4 * b,
-                  "pinto-cox 1-layer 32px": lambda b: 32 * b}
+        images = {
+            "fg11-ht-l3-1st 200px": lambda b: 4 * b,
+            "pinto-cox 1-layer 32px": lambda b: 32 * b,
+        }
     else:
         dtypes = [torch.float32]
         batches = [8] if quick else [8, 32]
         n_fg11, n_small = (16, 512) if quick else (64, 4096)
-        images = {"fg11-ht-l3-1st 200px": lambda b: max(b, n_fg11),
-                  "pinto-cox 1-layer 32px": lambda b: max(b, n_small)}
+        images = {
+            "fg11-ht-l3-1st 200px": lambda b: max(b, n_fg11),
+            "pinto-cox 1-layer 32px": lambda b: max(b, n_small),
+        }
     return [(name, dt, b, images[name](b)) for name in MODELS for dt in dtypes for b in batches]
 
 
@@ -167,15 +182,46 @@ def run(quick: bool = False, record: bool = True) -> list[Row]:
             if dtype not in ceilings:
                 ceilings[dtype] = conv_ceiling(device, dtype, quick)
             ips, gflops = model_throughput(MODELS[name], device, dtype, batch, n)
-            rows.append(Row(name, str(device), str(dtype).removeprefix("torch."), batch, n,
-                            ips, gflops, ceilings[dtype]))
+            rows.append(
+                Row(
+                    name,
+                    str(device),
+                    str(dtype).removeprefix("torch."),
+                    batch,
+                    n,
+                    ips,
+                    gflops,
+                    ceilings[dtype],
+                )
+            )
     body = report.table(
-        ["model", "device", "dtype", "batch", "images", "images/s", "GFLOP/s",
-         "conv2d ceiling GFLOP/s", "ratio"],
-        [[r.model, r.device, r.dtype, r.batch, r.images, r.images_per_s, r.gflops_per_s,
-          r.ceiling_gflops_per_s, f"{r.ratio:.2f}"] for r in rows],
+        [
+            "model",
+            "device",
+            "dtype",
+            "batch",
+            "images",
+            "images/s",
+            "GFLOP/s",
+            "conv2d ceiling GFLOP/s",
+            "ratio",
+        ],
+        [
+            [
+                r.model,
+                r.device,
+                r.dtype,
+                r.batch,
+                r.images,
+                r.images_per_s,
+                r.gflops_per_s,
+                r.ceiling_gflops_per_s,
+                f"{r.ratio:.2f}",
+            ]
+            for r in rows
+        ],
     )
-    gpu = (f"; GPU: {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "")
+    gpu = f"; GPU: {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
     body += (
         f"\n\ntorch {torch.__version__}, {torch.get_num_threads()} CPU threads{gpu}. "
         "FLOPs per image: fg11-ht-l3-1st 200px "

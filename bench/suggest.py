@@ -31,8 +31,10 @@ def objective(raw: dict[str, Any]) -> float:
 def history(space: Any, n: int) -> list[Any]:
     from search_space import HistoryItem
 
-    return [HistoryItem(raw=r, state="COMPLETE", value=objective(r))
-            for r in space.sample_many(n, seed=7)]
+    return [
+        HistoryItem(raw=r, state="COMPLETE", value=objective(r))
+        for r in space.sample_many(n, seed=7)
+    ]
 
 
 def _median_time(fn: Any, repeats: int) -> float:
@@ -65,8 +67,15 @@ def plain_hyperopt(space: Any, hist: list[Any], repeats: int) -> float:
     rstate = np.random.default_rng(0)
 
     def one(i: int) -> None:
-        fmin(lambda p: {"loss": 0.5, "status": STATUS_OK}, space.expr, algo=tpe.suggest,
-             max_evals=done + i + 1, trials=trials, rstate=rstate, show_progressbar=False)
+        fmin(
+            lambda p: {"loss": 0.5, "status": STATUS_OK},
+            space.expr,
+            algo=tpe.suggest,
+            max_evals=done + i + 1,
+            trials=trials,
+            rstate=rstate,
+            show_progressbar=False,
+        )
 
     return _median_time(one, repeats)
 
@@ -77,19 +86,24 @@ def optuna_tpe(space: Any, hist: list[Any], repeats: int) -> float:
     from optuna.distributions import CategoricalDistribution
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    dists = {label: CategoricalDistribution(list(range(len(info.options))))
-             for label, info in space.params.items() if info.options}
-    study = optuna.create_study(direction="maximize",
-                                sampler=optuna.samplers.TPESampler(n_startup_trials=20,
-                                                                   seed=0))
-    study.add_trials([
-        optuna.trial.create_trial(
-            params={k: v for k, v in item.raw.items() if k in dists},
-            distributions={k: dists[k] for k in item.raw if k in dists},
-            value=item.value,
-        )
-        for item in hist
-    ])
+    dists = {
+        label: CategoricalDistribution(list(range(len(info.options))))
+        for label, info in space.params.items()
+        if info.options
+    }
+    study = optuna.create_study(
+        direction="maximize", sampler=optuna.samplers.TPESampler(n_startup_trials=20, seed=0)
+    )
+    study.add_trials(
+        [
+            optuna.trial.create_trial(
+                params={k: v for k, v in item.raw.items() if k in dists},
+                distributions={k: dists[k] for k in item.raw if k in dists},
+                value=item.value,
+            )
+            for item in hist
+        ]
+    )
 
     def one(_: int) -> None:
         trial = study.ask()
@@ -118,19 +132,38 @@ def claim_latency(n_history: int, claims: int = 60) -> tuple[float, float]:
         upgrade(engine)
         with session_scope(session_factory(engine)) as s:
             token = create_token(s, Role.WORKER, "bench")
-            study = Study(name="hist", state=StudyState.RUNNING, space=space.to_dict(),
-                          space_name="fg11", dataset="builtin:digits", evaluator="screen",
-                          evaluator_options={"max_features": 10_000_000}, algorithm="tpe",
-                          algorithm_options={}, max_trials=n_history + 10 * claims,
-                          max_parallel=4, top_k=0, seed=0)
+            study = Study(
+                name="hist",
+                state=StudyState.RUNNING,
+                space=space.to_dict(),
+                space_name="fg11",
+                dataset="builtin:digits",
+                evaluator="screen",
+                evaluator_options={"max_features": 10_000_000},
+                algorithm="tpe",
+                algorithm_options={},
+                max_trials=n_history + 10 * claims,
+                max_parallel=4,
+                top_k=0,
+                seed=0,
+            )
             s.add(study)
             s.flush()
             for i, raw in enumerate(space.sample_many(n_history, seed=3), start=1):
                 arch = space.to_arch(raw)
-                s.add(Trial(study_id=study.id, number=i, state=TrialState.COMPLETE,
-                            params=raw, arch=arch.to_dict(),
-                            config_hash=hashlib.sha256(f"{i}".encode()).hexdigest(),
-                            value=objective(raw), metrics={}, intermediate=[]))
+                s.add(
+                    Trial(
+                        study_id=study.id,
+                        number=i,
+                        state=TrialState.COMPLETE,
+                        params=raw,
+                        arch=arch.to_dict(),
+                        config_hash=hashlib.sha256(f"{i}".encode()).hexdigest(),
+                        value=objective(raw),
+                        metrics={},
+                        intermediate=[],
+                    )
+                )
         engine.dispose()
         admin = "bench-admin-token-0123456789abcdef"
         live = start_coordinator(url, admin_token=admin)
@@ -166,18 +199,30 @@ def run(quick: bool = False, record: bool = True) -> None:
         b = plain_hyperopt(space, hist, repeats)
         c = optuna_tpe(space, hist, repeats)
         rows.append([n, 1000 * a, 1000 * b, 1000 * c, f"{b / a:.2f}x", f"{c / a:.2f}x"])
-    body = report.table(["finished trials", "archsearch TPE ms", "hyperopt fmin ms",
-                         "optuna TPE ms", "hyperopt / ours", "optuna / ours"], rows)
-    body += ("\n\nOne suggestion, median of 3-5. archsearch rebuilds hyperopt's Trials from "
-             "the stored history on every call (stateless coordinator); the hyperopt column "
-             "keeps its Trials in memory between iterations, as a script does. A ratio > 1 "
-             "means archsearch is faster. Space: fg11 (33 choice parameters).\n\n")
+    body = report.table(
+        [
+            "finished trials",
+            "archsearch TPE ms",
+            "hyperopt fmin ms",
+            "optuna TPE ms",
+            "hyperopt / ours",
+            "optuna / ours",
+        ],
+        rows,
+    )
+    body += (
+        "\n\nOne suggestion, median of 3-5. archsearch rebuilds hyperopt's Trials from "
+        "the stored history on every call (stateless coordinator); the hyperopt column "
+        "keeps its Trials in memory between iterations, as a script does. A ratio > 1 "
+        "means archsearch is faster. Space: fg11 (33 choice parameters).\n\n"
+    )
     lat_rows = []
     for n in sizes:
         p50, p99 = claim_latency(n)
         lat_rows.append([n, p50, p99])
     body += report.table(["finished trials", "claim p50 ms", "claim p99 ms"], lat_rows)
-    body += ("\n\nClaim latency over HTTP (one worker, claim then complete, SQLite, TPE "
-             "study with max_parallel=4 refilled in the background after every report).")
-    report.record("suggest: suggestion cost and claim latency vs history", body,
-                  enabled=record)
+    body += (
+        "\n\nClaim latency over HTTP (one worker, claim then complete, SQLite, TPE "
+        "study with max_parallel=4 refilled in the background after every report)."
+    )
+    report.record("suggest: suggestion cost and claim latency vs history", body, enabled=record)

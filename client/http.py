@@ -58,8 +58,12 @@ class Client:
         if response.status_code >= 400:
             try:
                 err = response.json()["error"]
-                raise ApiError(response.status_code, err.get("code", "error"),
-                               err.get("message", response.text), err.get("field"))
+                raise ApiError(
+                    response.status_code,
+                    err.get("code", "error"),
+                    err.get("message", response.text),
+                    err.get("field"),
+                )
             except (ValueError, KeyError, TypeError):
                 raise ApiError(response.status_code, "http_error", response.text) from None
         return response
@@ -91,8 +95,15 @@ class Client:
     def set_study_state(self, study_id: int, state: str) -> JSON:
         return self._json("PATCH", f"/api/v1/studies/{study_id}", json={"state": state})
 
-    def trials_page(self, study_id: int, *, state: str | None = None, order: str = "number",
-                    limit: int = 100, after: str | None = None) -> JSON:
+    def trials_page(
+        self,
+        study_id: int,
+        *,
+        state: str | None = None,
+        order: str = "number",
+        limit: int = 100,
+        after: str | None = None,
+    ) -> JSON:
         params: dict[str, Any] = {"order": order, "limit": limit}
         if state:
             params["state"] = state
@@ -100,13 +111,20 @@ class Client:
             params["after"] = after
         return self._json("GET", f"/api/v1/studies/{study_id}/trials", params=params)
 
-    def trials(self, study_id: int, *, state: str | None = None, order: str = "number",
-               page_size: int = 500) -> Iterator[JSON]:
+    def trials(
+        self,
+        study_id: int,
+        *,
+        state: str | None = None,
+        order: str = "number",
+        page_size: int = 500,
+    ) -> Iterator[JSON]:
         """Every trial, following the ``next`` cursors."""
         after = None
         while True:
-            page = self.trials_page(study_id, state=state, order=order, limit=page_size,
-                                    after=after)
+            page = self.trials_page(
+                study_id, state=state, order=order, limit=page_size, after=after
+            )
             yield from page["trials"]
             after = page["next"]
             if after is None:
@@ -115,8 +133,9 @@ class Client:
     def trial(self, study_id: int, number: int) -> JSON:
         return self._json("GET", f"/api/v1/studies/{study_id}/trials/{number}")
 
-    def enqueue(self, study_id: int, *, params: JSON | None = None,
-                preset: str | None = None) -> JSON:
+    def enqueue(
+        self, study_id: int, *, params: JSON | None = None, preset: str | None = None
+    ) -> JSON:
         body = {"params": params} if params is not None else {"preset": preset}
         return self._json("POST", f"/api/v1/studies/{study_id}/trials", json=body)
 
@@ -127,44 +146,57 @@ class Client:
         return self._request("GET", f"/api/v1/studies/{study_id}/export").text
 
     # -- workers ----------------------------------------------------------------------
-    def register_worker(self, name: str, *, host: str | None = None,
-                        device: str | None = None) -> JSON:
-        return self._json("POST", "/api/v1/workers",
-                          json={"name": name, "host": host, "device": device})
+    def register_worker(
+        self, name: str, *, host: str | None = None, device: str | None = None
+    ) -> JSON:
+        return self._json(
+            "POST", "/api/v1/workers", json={"name": name, "host": host, "device": device}
+        )
 
     def workers(self) -> list[JSON]:
         return self._json("GET", "/api/v1/workers")
 
-    def claim(self, worker_id: int, studies: list[int] | None = None,
-              exclude: list[int] | None = None) -> JSON | None:
+    def claim(
+        self, worker_id: int, studies: list[int] | None = None, exclude: list[int] | None = None
+    ) -> JSON | None:
         """``{"trial", "study", "lease"}``, or ``None`` when there is no work (204)."""
         params: dict[str, Any] = {}
         if studies:
             params["study"] = studies
         if exclude:
             params["exclude"] = exclude
-        response = self._request("POST", f"/api/v1/workers/{worker_id}/claim",
-                                 params=params or None)
+        response = self._request(
+            "POST", f"/api/v1/workers/{worker_id}/claim", params=params or None
+        )
         return None if response.status_code == 204 else response.json()
 
-    def heartbeat(self, trial_id: int, worker_id: int, *, step: int | None = None,
-                  value: float | None = None) -> JSON:
-        return self._json("POST", f"/api/v1/trials/{trial_id}/heartbeat",
-                          json={"worker_id": worker_id, "step": step, "value": value})
+    def heartbeat(
+        self, trial_id: int, worker_id: int, *, step: int | None = None, value: float | None = None
+    ) -> JSON:
+        return self._json(
+            "POST",
+            f"/api/v1/trials/{trial_id}/heartbeat",
+            json={"worker_id": worker_id, "step": step, "value": value},
+        )
 
-    def complete(self, trial_id: int, worker_id: int, value: float,
-                 metrics: JSON | None = None) -> JSON:
-        return self._json("POST", f"/api/v1/trials/{trial_id}/complete",
-                          json={"worker_id": worker_id, "value": value,
-                                "metrics": metrics or {}})
+    def complete(
+        self, trial_id: int, worker_id: int, value: float, metrics: JSON | None = None
+    ) -> JSON:
+        return self._json(
+            "POST",
+            f"/api/v1/trials/{trial_id}/complete",
+            json={"worker_id": worker_id, "value": value, "metrics": metrics or {}},
+        )
 
-    def fail(self, trial_id: int, worker_id: int, kind: str, reason: str,
-             value: float | None = None) -> JSON:
+    def fail(
+        self, trial_id: int, worker_id: int, kind: str, reason: str, value: float | None = None
+    ) -> JSON:
         body: JSON = {"worker_id": worker_id, "kind": kind, "reason": reason}
         if value is not None:
             body["value"] = value
         return self._json("POST", f"/api/v1/trials/{trial_id}/fail", json=body)
 
     def release(self, trial_id: int, worker_id: int) -> JSON:
-        return self._json("POST", f"/api/v1/trials/{trial_id}/release",
-                          json={"worker_id": worker_id})
+        return self._json(
+            "POST", f"/api/v1/trials/{trial_id}/release", json={"worker_id": worker_id}
+        )

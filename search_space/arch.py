@@ -85,8 +85,7 @@ class LNorm:
     threshold: float = 1.0
 
     def __post_init__(self) -> None:
-        _coerce(self, size=_as_int, remove_mean=_as_bool, stretch=_as_float,
-                threshold=_as_float)
+        _coerce(self, size=_as_int, remove_mean=_as_bool, stretch=_as_float, threshold=_as_float)
 
 
 @dataclass(frozen=True)
@@ -154,8 +153,14 @@ class TrainSettings:
     epochs: int = 2
 
     def __post_init__(self) -> None:
-        _coerce(self, lr=_as_float, weight_decay=_as_float, dropout=_as_float,
-                batch_size=_as_int, epochs=_as_int)
+        _coerce(
+            self,
+            lr=_as_float,
+            weight_decay=_as_float,
+            dropout=_as_float,
+            batch_size=_as_int,
+            epochs=_as_int,
+        )
 
 
 @dataclass(frozen=True)

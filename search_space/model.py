@@ -63,8 +63,9 @@ def preprocess(images: torch.Tensor | np.ndarray, arch: Architecture) -> torch.T
     x = x.to(torch.float64 if x.dtype == torch.float64 else torch.float32)
     size = arch.input_size
     if x.shape[-2:] != (size, size):
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
-                          antialias=False)
+        x = F.interpolate(
+            x, size=(size, size), mode="bilinear", align_corners=False, antialias=False
+        )
     if arch.preprocess == "div255":
         return x / 255.0
     if arch.preprocess != "minmax":

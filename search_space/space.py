@@ -166,8 +166,7 @@ def _const(value: Any) -> Any:
             raise ValueError("must be a number, got nan")
         return value
     raise ValueError(
-        "must be a number, string, boolean, null or a parameter object, "
-        f"got {type(value).__name__}"
+        f"must be a number, string, boolean, null or a parameter object, got {type(value).__name__}"
     )
 
 
@@ -452,15 +451,13 @@ def _prepare(doc: Mapping[str, Any] | str) -> dict[str, Any]:
     except (TypeError, ValueError) as exc:
         raise SpaceError("", f"document is not JSON data: {exc}") from None
     if size > MAX_DOCUMENT_BYTES:
-        raise SpaceError(
-            "", f"document is {size} bytes of JSON, the limit is {MAX_DOCUMENT_BYTES}"
-        )
+        raise SpaceError("", f"document is {size} bytes of JSON, the limit is {MAX_DOCUMENT_BYTES}")
     # "inf" means infinity in values; the free-text fields keep their text
     return {k: v if k in ("name", "description") else _decode_inf(v) for k, v in data.items()}
 
 
 def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not allowed; write the strings \"inf\" / \"-inf\"")
+    raise ValueError(f'{name} is not allowed; write the strings "inf" / "-inf"')
 
 
 def _check_depth(data: Any) -> None:
@@ -604,13 +601,17 @@ class _Builder:
         if spec.type not in allowed:
             what = {"str": "a string", "bool": "a boolean", "int": "an integer"}.get(rule.kind)
             ok = ", ".join(repr(t) for t in ("choice", *allowed))
-            raise SpaceError(f"{path}.type", f"must be one of {ok} for {what} field, "
-                                             f"got {spec.type!r}")
-        if rule.kind == "int" and isinstance(spec, QUniform | QLogUniform) and not float(
-            spec.q
-        ).is_integer():
-            raise SpaceError(f"{path}.q", f"must be a whole number for an integer field, "
-                                          f"got {_fmt(spec.q)}")
+            raise SpaceError(
+                f"{path}.type", f"must be one of {ok} for {what} field, got {spec.type!r}"
+            )
+        if (
+            rule.kind == "int"
+            and isinstance(spec, QUniform | QLogUniform)
+            and not float(spec.q).is_integer()
+        ):
+            raise SpaceError(
+                f"{path}.q", f"must be a whole number for an integer field, got {_fmt(spec.q)}"
+            )
         info = ParamInfo(label, path, spec, (), rule.kind)
         low, high = _support(info)
         # a lognormal never produces its infimum 0: fine for rules like stretch > 0
@@ -642,8 +643,9 @@ class _Builder:
     def space(self, doc: SpaceDoc) -> dict[str, Any]:
         if doc.layers is not None and doc.depth is not None:
             raise SpaceError(
-                "depth", "cannot be combined with layers: give layers for a fixed depth "
-                "or depth for a choice of depths"
+                "depth",
+                "cannot be combined with layers: give layers for a fixed depth "
+                "or depth for a choice of depths",
             )
         if doc.layers is None and doc.depth is None:
             raise SpaceError(
@@ -657,15 +659,14 @@ class _Builder:
         )
         if isinstance(top_size, ParamInfo):
             top["input_size"] = top_size
-        top["preprocess"] = self.leaf(doc.preprocess, "preprocess", "preprocess",
-                                      _PREPROCESS_RULE)
+        top["preprocess"] = self.leaf(doc.preprocess, "preprocess", "preprocess", _PREPROCESS_RULE)
         top["lnorm0"] = (
-            None if doc.lnorm0 is None
+            None
+            if doc.lnorm0 is None
             else self.group(doc.lnorm0, _LNORM_RULES, "lnorm0", "lnorm0_")
         )
         if doc.layers is not None:
-            body: Any = {"depth": len(doc.layers),
-                         "layers": self.layers(doc.layers, "layers", "")}
+            body: Any = {"depth": len(doc.layers), "layers": self.layers(doc.layers, "layers", "")}
             if top_size is None:
                 raise SpaceError("input_size", "is required")
             if not isinstance(top_size, ParamInfo):
@@ -675,8 +676,7 @@ class _Builder:
         top["body"] = body
         top["readout"] = self.group(doc.readout, _READOUT_RULES, "readout", "readout_")
         top["train"] = (
-            None if doc.train is None
-            else self.group(doc.train, _TRAIN_RULES, "train", "train_")
+            None if doc.train is None else self.group(doc.train, _TRAIN_RULES, "train", "train_")
         )
         return top
 
@@ -704,7 +704,9 @@ class _Builder:
                         "make that a constant or set input_size in every option",
                     )
                 branch["input_size"] = self.leaf(
-                    option.input_size, f"{path}.input_size", f"d{d}_input_size",
+                    option.input_size,
+                    f"{path}.input_size",
+                    f"d{d}_input_size",
                     _INPUT_SIZE_RULE,
                 )
             elif top_size is None:
@@ -1103,17 +1105,20 @@ class Space:
         size = self._grid_size
         if size is None:
             continuous = [
-                label for label, info in self.params.items()
+                label
+                for label, info in self.params.items()
                 if info.type in ("uniform", "loguniform", "normal", "lognormal")
             ]
             raise SpaceError(
-                "", f"space {self.name!r} is continuous (labels {', '.join(continuous[:5])}"
-                f"{', ...' if len(continuous) > 5 else ''}): it has no grid"
+                "",
+                f"space {self.name!r} is continuous (labels {', '.join(continuous[:5])}"
+                f"{', ...' if len(continuous) > 5 else ''}): it has no grid",
             )
         if limit is not None and size > limit:
             raise SpaceError(
-                "", f"space {self.name!r} has {size:,} grid points, more than the "
-                f"{limit:,} a grid may enumerate"
+                "",
+                f"space {self.name!r} has {size:,} grid points, more than the "
+                f"{limit:,} a grid may enumerate",
             )
         return size
 
@@ -1194,8 +1199,9 @@ def _normalize_value(info: ParamInfo, value: Any) -> Any:
         k_low, k_high = info.q_bounds
         if abs(k - round(k)) > 1e-6 * max(1.0, abs(k)) or not k_low <= round(k) <= k_high:
             raise SpaceError(
-                label, f"must be a multiple of {_fmt(spec.q)} in "
-                f"[{_fmt(k_low * spec.q)}, {_fmt(k_high * spec.q)}], got {_fmt(number)}"
+                label,
+                f"must be a multiple of {_fmt(spec.q)} in "
+                f"[{_fmt(k_low * spec.q)}, {_fmt(k_high * spec.q)}], got {_fmt(number)}",
             )
         return number
     if isinstance(spec, Uniform | LogUniform) and not spec.low <= number <= spec.high:
@@ -1335,8 +1341,12 @@ def _arch_target(arch: Architecture) -> dict[str, Any]:
     """An architecture in the resolved-template shape (for :meth:`Space.raw_from_arch`)."""
 
     def lnorm(n: LNorm) -> dict[str, Any]:
-        return {"size": n.size, "remove_mean": n.remove_mean, "stretch": n.stretch,
-                "threshold": n.threshold}
+        return {
+            "size": n.size,
+            "remove_mean": n.remove_mean,
+            "stretch": n.stretch,
+            "threshold": n.threshold,
+        }
 
     layers = [
         {
@@ -1361,9 +1371,14 @@ def _arch_target(arch: Architecture) -> dict[str, Any]:
         "lnorm0": None if arch.lnorm0 is None else lnorm(arch.lnorm0),
         "body": {"depth": arch.depth, "input_size": arch.input_size, "layers": layers},
         "readout": {"kind": arch.readout.kind, "l2": arch.readout.l2},
-        "train": None if t is None else {
-            "lr": t.lr, "weight_decay": t.weight_decay, "dropout": t.dropout,
-            "batch_size": t.batch_size, "epochs": t.epochs,
+        "train": None
+        if t is None
+        else {
+            "lr": t.lr,
+            "weight_decay": t.weight_decay,
+            "dropout": t.dropout,
+            "batch_size": t.batch_size,
+            "epochs": t.epochs,
         },
     }
 
@@ -1401,7 +1416,8 @@ def _match(template: Any, target: Any, raw: dict[str, Any]) -> bool:
         return all(key in target and _match(v, target[key], raw) for key, v in template.items())
     if isinstance(template, list):
         return (
-            isinstance(target, list) and len(template) == len(target)
+            isinstance(target, list)
+            and len(template) == len(target)
             and all(_match(t, v, raw) for t, v in zip(template, target, strict=True))
         )
     return _same(template, target)
@@ -1468,7 +1484,9 @@ def build_architecture(
         ),
         seed=int(seed),
         preprocess=resolved["preprocess"],
-        train=None if train is None else TrainSettings(
+        train=None
+        if train is None
+        else TrainSettings(
             lr=float(train["lr"]),
             weight_decay=float(train["weight_decay"]),
             dropout=float(train["dropout"]),

@@ -316,8 +316,9 @@ class GridSuggester:
         size = space.grid_size or 0
         if size > self.max_points:
             raise SpaceError(
-                "", f"space {space.name!r} has {size:,} grid points, more than the "
-                f"{self.max_points:,} a grid search may enumerate (use random or tpe)"
+                "",
+                f"space {space.name!r} has {size:,} grid points, more than the "
+                f"{self.max_points:,} a grid search may enumerate (use random or tpe)",
             )
         if n == 0:
             return []
@@ -325,7 +326,8 @@ class GridSuggester:
         used = {space.grid_index(point) for point, _ in known.items}
         order: Iterable[int] = (
             np.random.default_rng(derive_seed(seed)).permutation(size).tolist()
-            if self.shuffle else range(size)
+            if self.shuffle
+            else range(size)
         )
         out: list[dict[str, Any]] = []
         for index in order:
@@ -352,11 +354,7 @@ def _losses(items: Sequence[tuple[dict[str, Any], HistoryItem]]) -> list[float |
     for _, item in items:
         if item.state in PENDING_STATES:
             losses.append(None)
-        elif (
-            item.state in SCORED_STATES
-            and item.value is not None
-            and math.isfinite(item.value)
-        ):
+        elif item.state in SCORED_STATES and item.value is not None and math.isfinite(item.value):
             losses.append(-float(item.value))
         else:
             losses.append(worst)

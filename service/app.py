@@ -75,9 +75,7 @@ def create_app(settings: Settings | None = None, *, maintenance: bool = True) ->
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         task = None
         if maintenance:
-            task = asyncio.create_task(
-                _maintenance_loop(app, settings.reaper_interval_seconds)
-            )
+            task = asyncio.create_task(_maintenance_loop(app, settings.reaper_interval_seconds))
         try:
             yield
         finally:
@@ -93,7 +91,7 @@ def create_app(settings: Settings | None = None, *, maintenance: bool = True) ->
         title="archsearch coordinator",
         version=__version__,
         description="Architecture search for Pinto & Cox style convnets. All errors are "
-        "JSON bodies `{\"error\": {\"code\", \"message\", \"field\"}}`.",
+        'JSON bodies `{"error": {"code", "message", "field"}}`.',
         lifespan=lifespan,
         responses={503: {"model": ErrorBody}},
     )
@@ -121,8 +119,9 @@ def create_app(settings: Settings | None = None, *, maintenance: bool = True) ->
         body = Health(status="unavailable", db=reason)
         return JSONResponse(body.model_dump(), status_code=503)
 
-    @app.get("/metrics", response_class=Response,
-             responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+    @app.get(
+        "/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}}
+    )
     async def metrics() -> Response:
         """Prometheus text format: trials by state, claims, claim latency histogram."""
         data = await run_in_threadpool(generate_latest, app.state.metrics.registry)

@@ -69,9 +69,7 @@ def role_of(
     if cache is not None and (role := cache.get(digest)) is not None:
         return role
     row = session.scalars(
-        select(ApiToken).where(
-            ApiToken.token_hash == digest, ApiToken.revoked_at.is_(None)
-        )
+        select(ApiToken).where(ApiToken.token_hash == digest, ApiToken.revoked_at.is_(None))
     ).first()
     if row is None:
         return None
@@ -98,8 +96,9 @@ def authorize(
     if not authorization:
         if needed == Role.READER and open_reads:
             return None
-        raise Unauthorized("a bearer token is required (Authorization: Bearer <token>)",
-                           field="Authorization")
+        raise Unauthorized(
+            "a bearer token is required (Authorization: Bearer <token>)", field="Authorization"
+        )
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("Authorization must be 'Bearer <token>'", field="Authorization")
@@ -107,6 +106,8 @@ def authorize(
     if role is None:
         raise Unauthorized("unknown or revoked token", field="Authorization")
     if RANK[role] < RANK[needed]:
-        raise Forbidden(f"this route needs the {needed.value} role; the token is {role.value}",
-                        field="Authorization")
+        raise Forbidden(
+            f"this route needs the {needed.value} role; the token is {role.value}",
+            field="Authorization",
+        )
     return role

@@ -132,8 +132,9 @@ def token_create(
     try:
         role_value = Role(role)
     except ValueError:
-        typer.echo(f"error: --role must be one of {[r.value for r in Role]}, got {role!r}",
-                   err=True)
+        typer.echo(
+            f"error: --role must be one of {[r.value for r in Role]}, got {role!r}", err=True
+        )
         raise typer.Exit(2) from None
     engine = engine_from_settings(_settings(database_url=database_url))
     try:
@@ -148,7 +149,9 @@ def token_create(
 
 # -- talking to a coordinator -----------------------------------------------------------
 CoordinatorOpt = typer.Option(
-    "http://127.0.0.1:8000", "--coordinator", envvar="ARCHSEARCH_COORDINATOR",
+    "http://127.0.0.1:8000",
+    "--coordinator",
+    envvar="ARCHSEARCH_COORDINATOR",
     help="Coordinator base URL.",
 )
 TokenOpt = typer.Option(None, "--token", envvar="ARCHSEARCH_TOKEN", help="Bearer token.")
@@ -201,9 +204,17 @@ def study_create(
     scheme, sep, target = dataset.partition(":")
     if sep and scheme != "builtin" and target and not target.startswith("/"):
         dataset = f"{scheme}:{Path(target).resolve()}"  # the server needs absolute paths
-    body = dict(name=name, dataset=dataset, space=space_value, evaluator=evaluator,
-                algorithm=algorithm, max_trials=max_trials, max_parallel=max_parallel,
-                seed=seed, top_k=top_k)
+    body = dict(
+        name=name,
+        dataset=dataset,
+        space=space_value,
+        evaluator=evaluator,
+        algorithm=algorithm,
+        max_trials=max_trials,
+        max_parallel=max_parallel,
+        seed=seed,
+        top_k=top_k,
+    )
     _print_json(_call(coordinator, token, lambda c: c.create_study(**body)))
 
 
@@ -215,8 +226,9 @@ def study_list(coordinator: str = CoordinatorOpt, token: str = TokenOpt) -> None
     for s in studies:
         done = sum(n for k, n in s["counts"].items() if k not in ("WAITING", "RUNNING"))
         best = "-" if s["best_value"] is None else f"{s['best_value']:.4f}"
-        typer.echo(f"{s['id']:>4}  {s['state']:9} {done:>5}/{s['max_trials']:<5}  {best:>8}  "
-                   f"{s['name']}")
+        typer.echo(
+            f"{s['id']:>4}  {s['state']:9} {done:>5}/{s['max_trials']:<5}  {best:>8}  {s['name']}"
+        )
 
 
 @study_app.command("show")
@@ -226,8 +238,12 @@ def study_show(study_id: int, coordinator: str = CoordinatorOpt, token: str = To
 
 
 @study_app.command("best")
-def study_best(study_id: int, k: int = typer.Option(5, help="How many."),
-               coordinator: str = CoordinatorOpt, token: str = TokenOpt) -> None:
+def study_best(
+    study_id: int,
+    k: int = typer.Option(5, help="How many."),
+    coordinator: str = CoordinatorOpt,
+    token: str = TokenOpt,
+) -> None:
     """The k best trials: number, validation score, test score, architecture."""
     trials = _call(coordinator, token, lambda c: c.best(study_id, k))
     typer.echo(f"{'#':>5}  {'value':>8}  {'test':>8}  architecture")
@@ -237,8 +253,12 @@ def study_best(study_id: int, k: int = typer.Option(5, help="How many."),
 
 
 @study_app.command("export")
-def study_export(study_id: int, output: str = typer.Option("-", "-o", help="File or -."),
-                 coordinator: str = CoordinatorOpt, token: str = TokenOpt) -> None:
+def study_export(
+    study_id: int,
+    output: str = typer.Option("-", "-o", help="File or -."),
+    coordinator: str = CoordinatorOpt,
+    token: str = TokenOpt,
+) -> None:
     """All trials as CSV."""
     from pathlib import Path
 
@@ -258,7 +278,8 @@ def worker(
     studies: str = typer.Option(None, help="Comma-separated study ids (default: any)."),
     max_trials: int = typer.Option(None, help="Exit after this many trials."),
     data_dir: str = typer.Option(
-        None, envvar="ARCHSEARCH_WORKER_DATA_DIR",
+        None,
+        envvar="ARCHSEARCH_WORKER_DATA_DIR",
         help="Spool and relative dataset paths (default ~/.archsearch/worker).",
     ),
     idle_exit: float = typer.Option(None, help="Exit after this many seconds without work."),
@@ -277,8 +298,12 @@ def worker(
         typer.echo(f"error: --studies must be comma-separated ids, got {studies!r}", err=True)
         raise typer.Exit(2) from None
     config = WorkerConfig(
-        coordinator=coordinator, token=token, device=device, studies=study_ids,
-        max_trials=max_trials, idle_exit_seconds=idle_exit,
+        coordinator=coordinator,
+        token=token,
+        device=device,
+        studies=study_ids,
+        max_trials=max_trials,
+        idle_exit_seconds=idle_exit,
         data_dir=Path(data_dir) if data_dir else Path.home() / ".archsearch" / "worker",
     )
     if name:
@@ -294,14 +319,18 @@ def worker(
 
 @app.command()
 def demo(
-    data_dir: str = typer.Option(None, help="Where the demo keeps its database and logs "
-                                 "(default ~/.archsearch/demo; wiped at the start)."),
+    data_dir: str = typer.Option(
+        None,
+        help="Where the demo keeps its database and logs "
+        "(default ~/.archsearch/demo; wiped at the start).",
+    ),
     trials: int = typer.Option(24, help="Search trials."),
     workers: int = typer.Option(2, help="Local worker processes."),
     dataset: str = typer.Option("builtin:mnist5k", help="Dataset URI."),
     port: int = typer.Option(None, help="Coordinator port (default: a free one)."),
-    serve: bool = typer.Option(True, "--serve/--no-serve",
-                               help="Keep serving the dashboard after the run."),
+    serve: bool = typer.Option(
+        True, "--serve/--no-serve", help="Keep serving the dashboard after the run."
+    ),
     keep: bool = typer.Option(False, help="Keep a previous demo's database."),
 ) -> None:
     """Run archsearch end to end here: coordinator + workers + a TPE study + leaderboard."""
@@ -312,8 +341,11 @@ def demo(
     path = Path(data_dir) if data_dir else default_data_dir()
     if not keep:
         reset_data_dir(path)
-    code = run_demo(DemoOptions(data_dir=path, trials=trials, workers=workers,
-                                dataset=dataset, port=port, serve=serve))
+    code = run_demo(
+        DemoOptions(
+            data_dir=path, trials=trials, workers=workers, dataset=dataset, port=port, serve=serve
+        )
+    )
     raise typer.Exit(code)
 
 

@@ -29,8 +29,11 @@ class Settings(BaseSettings):
     sqlite_busy_timeout_ms: int = Field(30_000, ge=0)
     db_pool_size: int = Field(10, ge=1, le=1000, description="Connections kept per process.")
     db_max_overflow: int = Field(
-        30, ge=0, le=1000, description="Extra connections under load (PostgreSQL: mind "
-        "max_connections across coordinator processes)."
+        30,
+        ge=0,
+        le=1000,
+        description="Extra connections under load (PostgreSQL: mind "
+        "max_connections across coordinator processes).",
     )
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
@@ -45,8 +48,11 @@ class Settings(BaseSettings):
     reaper_interval_seconds: float = Field(5.0, gt=0)
     max_body_bytes: int = Field(1_048_576, ge=1024)
     suggest_processes: int = Field(
-        1, ge=0, le=64, description="Processes that run the suggester (TPE) apart from the "
-        "request threads; 0 runs it in the coordinator process itself."
+        1,
+        ge=0,
+        le=64,
+        description="Processes that run the suggester (TPE) apart from the "
+        "request threads; 0 runs it in the coordinator process itself.",
     )
     log_level: str = "info"
 

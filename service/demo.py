@@ -78,35 +78,65 @@ class Demo:
             engine.dispose()
         self.say(f"database   {self.db_path}")
         self.coordinator = start_coordinator(
-            self.url, admin_token=self.admin_token, port=self.o.port,
+            self.url,
+            admin_token=self.admin_token,
+            port=self.o.port,
             env={"ARCHSEARCH_OPEN_READS": "true", "ARCHSEARCH_LOG_LEVEL": "warning"},
             die_with_parent_process=True,
         )
         self.say(f"coordinator {self.coordinator.base_url} (pid {self.coordinator.process.pid})")
         client = Client(self.coordinator.base_url, self.admin_token)
         study = client.create_study(
-            name=f"demo {time.strftime('%Y-%m-%d %H:%M')}", dataset=self.o.dataset,
-            space=self.o.space, evaluator="screen", algorithm="tpe",
+            name=f"demo {time.strftime('%Y-%m-%d %H:%M')}",
+            dataset=self.o.dataset,
+            space=self.o.space,
+            evaluator="screen",
+            algorithm="tpe",
             algorithm_options={"n_startup_jobs": max(4, self.o.trials // 3)},
-            max_trials=self.o.trials, max_parallel=self.o.workers, top_k=self.o.top_k,
-            seed=self.o.seed, evaluator_options={"max_per_class": DEMO_SUBSET},
+            max_trials=self.o.trials,
+            max_parallel=self.o.workers,
+            top_k=self.o.top_k,
+            seed=self.o.seed,
+            evaluator_options={"max_per_class": DEMO_SUBSET},
         )
-        self.say(f"study      #{study['id']} {self.o.space} on {self.o.dataset}, TPE, "
-                 f"{self.o.trials} trials, screen evaluator "
-                 f"({DEMO_SUBSET['train']}+{DEMO_SUBSET['test']} images per class)")
+        self.say(
+            f"study      #{study['id']} {self.o.space} on {self.o.dataset}, TPE, "
+            f"{self.o.trials} trials, screen evaluator "
+            f"({DEMO_SUBSET['train']}+{DEMO_SUBSET['test']} images per class)"
+        )
         logs = self.o.data_dir / "logs"
         logs.mkdir(exist_ok=True)
         for i in range(self.o.workers):
             log = (logs / f"worker-{i}.log").open("ab")
-            self.workers.append(subprocess.Popen(
-                [sys.executable, "-m", "service", "worker",
-                 "--coordinator", self.coordinator.base_url, "--token", worker_token,
-                 "--studies", str(study["id"]), "--device", "auto",
-                 "--data-dir", str(self.o.data_dir / f"worker-{i}"), "--name", f"demo-{i}"],
-                stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent,
-                env={**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2)
-                                                              // self.o.workers))},
-            ))
+            self.workers.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "service",
+                        "worker",
+                        "--coordinator",
+                        self.coordinator.base_url,
+                        "--token",
+                        worker_token,
+                        "--studies",
+                        str(study["id"]),
+                        "--device",
+                        "auto",
+                        "--data-dir",
+                        str(self.o.data_dir / f"worker-{i}"),
+                        "--name",
+                        f"demo-{i}",
+                    ],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    preexec_fn=die_with_parent,
+                    env={
+                        **os.environ,
+                        "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // self.o.workers)),
+                    },
+                )
+            )
         self.say(f"workers    {self.o.workers} (logs in {logs})")
         return client, study["id"]
 
@@ -128,9 +158,11 @@ class Demo:
             eta = elapsed / progress * (total - progress) if progress else float("nan")
             best = study["best_value"]
             phase = "final test evaluation" if finals else "search"
-            state = (f"{_bar(progress, total)} {search_done}/{self.o.trials} trials"
-                     f"{f', {finals_done}/{len(finals)} final' if finals else ''} | best "
-                     f"{'-' if best is None else f'{best:.4f}'} | {phase}")
+            state = (
+                f"{_bar(progress, total)} {search_done}/{self.o.trials} trials"
+                f"{f', {finals_done}/{len(finals)} final' if finals else ''} | best "
+                f"{'-' if best is None else f'{best:.4f}'} | {phase}"
+            )
             line = f"{state} | elapsed {_clock(elapsed)} | ETA {_clock(eta)}"
             if tty:  # one line, redrawn every second
                 self.say("\r" + line.ljust(len(last_line)), end="")
@@ -144,17 +176,17 @@ class Demo:
                 return study
             dead = [w for w in self.workers if w.poll() is not None]
             if len(dead) == len(self.workers):
-                raise RuntimeError(
-                    f"all workers exited; see {self.o.data_dir / 'logs'} for why"
-                )
+                raise RuntimeError(f"all workers exited; see {self.o.data_dir / 'logs'} for why")
             time.sleep(1.0)
 
     def leaderboard(self, client: Client, study_id: int) -> None:
         best = client.best(study_id, k=5)
         study = client.study(study_id)
         self.say()
-        self.say(f"Leaderboard (validation accuracy; test accuracy from the final "
-                 f"evaluation). infeasible rate {study['infeasible_rate'] or 0:.0%}")
+        self.say(
+            f"Leaderboard (validation accuracy; test accuracy from the final "
+            f"evaluation). infeasible rate {study['infeasible_rate'] or 0:.0%}"
+        )
         self.say(f"{'#':>4}  {'val':>6}  {'test':>6}  architecture")
         for t in best:
             test = "-" if t["test_value"] is None else f"{t['test_value']:.4f}"
@@ -227,8 +259,10 @@ def run_demo(options: DemoOptions) -> int:
             demo.close()
         signal.signal(signal.SIGTERM, previous)
         if interrupted:
-            demo.say(f"database {demo.db_path} is intact: archsearch serve can open it "
-                     f"(ARCHSEARCH_DATABASE_URL={demo.url})")
+            demo.say(
+                f"database {demo.db_path} is intact: archsearch serve can open it "
+                f"(ARCHSEARCH_DATABASE_URL={demo.url})"
+            )
 
 
 def default_data_dir() -> Path:

@@ -68,14 +68,17 @@ def start_coordinator(
     (the child is killed then).
     """
     port = port or free_port()
-    child_env = {**os.environ, "ARCHSEARCH_DATABASE_URL": database_url,
-                 "ARCHSEARCH_LOG_LEVEL": "warning", **(env or {})}
+    child_env = {
+        **os.environ,
+        "ARCHSEARCH_DATABASE_URL": database_url,
+        "ARCHSEARCH_LOG_LEVEL": "warning",
+        **(env or {}),
+    }
     if admin_token is not None:
         child_env["ARCHSEARCH_ADMIN_TOKEN"] = admin_token
     # The child's stderr goes to a file, not a pipe: a pipe nobody reads fills up and
     # blocks the coordinator on its next log line.
-    log_path = Path(tempfile.mkstemp(prefix=f"archsearch-coordinator-{port}-",
-                                     suffix=".log")[1])
+    log_path = Path(tempfile.mkstemp(prefix=f"archsearch-coordinator-{port}-", suffix=".log")[1])
     with log_path.open("w") as log_file:
         proc = subprocess.Popen(
             [sys.executable, "-m", "service", "serve", "--port", str(port)],
@@ -94,8 +97,9 @@ def start_coordinator(
         except httpx.TransportError:
             pass
         if proc.poll() is not None:
-            raise RuntimeError(f"coordinator exited with {proc.returncode}: "
-                               f"{log_path.read_text()[-4000:]}")
+            raise RuntimeError(
+                f"coordinator exited with {proc.returncode}: {log_path.read_text()[-4000:]}"
+            )
         if time.monotonic() > deadline:
             proc.kill()
             proc.wait()

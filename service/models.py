@@ -148,9 +148,7 @@ class Trial(Base):
     priority: Mapped[int] = mapped_column(Integer, default=1)
     source: Mapped[str] = mapped_column(String(16), default="suggested")
     # A final (test split) evaluation points at the search trial it re-scores.
-    final_of_id: Mapped[int | None] = mapped_column(
-        ForeignKey("trials.id", ondelete="CASCADE")
-    )
+    final_of_id: Mapped[int | None] = mapped_column(ForeignKey("trials.id", ondelete="CASCADE"))
     params: Mapped[dict[str, Any]] = mapped_column(JSON)
     arch: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     config_hash: Mapped[str] = mapped_column(String(64))

@@ -54,8 +54,10 @@ class AlgorithmOptions(BaseModel):
     gamma: float = Field(0.25, gt=0, lt=1)
     n_ei_candidates: int = Field(24, ge=1, le=10_000)
     linear_forgetting: int = Field(
-        25, ge=1, le=100_000, description="hyperopt's TPE fixes this at 25; other values are "
-        "refused at study creation"
+        25,
+        ge=1,
+        le=100_000,
+        description="hyperopt's TPE fixes this at 25; other values are refused at study creation",
     )
 
 
@@ -64,8 +66,9 @@ class EvaluatorOptions(BaseModel):
 
     model_config = StrictModel
     color: Literal["gray", "rgb"] | None = Field(
-        None, description="Image channels fed to the model; default per dataset (gray for "
-        "builtin, lfw; rgb for cifar10, imagefolder)."
+        None,
+        description="Image channels fed to the model; default per dataset (gray for "
+        "builtin, lfw; rgb for cifar10, imagefolder).",
     )
     max_features: int = Field(100_000, ge=1, le=10_000_000)
     readout: Literal["ridge", "logistic", "svm"] | None = None
@@ -74,8 +77,9 @@ class EvaluatorOptions(BaseModel):
     trial_timeout_seconds: float = Field(3600, gt=0)
     filter_seed: int = Field(42, ge=0, le=2**31 - 1)
     max_per_class: int | dict[Literal["train", "test"], int] | None = Field(
-        None, description="Screen on a class-balanced subset: at most this many images per "
-        "class (an int for both splits, or {\"train\": n, \"test\": m})."
+        None,
+        description="Screen on a class-balanced subset: at most this many images per "
+        'class (an int for both splits, or {"train": n, "test": m}).',
     )
 
     @model_validator(mode="after")

@@ -43,9 +43,7 @@ class StudyStats:
 
     @property
     def infeasible_rate(self) -> float | None:
-        finished = sum(
-            n for s, n in self.counts.items() if s not in ("WAITING", "RUNNING")
-        )
+        finished = sum(n for s, n in self.counts.items() if s not in ("WAITING", "RUNNING"))
         return self.counts.get("INFEASIBLE", 0) / finished if finished else None
 
 

@@ -131,8 +131,9 @@ class SuggestionQueue:
         try:
             self.refill(study_id)
         except Exception:
-            log.warning("refill of study %s failed; the maintenance loop retries",
-                        study_id, exc_info=True)
+            log.warning(
+                "refill of study %s failed; the maintenance loop retries", study_id, exc_info=True
+            )
 
     def refill_all(self) -> int:
         """Top up every running study (the periodic safety net). Returns trials added."""
@@ -163,8 +164,14 @@ class SuggestionQueue:
                 HistoryItem(raw=r.params, state=TrialState(r.state).value, value=r.value)
                 for r in rows
             ]
-            job = (study.space, study.algorithm, study.algorithm_options, history, want,
-                   derive_seed(study.seed, total, round_))
+            job = (
+                study.space,
+                study.algorithm,
+                study.algorithm_options,
+                history,
+                want,
+                derive_seed(study.seed, total, round_),
+            )
             if self.executor is None:
                 raws = run_suggester(*job)
             else:
@@ -200,8 +207,9 @@ class SuggestionQueue:
         try:
             item = make_new_trial(study, space, raw, source="user", priority=0)
         except (ValueError, KeyError, TypeError, IndexError) as exc:
-            raise InvalidInput(f"params are not a point of the study's space: {exc}",
-                               field="params") from None
+            raise InvalidInput(
+                f"params are not a point of the study's space: {exc}", field="params"
+            ) from None
         with self.store.transaction(lock_study=study.id) as s:
             total, _ = _counts(s, study.id)
             if total >= study.max_trials:

@@ -139,8 +139,7 @@ class Heartbeat:
             else:
                 log.warning("heartbeat for trial %s refused: %s", self.trial_id, exc)
         except httpx.TransportError as exc:
-            log.warning("heartbeat for trial %s failed (coordinator down?): %s",
-                        self.trial_id, exc)
+            log.warning("heartbeat for trial %s failed (coordinator down?): %s", self.trial_id, exc)
         return self.action
 
     def _run(self) -> None:
@@ -203,8 +202,7 @@ class WorkerDaemon:
             self.client.release(trial_id, self._worker_id())
             log.info("trial %s released", trial_id)
         except (ApiError, httpx.TransportError) as exc:
-            log.warning("could not release trial %s (its lease will expire): %s",
-                        trial_id, exc)
+            log.warning("could not release trial %s (its lease will expire): %s", trial_id, exc)
 
     def _worker_id(self) -> int:
         assert self.worker_id is not None, "register() first"
@@ -235,8 +233,9 @@ class WorkerDaemon:
             ),
         )
         self.worker_id = int(answer["id"])
-        log.info("registered as worker %s (%s) on %s", self.worker_id, self.config.name,
-                 self.device)
+        log.info(
+            "registered as worker %s (%s) on %s", self.worker_id, self.config.name, self.device
+        )
         return self.worker_id
 
     def deliver_spool(self) -> int:
@@ -247,18 +246,28 @@ class WorkerDaemon:
             try:
                 if entry.kind == "complete":
                     assert entry.value is not None
-                    self.client.complete(entry.trial_id, entry.worker_id, entry.value,
-                                         entry.metrics)
+                    self.client.complete(
+                        entry.trial_id, entry.worker_id, entry.value, entry.metrics
+                    )
                 else:
-                    self.client.fail(entry.trial_id, entry.worker_id, entry.kind,
-                                     entry.reason or entry.kind, value=entry.value)
+                    self.client.fail(
+                        entry.trial_id,
+                        entry.worker_id,
+                        entry.kind,
+                        entry.reason or entry.kind,
+                        value=entry.value,
+                    )
             except httpx.TransportError:
                 return delivered
             except ApiError as exc:
                 if exc.status not in FINAL_REFUSALS:
                     return delivered
-                log.warning("trial %s: coordinator refused the %s report for good: %s",
-                            entry.trial_id, entry.kind, exc.message)
+                log.warning(
+                    "trial %s: coordinator refused the %s report for good: %s",
+                    entry.trial_id,
+                    entry.kind,
+                    exc.message,
+                )
             self.spool.ack(entry)
             delivered += 1
         return delivered
@@ -279,12 +288,18 @@ class WorkerDaemon:
                 backoff.reset()
                 if self.config.max_trials is not None and self.done >= self.config.max_trials:
                     break
-                claimed = self._retrying("claim", lambda: self.client.claim(
-                    self._worker_id(), self.config.studies, sorted(self._excluded)))
+                claimed = self._retrying(
+                    "claim",
+                    lambda: self.client.claim(
+                        self._worker_id(), self.config.studies, sorted(self._excluded)
+                    ),
+                )
                 if claimed is None:
                     idle = time.monotonic() - idle_since
-                    if self.config.idle_exit_seconds is not None and \
-                            idle >= self.config.idle_exit_seconds:
+                    if (
+                        self.config.idle_exit_seconds is not None
+                        and idle >= self.config.idle_exit_seconds
+                    ):
                         log.info("no work for %.0f s: exiting", idle)
                         break
                     self.stop_event.wait(self.config.poll_seconds * random.uniform(0.5, 1.5))
@@ -306,8 +321,9 @@ class WorkerDaemon:
         timeout = float(options.get("trial_timeout_seconds", 3600))
         deadline = started + timeout
         entry: SpoolEntry | None = None
-        with Heartbeat(self.client, trial["id"], self._worker_id(),
-                       max(0.5, float(lease["seconds"]) / 3)) as hb:
+        with Heartbeat(
+            self.client, trial["id"], self._worker_id(), max(0.5, float(lease["seconds"]) / 3)
+        ) as hb:
 
             def tick() -> str:
                 if time.monotonic() > deadline:
@@ -334,13 +350,25 @@ class WorkerDaemon:
         arch = Architecture.from_dict(trial["arch"]).summary() if trial.get("arch") else "-"
         score = f"{entry.value:.4f}" if entry.value is not None else entry.kind.upper()
         ips = entry.metrics.get("images_per_s")
-        log.info("trial %s #%s [%s] %s score=%s %.1fs%s", trial["id"], trial["number"],
-                 trial["source"], arch, score, seconds,
-                 f" {ips:.0f} img/s" if isinstance(ips, int | float) else "")
+        log.info(
+            "trial %s #%s [%s] %s score=%s %.1fs%s",
+            trial["id"],
+            trial["number"],
+            trial["source"],
+            arch,
+            score,
+            seconds,
+            f" {ips:.0f} img/s" if isinstance(ips, int | float) else "",
+        )
 
-    def _evaluate(self, trial: dict[str, Any], study: dict[str, Any],
-                  tick: Callable[[], str], report: Callable[[int, float], str],
-                  deadline: float) -> SpoolEntry | None:
+    def _evaluate(
+        self,
+        trial: dict[str, Any],
+        study: dict[str, Any],
+        tick: Callable[[], str],
+        report: Callable[[int, float], str],
+        deadline: float,
+    ) -> SpoolEntry | None:
         wid = self._worker_id()
         options = study["evaluator_options"]
 
@@ -349,8 +377,12 @@ class WorkerDaemon:
 
         try:
             arch = Architecture.from_dict(trial["arch"])
-            data = self.load_data(study["dataset"], color=_color(study), seed=study["seed"],
-                                  max_per_class=options.get("max_per_class"))
+            data = self.load_data(
+                study["dataset"],
+                color=_color(study),
+                seed=study["seed"],
+                max_per_class=options.get("max_per_class"),
+            )
             expected = study.get("dataset_fingerprint")
             if expected and expected != data.fingerprint:
                 raise DataMismatch(
@@ -358,7 +390,9 @@ class WorkerDaemon:
                     f"{data.fingerprint[:12]}, the study's is {expected[:12]}"
                 )
             result = self.evaluate(
-                study["evaluator"], arch, data,
+                study["evaluator"],
+                arch,
+                data,
                 final=trial["source"] == "final",
                 validation_fraction=float(options.get("validation_fraction", 0.2)),
                 seed=int(study["seed"]),
@@ -391,8 +425,7 @@ class WorkerDaemon:
         except Exception as exc:
             tail = "".join(traceback.format_exception(exc)[-6:])
             return fail("error", f"{type(exc).__name__}: {exc}\n{tail}"[:20_000])
-        metrics = {**result.metrics, "dataset_fingerprint": data.fingerprint,
-                   "device": self.device}
+        metrics = {**result.metrics, "dataset_fingerprint": data.fingerprint, "device": self.device}
         return SpoolEntry(trial["id"], wid, "complete", float(result.value), metrics)
 
 

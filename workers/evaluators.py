@@ -95,8 +95,7 @@ class DeadlineExceeded(RuntimeError):
 
 # -- control: heartbeats, prune / stop, deadline ---------------------------------------
 class _Control:
-    def __init__(self, report: Report | None, tick: Tick | None,
-                 deadline: float | None) -> None:
+    def __init__(self, report: Report | None, tick: Tick | None, deadline: float | None) -> None:
         self._report = report
         self._tick = tick
         self._deadline = deadline
@@ -136,7 +135,8 @@ def is_oom(exc: BaseException) -> bool:
         return True
     msg = str(exc).lower()
     return isinstance(exc, RuntimeError) and (
-        "out of memory" in msg or "can't allocate memory" in msg)
+        "out of memory" in msg or "can't allocate memory" in msg
+    )
 
 
 def _free(device: torch.device) -> None:
@@ -153,13 +153,15 @@ def _oom_is_infeasible(device: torch.device, what: str) -> Iterator[None]:
         if not is_oom(exc):
             raise
         _free(device)
-        raise InfeasibleArchitecture(f"out of memory {what} on {device}: "
-                                     f"{_first_line(exc)}") from exc
+        raise InfeasibleArchitecture(
+            f"out of memory {what} on {device}: {_first_line(exc)}"
+        ) from exc
 
 
 def _oom_at_one(device: torch.device, what: str, exc: BaseException) -> InfeasibleArchitecture:
     return InfeasibleArchitecture(
-        f"out of memory at batch size 1 on {device} ({what}): {_first_line(exc)}")
+        f"out of memory at batch size 1 on {device} ({what}): {_first_line(exc)}"
+    )
 
 
 def _first_line(exc: BaseException) -> str:
@@ -233,12 +235,18 @@ def extract_features(
     return out, bs, halvings
 
 
-def _extract_timed(model: FeatureExtractor, ds: Dataset, index: np.ndarray,
-                   device: torch.device, batch_size: int, control: _Control
-                   ) -> tuple[torch.Tensor, dict[str, Any]]:
+def _extract_timed(
+    model: FeatureExtractor,
+    ds: Dataset,
+    index: np.ndarray,
+    device: torch.device,
+    batch_size: int,
+    control: _Control,
+) -> tuple[torch.Tensor, dict[str, Any]]:
     t0 = time.perf_counter()
-    feats, bs, halvings = extract_features(model, ds.x, index, device=device,
-                                           batch_size=batch_size, tick=control.tick)
+    feats, bs, halvings = extract_features(
+        model, ds.x, index, device=device, batch_size=batch_size, tick=control.tick
+    )
     _sync(device)
     seconds = time.perf_counter() - t0
     with _oom_is_infeasible(device, "checking the features"):
@@ -246,7 +254,8 @@ def _extract_timed(model: FeatureExtractor, ds: Dataset, index: np.ndarray,
     if not finite:
         raise InfeasibleArchitecture(
             "the features are not finite (NaN or inf): the architecture is numerically "
-            "unusable on these data")
+            "unusable on these data"
+        )
     n = len(index)
     flops = model.report.flops
     return feats, {
@@ -289,7 +298,8 @@ def _check_data(arch: Architecture, ds: Dataset) -> None:
     if ds.x.shape[1] != arch.input_channels:
         raise ValueError(
             f"the architecture expects {arch.input_channels} input channel(s) but "
-            f"{ds.uri} was loaded with {ds.x.shape[1]}: load it with the study's color")
+            f"{ds.uri} was loaded with {ds.x.shape[1]}: load it with the study's color"
+        )
 
 
 def _readout_kind(arch: Architecture, override: str | None) -> str:
@@ -299,8 +309,9 @@ def _readout_kind(arch: Architecture, override: str | None) -> str:
     return kind
 
 
-def _splits(ds: Dataset, final: bool, validation_fraction: float, seed: int
-            ) -> tuple[np.ndarray, np.ndarray, str]:
+def _splits(
+    ds: Dataset, final: bool, validation_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, str]:
     """``(fit_idx, score_idx, split name)``: search train/validation, or non-test/test."""
     if final:
         fit_idx = np.flatnonzero(~np.asarray(ds.is_test, dtype=bool))
@@ -312,8 +323,9 @@ def _splits(ds: Dataset, final: bool, validation_fraction: float, seed: int
 
     train_idx, val_idx = search_split(ds, validation_fraction, seed)
     if len(val_idx) == 0:
-        raise ValueError(f"the validation split of {ds.uri} is empty "
-                         f"(validation_fraction={validation_fraction})")
+        raise ValueError(
+            f"the validation split of {ds.uri} is empty (validation_fraction={validation_fraction})"
+        )
     return np.asarray(train_idx), np.asarray(val_idx), "validation"
 
 
@@ -321,16 +333,28 @@ def _labels(ds: Dataset, idx: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(np.asarray(ds.y)[idx].astype(np.int64)).to(device)
 
 
-def _fit_readout(X: torch.Tensor, y: torch.Tensor, kind: str, l2: float | None, seed: int,
-                 device: torch.device) -> ro.LinearClassifier:
+def _fit_readout(
+    X: torch.Tensor, y: torch.Tensor, kind: str, l2: float | None, seed: int, device: torch.device
+) -> ro.LinearClassifier:
     with _oom_is_infeasible(device, f"fitting the {kind} readout on {tuple(X.shape)} features"):
         return ro.select_and_fit(X, y, kind, l2, seed)
 
 
 # -- screen -----------------------------------------------------------------------------
-def _screen(arch: Architecture, ds: Dataset, rep: ShapeReport, *, final: bool,
-            validation_fraction: float, seed: int, device: torch.device, kind: str,
-            batch_size: int, max_features: int, control: _Control) -> EvalResult:
+def _screen(
+    arch: Architecture,
+    ds: Dataset,
+    rep: ShapeReport,
+    *,
+    final: bool,
+    validation_fraction: float,
+    seed: int,
+    device: torch.device,
+    kind: str,
+    batch_size: int,
+    max_features: int,
+    control: _Control,
+) -> EvalResult:
     t0 = time.perf_counter()
     fit_idx, score_idx, split = _splits(ds, final, validation_fraction, seed)
     with _oom_is_infeasible(device, "building the model"):
@@ -368,25 +392,41 @@ def _screen(arch: Architecture, ds: Dataset, rep: ShapeReport, *, final: bool,
 
 
 # -- train ------------------------------------------------------------------------------
-def _train(arch: Architecture, ds: Dataset, rep: ShapeReport, *, final: bool,
-           validation_fraction: float, seed: int, device: torch.device, epochs: int,
-           batch_size: int | None, eval_batch_size: int, max_features: int,
-           control: _Control) -> EvalResult:
+def _train(
+    arch: Architecture,
+    ds: Dataset,
+    rep: ShapeReport,
+    *,
+    final: bool,
+    validation_fraction: float,
+    seed: int,
+    device: torch.device,
+    epochs: int,
+    batch_size: int | None,
+    eval_batch_size: int,
+    max_features: int,
+    control: _Control,
+) -> EvalResult:
     t0 = time.perf_counter()
     ts = arch.train or TrainSettings()
     fit_idx, score_idx, split = _splits(ds, final, validation_fraction, seed)
     n_classes = int(max(len(ds.classes), int(np.max(ds.y)) + 1))
     step_batch = max(1, ts.batch_size)
     micro = max(1, min(step_batch, batch_size or step_batch))
-    fork_devices = ([device.index if device.index is not None else torch.cuda.current_device()]
-                    if device.type == "cuda" else [])
+    fork_devices = (
+        [device.index if device.index is not None else torch.cuda.current_device()]
+        if device.type == "cuda"
+        else []
+    )
     with torch.random.fork_rng(devices=fork_devices):
         torch.manual_seed(seed)
         with _oom_is_infeasible(device, "building the model"):
-            features = build_model(arch, learn_filters=True, device=device,
-                                   max_features=max_features)
-            head = nn.Sequential(nn.Dropout(ts.dropout),
-                                 nn.Linear(features.n_features, n_classes)).to(device)
+            features = build_model(
+                arch, learn_filters=True, device=device, max_features=max_features
+            )
+            head = nn.Sequential(
+                nn.Dropout(ts.dropout), nn.Linear(features.n_features, n_classes)
+            ).to(device)
         net = nn.Sequential(features, head)
         opt = torch.optim.AdamW(net.parameters(), lr=ts.lr, weight_decay=ts.weight_decay)
         gen = torch.Generator().manual_seed(seed)
@@ -433,12 +473,12 @@ def _train(arch: Architecture, ds: Dataset, rep: ShapeReport, *, final: bool,
             if final:
                 value = train_acc  # the test split is scored once, after the last epoch
             else:
-                value, eval_batch_size = _classify(net, ds, score_idx, device,
-                                                   eval_batch_size, control)
+                value, eval_batch_size = _classify(
+                    net, ds, score_idx, device, eval_batch_size, control
+                )
             control.report(epoch, value)
         if final:
-            value, eval_batch_size = _classify(net, ds, score_idx, device, eval_batch_size,
-                                               control)
+            value, eval_batch_size = _classify(net, ds, score_idx, device, eval_batch_size, control)
     flops = rep.flops
     metrics = {
         "protocol": "train",
@@ -467,8 +507,14 @@ def _train(arch: Architecture, ds: Dataset, rep: ShapeReport, *, final: bool,
     return EvalResult(float(value), _json_safe(metrics))
 
 
-def _classify(net: nn.Module, ds: Dataset, idx: np.ndarray, device: torch.device,
-              batch_size: int, control: _Control) -> tuple[float, int]:
+def _classify(
+    net: nn.Module,
+    ds: Dataset,
+    idx: np.ndarray,
+    device: torch.device,
+    batch_size: int,
+    control: _Control,
+) -> tuple[float, int]:
     """Accuracy of ``net`` on ``ds[idx]`` (eval mode, batched, OOM-halving)."""
     net.eval()
     arch = net[0].arch
@@ -495,8 +541,7 @@ def _classify(net: nn.Module, ds: Dataset, idx: np.ndarray, device: torch.device
 
 
 # -- pairs ------------------------------------------------------------------------------
-def pair_features(f1: torch.Tensor, f2: torch.Tensor, kinds: tuple[str, ...]
-                  ) -> torch.Tensor:
+def pair_features(f1: torch.Tensor, f2: torch.Tensor, kinds: tuple[str, ...]) -> torch.Tensor:
     """Comparison features of two feature rows, concatenated in ``kinds`` order:
     ``mult`` f1*f2, ``absdiff`` |f1-f2|, ``sqdiff`` (f1-f2)^2, ``sqrtabsdiff`` sqrt|f1-f2|."""
     parts = []
@@ -515,9 +560,19 @@ def pair_features(f1: torch.Tensor, f2: torch.Tensor, kinds: tuple[str, ...]
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
 
-def _pairs(arch: Architecture, ds: Dataset, rep: ShapeReport, *, final: bool, seed: int,
-           device: torch.device, kind: str, batch_size: int, max_features: int,
-           control: _Control) -> EvalResult:
+def _pairs(
+    arch: Architecture,
+    ds: Dataset,
+    rep: ShapeReport,
+    *,
+    final: bool,
+    seed: int,
+    device: torch.device,
+    kind: str,
+    batch_size: int,
+    max_features: int,
+    control: _Control,
+) -> EvalResult:
     t0 = time.perf_counter()
     pairs = getattr(ds, "pairs", None)
     if pairs is None:
@@ -527,8 +582,10 @@ def _pairs(arch: Architecture, ds: Dataset, rep: ShapeReport, *, final: bool, se
             raise ValueError(f"{ds.uri} has no View 2 folds (pairs.txt)")
         sets = [np.asarray(p, dtype=np.int64).reshape(-1, 2) for p, _ in pairs.folds]
     else:
-        sets = [np.asarray(pairs.dev_train, dtype=np.int64).reshape(-1, 2),
-                np.asarray(pairs.dev_test, dtype=np.int64).reshape(-1, 2)]
+        sets = [
+            np.asarray(pairs.dev_train, dtype=np.int64).reshape(-1, 2),
+            np.asarray(pairs.dev_test, dtype=np.int64).reshape(-1, 2),
+        ]
     images = np.unique(np.concatenate([s.ravel() for s in sets]))
     with _oom_is_infeasible(device, "building the model"):
         model = build_model(arch, device=device, max_features=max_features)
@@ -543,9 +600,13 @@ def _pairs(arch: Architecture, ds: Dataset, rep: ShapeReport, *, final: bool, se
         return torch.from_numpy(np.asarray(same, dtype=bool).astype(np.int64)).to(device)
 
     t1 = time.perf_counter()
-    metrics: dict[str, Any] = {"protocol": "pairs", "readout": kind,
-                               "pair_features": list(kinds), "n_features": model.n_features,
-                               "n_pair_features": model.n_features * len(kinds)}
+    metrics: dict[str, Any] = {
+        "protocol": "pairs",
+        "readout": kind,
+        "pair_features": list(kinds),
+        "n_features": model.n_features,
+        "n_pair_features": model.n_features * len(kinds),
+    }
     if not final:
         with _oom_is_infeasible(device, "building the pair features"):
             Xtr, Xte = comparison(sets[0]), comparison(sets[1])
@@ -555,8 +616,13 @@ def _pairs(arch: Architecture, ds: Dataset, rep: ShapeReport, *, final: bool, se
         with _oom_is_infeasible(device, "scoring the readout"):
             value = clf.accuracy(Xte, yte)
         control.report(0, value)
-        metrics.update(split="view1", l2=clf.l2, l2_curve=[list(c) for c in clf.l2_curve],
-                       n_fit=len(sets[0]), n_scored=len(sets[1]))
+        metrics.update(
+            split="view1",
+            l2=clf.l2,
+            l2_curve=[list(c) for c in clf.l2_curve],
+            n_fit=len(sets[0]),
+            n_scored=len(sets[1]),
+        )
     else:
         with _oom_is_infeasible(device, "building the pair features"):
             Xs = [comparison(s) for s in sets]
@@ -578,11 +644,16 @@ def _pairs(arch: Architecture, ds: Dataset, rep: ShapeReport, *, final: bool, se
         value = float(np.mean(fold_acc))
         K = len(fold_acc)
         stderr = float(np.std(fold_acc, ddof=1) / math.sqrt(K)) if K > 1 else 0.0
-        metrics.update(split="view2", folds=fold_acc, stderr=stderr, l2=l2s,
-                       n_scored=sum(len(s) for s in sets))
+        metrics.update(
+            split="view2", folds=fold_acc, stderr=stderr, l2=l2s, n_scored=sum(len(s) for s in sets)
+        )
     _sync(device)
-    metrics.update(ext, readout_seconds=time.perf_counter() - t1,
-                   seconds=time.perf_counter() - t0, device=str(device))
+    metrics.update(
+        ext,
+        readout_seconds=time.perf_counter() - t1,
+        seconds=time.perf_counter() - t0,
+        device=str(device),
+    )
     return EvalResult(float(value), _json_safe(metrics))
 
 
@@ -637,16 +708,47 @@ def evaluate(
     kind = _readout_kind(arch, readout)
     bs = int(batch_size) if batch_size else default_batch_size(rep, device)
     if protocol == "screen":
-        return _screen(arch, ds, rep, final=final, validation_fraction=validation_fraction,
-                       seed=seed, device=device, kind=kind, batch_size=bs,
-                       max_features=max_features, control=control)
+        return _screen(
+            arch,
+            ds,
+            rep,
+            final=final,
+            validation_fraction=validation_fraction,
+            seed=seed,
+            device=device,
+            kind=kind,
+            batch_size=bs,
+            max_features=max_features,
+            control=control,
+        )
     if protocol == "pairs":
-        return _pairs(arch, ds, rep, final=final, seed=seed, device=device, kind=kind,
-                      batch_size=bs, max_features=max_features, control=control)
+        return _pairs(
+            arch,
+            ds,
+            rep,
+            final=final,
+            seed=seed,
+            device=device,
+            kind=kind,
+            batch_size=bs,
+            max_features=max_features,
+            control=control,
+        )
     if epochs is None:
         epochs = arch.train.epochs if arch.train is not None else 2
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
-    return _train(arch, ds, rep, final=final, validation_fraction=validation_fraction,
-                  seed=seed, device=device, epochs=int(epochs), batch_size=batch_size,
-                  eval_batch_size=bs, max_features=max_features, control=control)
+    return _train(
+        arch,
+        ds,
+        rep,
+        final=final,
+        validation_fraction=validation_fraction,
+        seed=seed,
+        device=device,
+        epochs=int(epochs),
+        batch_size=batch_size,
+        eval_batch_size=bs,
+        max_features=max_features,
+        control=control,
+    )

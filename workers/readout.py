@@ -127,8 +127,9 @@ def _check_xy(X: torch.Tensor, y: torch.Tensor, n_classes: int) -> None:
     if n_classes < 2:
         raise ValueError(f"need at least 2 classes, got {n_classes}")
     if y.numel() and (int(y.min()) < 0 or int(y.max()) >= n_classes):
-        raise ValueError(f"labels must lie in [0, {n_classes}), got [{int(y.min())}, "
-                         f"{int(y.max())}]")
+        raise ValueError(
+            f"labels must lie in [0, {n_classes}), got [{int(y.min())}, {int(y.max())}]"
+        )
 
 
 def _cholesky_solve(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
@@ -154,20 +155,41 @@ def _targets(y: torch.Tensor, n_classes: int, dtype: torch.dtype) -> torch.Tenso
     return F.one_hot(y.long(), n_classes).to(dtype) * 2.0 - 1.0
 
 
-def _classifier(kind: str, W: torch.Tensor, b: torch.Tensor, mean: torch.Tensor,
-                std: torch.Tensor, n_classes: int, l2: float,
-                classes: torch.Tensor | None = None, n_iter: int | None = None
-                ) -> LinearClassifier:
+def _classifier(
+    kind: str,
+    W: torch.Tensor,
+    b: torch.Tensor,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    n_classes: int,
+    l2: float,
+    classes: torch.Tensor | None = None,
+    n_iter: int | None = None,
+) -> LinearClassifier:
     if classes is None:
         classes = torch.arange(n_classes, device=W.device)
-    return LinearClassifier(kind=kind, W=W, b=b, mean=mean, std=std,
-                            classes=classes.to(W.device), l2=float(l2), n_iter=n_iter)
+    return LinearClassifier(
+        kind=kind,
+        W=W,
+        b=b,
+        mean=mean,
+        std=std,
+        classes=classes.to(W.device),
+        l2=float(l2),
+        n_iter=n_iter,
+    )
 
 
 # -- ridge --------------------------------------------------------------------------------
-def fit_ridge(X: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float,
-              *, standardize: bool = True,
-              form: Literal["auto", "primal", "dual"] = "auto") -> LinearClassifier:
+def fit_ridge(
+    X: torch.Tensor,
+    y: torch.Tensor,
+    n_classes: int,
+    l2: float,
+    *,
+    standardize: bool = True,
+    form: Literal["auto", "primal", "dual"] = "auto",
+) -> LinearClassifier:
     """Closed-form ridge regression on one-hot {-1, +1} targets; labels ``y`` in
     ``[0, n_classes)``.
 
@@ -213,9 +235,14 @@ def fit_ridge(X: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float,
     return _classifier("ridge", W.to(dt), b.to(dt), mean, std, n_classes, l2)
 
 
-def _ridge_grid_scores(Xtr: torch.Tensor, ytr: torch.Tensor, Xva: torch.Tensor,
-                       yva: torch.Tensor, n_classes: int, grid: Sequence[float]
-                       ) -> list[float]:
+def _ridge_grid_scores(
+    Xtr: torch.Tensor,
+    ytr: torch.Tensor,
+    Xva: torch.Tensor,
+    yva: torch.Tensor,
+    n_classes: int,
+    grid: Sequence[float],
+) -> list[float]:
     """Validation accuracy of ridge for every ``l2`` in ``grid`` from one ``eigh``.
 
     With the (centred) Gram matrix ``G = V diag(s) V'`` the prediction for ``l2`` is
@@ -249,9 +276,15 @@ def _ridge_grid_scores(Xtr: torch.Tensor, ytr: torch.Tensor, Xva: torch.Tensor,
 
 
 # -- L-BFGS readouts ----------------------------------------------------------------------
-def _lbfgs(kind: str, Xs: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float,
-           max_iter: int, init: tuple[torch.Tensor, torch.Tensor] | None
-           ) -> tuple[torch.Tensor, torch.Tensor, int]:
+def _lbfgs(
+    kind: str,
+    Xs: torch.Tensor,
+    y: torch.Tensor,
+    n_classes: int,
+    l2: float,
+    max_iter: int,
+    init: tuple[torch.Tensor, torch.Tensor] | None,
+) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Fit ``W, b`` on standardised ``Xs`` by full-batch L-BFGS; returns ``(W, b, iters)``.
 
     The objective is divided by ``n`` (same minimiser) so that the line search sees O(1)
@@ -267,9 +300,15 @@ def _lbfgs(kind: str, Xs: torch.Tensor, y: torch.Tensor, n_classes: int, l2: flo
     W.requires_grad_(True)
     b.requires_grad_(True)
     targets = _targets(y, n_classes, dt) if kind == "svm" else None
-    opt = torch.optim.LBFGS([W, b], lr=1.0, max_iter=max_iter, history_size=20,
-                            tolerance_grad=1e-6, tolerance_change=1e-10,
-                            line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        [W, b],
+        lr=1.0,
+        max_iter=max_iter,
+        history_size=20,
+        tolerance_grad=1e-6,
+        tolerance_change=1e-10,
+        line_search_fn="strong_wolfe",
+    )
     lam = l2 / (2.0 * n)
 
     def closure() -> torch.Tensor:
@@ -289,26 +328,47 @@ def _lbfgs(kind: str, Xs: torch.Tensor, y: torch.Tensor, n_classes: int, l2: flo
     return W.detach(), b.detach(), n_iter
 
 
-def fit_logistic(X: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float,
-                 max_iter: int = DEFAULT_MAX_ITER, *, standardize: bool = True,
-                 init: tuple[torch.Tensor, torch.Tensor] | None = None) -> LinearClassifier:
+def fit_logistic(
+    X: torch.Tensor,
+    y: torch.Tensor,
+    n_classes: int,
+    l2: float,
+    max_iter: int = DEFAULT_MAX_ITER,
+    *,
+    standardize: bool = True,
+    init: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> LinearClassifier:
     """Multinomial logistic regression, ``sum CE + l2/2 ||W||^2`` (sklearn ``C = 1/l2``),
     by full-batch L-BFGS for at most ``max_iter`` iterations. ``init`` = ``(W, b)`` in the
     standardised space (a warm start)."""
     return _fit_lbfgs("logistic", X, y, n_classes, l2, max_iter, standardize, init)
 
 
-def fit_svm(X: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float,
-            max_iter: int = DEFAULT_MAX_ITER, *, standardize: bool = True,
-            init: tuple[torch.Tensor, torch.Tensor] | None = None) -> LinearClassifier:
+def fit_svm(
+    X: torch.Tensor,
+    y: torch.Tensor,
+    n_classes: int,
+    l2: float,
+    max_iter: int = DEFAULT_MAX_ITER,
+    *,
+    standardize: bool = True,
+    init: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> LinearClassifier:
     """Linear SVM, one-vs-rest squared hinge, ``sum loss + l2/2 ||W||^2`` (sklearn
     ``LinearSVC(C=1/l2)`` except that the intercept is not penalised), by L-BFGS."""
     return _fit_lbfgs("svm", X, y, n_classes, l2, max_iter, standardize, init)
 
 
-def _fit_lbfgs(kind: str, X: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float,
-               max_iter: int, standardize: bool,
-               init: tuple[torch.Tensor, torch.Tensor] | None) -> LinearClassifier:
+def _fit_lbfgs(
+    kind: str,
+    X: torch.Tensor,
+    y: torch.Tensor,
+    n_classes: int,
+    l2: float,
+    max_iter: int,
+    standardize: bool,
+    init: tuple[torch.Tensor, torch.Tensor] | None,
+) -> LinearClassifier:
     if l2 < 0:
         raise ValueError(f"l2 must be >= 0, got {l2}")
     X = X if torch.is_tensor(X) else torch.from_numpy(np.asarray(X))
@@ -329,8 +389,9 @@ FITTERS = {"ridge": fit_ridge, "logistic": fit_logistic, "svm": fit_svm}
 
 
 # -- model selection ----------------------------------------------------------------------
-def stratified_inner_split(y: np.ndarray, fraction: float, seed: int
-                           ) -> tuple[np.ndarray, np.ndarray]:
+def stratified_inner_split(
+    y: np.ndarray, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Seeded stratified split of row indices: ``(fit_idx, held_out_idx)``, both sorted.
 
     Each class with at least 2 rows puts ``max(1, round(fraction * count))`` rows (but never
@@ -381,8 +442,9 @@ def select_and_fit(
         raise ValueError(f"need at least 2 distinct labels to fit a readout, got {n_classes}")
     curve: list[tuple[float, float]] = []
     if l2 is None:
-        values = list(grid) if grid is not None else list(
-            RIDGE_GRID if kind == "ridge" else LBFGS_GRID)
+        values = (
+            list(grid) if grid is not None else list(RIDGE_GRID if kind == "ridge" else LBFGS_GRID)
+        )
         fit_idx, held_idx = stratified_inner_split(y.cpu().numpy(), inner_fraction, seed)
         if held_idx.size == 0 or len(np.unique(y.cpu().numpy()[fit_idx])) < 2:
             l2 = 1.0  # too few rows to hold any out: a neutral default

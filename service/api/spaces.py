@@ -10,8 +10,11 @@ from ..errors import ErrorBody, NotFound
 from ..schemas import SpaceList, SpaceOut, SpaceSummary
 from .deps import Reader
 
-router = APIRouter(prefix="/api/v1/spaces", tags=["spaces"],
-                   responses={401: {"model": ErrorBody}, 403: {"model": ErrorBody}})
+router = APIRouter(
+    prefix="/api/v1/spaces",
+    tags=["spaces"],
+    responses={401: {"model": ErrorBody}, 403: {"model": ErrorBody}},
+)
 
 
 @router.get("", response_model=SpaceList)
@@ -30,5 +33,6 @@ def space(name: str, _: Reader) -> SpaceOut:
         s = get_space(name)
     except KeyError:
         raise NotFound(f"no built-in space {name!r}", field="name") from None
-    return SpaceOut(name=name, description=s.description, document=s.to_dict(),
-                    labels=sorted(s.labels))
+    return SpaceOut(
+        name=name, description=s.description, document=s.to_dict(), labels=sorted(s.labels)
+    )

@@ -59,8 +59,9 @@ def _one(session: SessionDep, study_id: StudyId) -> StudyOut:
 
 
 @router.post("", response_model=StudyOut, status_code=201)
-def create_study(body: StudyCreate, _: Admin, store: StoreDep, queue: QueueDep,
-                 session: SessionDep) -> StudyOut:
+def create_study(
+    body: StudyCreate, _: Admin, store: StoreDep, queue: QueueDep, session: SessionDep
+) -> StudyOut:
     """Validate and store a study, then fill its suggestion queue before answering."""
     with store.transaction() as s:
         study_id = studies_mod.create_study(s, body).id
@@ -81,8 +82,15 @@ def get_study(study_id: StudyId, _: Reader, session: SessionDep) -> StudyOut:
 
 
 @router.patch("/{study_id}", response_model=StudyOut, responses={409: {"model": ErrorBody}})
-def patch_study(study_id: StudyId, body: StudyPatch, _: Admin, store: StoreDep, queue: QueueDep,
-                session: SessionDep, background: BackgroundTasks) -> StudyOut:
+def patch_study(
+    study_id: StudyId,
+    body: StudyPatch,
+    _: Admin,
+    store: StoreDep,
+    queue: QueueDep,
+    session: SessionDep,
+    background: BackgroundTasks,
+) -> StudyOut:
     """Pause (no new claims; running trials finish), resume, or stop (running trials are
     told ``stop`` at their next heartbeat; the top-k are queued for final evaluation)."""
     with store.transaction() as s:
@@ -132,8 +140,9 @@ def list_trials(
             q = q.where(or_(key < k, and_(key == k, Trial.number < n)))
         else:
             q = q.where(or_(key > k, and_(key == k, Trial.number > n)))
-    q = q.order_by(key.desc() if desc else key.asc(),
-                   Trial.number.desc() if desc else Trial.number.asc()).limit(limit + 1)
+    q = q.order_by(
+        key.desc() if desc else key.asc(), Trial.number.desc() if desc else Trial.number.asc()
+    ).limit(limit + 1)
     rows = session.execute(q).all()
     more = len(rows) > limit
     rows = rows[:limit]
@@ -157,8 +166,9 @@ def get_trial(study_id: StudyId, number: TrialNumber, _: Reader, session: Sessio
 
 
 @router.post("/{study_id}/trials", response_model=TrialOut, status_code=201)
-def enqueue_trial(study_id: StudyId, body: EnqueueTrial, _: Admin, queue: QueueDep,
-                  session: SessionDep) -> TrialOut:
+def enqueue_trial(
+    study_id: StudyId, body: EnqueueTrial, _: Admin, queue: QueueDep, session: SessionDep
+) -> TrialOut:
     """Queue a user-given configuration (raw ``params`` or a ``preset`` name). It runs
     before suggested trials and joins the history the suggester learns from."""
     study = studies_mod.get_study(session, study_id)
@@ -177,8 +187,9 @@ def enqueue_trial(study_id: StudyId, body: EnqueueTrial, _: Admin, queue: QueueD
 
 
 @router.get("/{study_id}/best", response_model=BestOut)
-def best(study_id: StudyId, _: Reader, session: SessionDep,
-         k: Annotated[int, Query(ge=1, le=1000)] = 5) -> BestOut:
+def best(
+    study_id: StudyId, _: Reader, session: SessionDep, k: Annotated[int, Query(ge=1, le=1000)] = 5
+) -> BestOut:
     """The k best COMPLETE search trials by search score (highest first), with their
     ``test_value`` once the final evaluation ran."""
     studies_mod.get_study(session, study_id)
@@ -195,18 +206,37 @@ def best(study_id: StudyId, _: Reader, session: SessionDep,
     return BestOut(trials=[trial_out(t) for t in rows])
 
 
-EXPORT_COLUMNS = ["number", "state", "value", "test_value", "attempt", "worker_id", "source",
-                  "config_hash", "architecture", "reason", "created_at", "started_at",
-                  "finished_at"]
+EXPORT_COLUMNS = [
+    "number",
+    "state",
+    "value",
+    "test_value",
+    "attempt",
+    "worker_id",
+    "source",
+    "config_hash",
+    "architecture",
+    "reason",
+    "created_at",
+    "started_at",
+    "finished_at",
+]
 
 
-@router.get("/{study_id}/export", response_class=Response,
-            responses={200: {"content": {"text/csv": {}}, "description": "All trials as CSV"}})
+@router.get(
+    "/{study_id}/export",
+    response_class=Response,
+    responses={200: {"content": {"text/csv": {}}, "description": "All trials as CSV"}},
+)
 def export(study_id: StudyId, _: Reader, session: SessionDep) -> Response:
     """Every trial as CSV: fixed columns, then one ``param:<label>`` column per label."""
     studies_mod.get_study(session, study_id)
-    trials = [trial_out(t) for t in session.scalars(
-        select(Trial).where(Trial.study_id == study_id).order_by(Trial.number))]
+    trials = [
+        trial_out(t)
+        for t in session.scalars(
+            select(Trial).where(Trial.study_id == study_id).order_by(Trial.number)
+        )
+    ]
     labels = sorted({label for t in trials for label in t.params})
     buf = io.StringIO()
     writer = csv.writer(buf)
@@ -215,8 +245,11 @@ def export(study_id: StudyId, _: Reader, session: SessionDep) -> Response:
         dumped = t.model_dump(mode="json")
         row = [dumped.get(c) for c in EXPORT_COLUMNS]
         row[EXPORT_COLUMNS.index("architecture")] = t.arch_summary
-        writer.writerow(row + [json.dumps(t.params[label]) if label in t.params else ""
-                               for label in labels])
-    return Response(buf.getvalue(), media_type="text/csv",
-                    headers={"Content-Disposition":
-                             f'attachment; filename="study-{study_id}.csv"'})
+        writer.writerow(
+            row + [json.dumps(t.params[label]) if label in t.params else "" for label in labels]
+        )
+    return Response(
+        buf.getvalue(),
+        media_type="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="study-{study_id}.csv"'},
+    )

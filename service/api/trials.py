@@ -66,8 +66,9 @@ def _action(session: SessionDep, trial: Trial, step: int | None, value: float | 
 
 
 @router.post("/{trial_id}/heartbeat", response_model=HeartbeatOut)
-def heartbeat(trial_id: TrialId, body: HeartbeatIn, _: WorkerRole, store: StoreDep,
-              session: SessionDep) -> HeartbeatOut:
+def heartbeat(
+    trial_id: TrialId, body: HeartbeatIn, _: WorkerRole, store: StoreDep, session: SessionDep
+) -> HeartbeatOut:
     """Extend the lease (and record an intermediate value). The answer says whether to
     ``continue``, ``prune`` (below the median of finished trials at this step) or
     ``stop`` (the study was stopped)."""
@@ -78,9 +79,16 @@ def heartbeat(trial_id: TrialId, body: HeartbeatIn, _: WorkerRole, store: StoreD
     )
 
 
-def _after_report(request: Request, store: StoreDep, queue: QueueDep, trial: Trial,
-                  first: bool, kind: str, background: BackgroundTasks,
-                  fingerprint: str | None = None) -> None:
+def _after_report(
+    request: Request,
+    store: StoreDep,
+    queue: QueueDep,
+    trial: Trial,
+    first: bool,
+    kind: str,
+    background: BackgroundTasks,
+    fingerprint: str | None = None,
+) -> None:
     if not first:
         return
     request.app.state.metrics.reports.labels(kind=kind).inc()
@@ -92,20 +100,42 @@ def _after_report(request: Request, store: StoreDep, queue: QueueDep, trial: Tri
 
 
 @router.post("/{trial_id}/complete", response_model=TrialOut)
-def complete(trial_id: TrialId, body: CompleteIn, request: Request, _: WorkerRole,
-             store: StoreDep, queue: QueueDep, background: BackgroundTasks) -> TrialOut:
+def complete(
+    trial_id: TrialId,
+    body: CompleteIn,
+    request: Request,
+    _: WorkerRole,
+    store: StoreDep,
+    queue: QueueDep,
+    background: BackgroundTasks,
+) -> TrialOut:
     """Report the score. Sending the same report again answers the same (idempotent);
     a different second result is refused with 409."""
     trial, first = store.complete(trial_id, body.worker_id, body.value, body.metrics)
     fingerprint = body.metrics.get("dataset_fingerprint")
-    _after_report(request, store, queue, trial, first, "complete", background,
-                  fingerprint if isinstance(fingerprint, str) else None)
+    _after_report(
+        request,
+        store,
+        queue,
+        trial,
+        first,
+        "complete",
+        background,
+        fingerprint if isinstance(fingerprint, str) else None,
+    )
     return trial_out(trial)
 
 
 @router.post("/{trial_id}/fail", response_model=TrialOut)
-def fail(trial_id: TrialId, body: FailIn, request: Request, _: WorkerRole, store: StoreDep,
-         queue: QueueDep, background: BackgroundTasks) -> TrialOut:
+def fail(
+    trial_id: TrialId,
+    body: FailIn,
+    request: Request,
+    _: WorkerRole,
+    store: StoreDep,
+    queue: QueueDep,
+    background: BackgroundTasks,
+) -> TrialOut:
     """End the trial INFEASIBLE (cannot be built: counts as the worst score), FAILED
     (``error``: left out of the history) or PRUNED. Idempotent like complete."""
     trial, first = store.fail(trial_id, body.worker_id, body.kind, body.reason, body.value)

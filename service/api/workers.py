@@ -49,8 +49,10 @@ def list_workers(_: Reader, session: SessionDep) -> list[WorkerOut]:
 @router.post(
     "/{worker_id}/claim",
     response_model=ClaimOut,
-    responses={204: {"description": "No WAITING trial in any running study"},
-               404: {"model": ErrorBody}},
+    responses={
+        204: {"description": "No WAITING trial in any running study"},
+        404: {"model": ErrorBody},
+    },
 )
 def claim(
     worker_id: WorkerId,
@@ -77,9 +79,13 @@ def claim(
     return ClaimOut(
         trial=trial_out(trial),
         study=StudyBrief(
-            id=st.id, name=st.name, dataset=st.dataset,
-            dataset_fingerprint=st.dataset_fingerprint, evaluator=st.evaluator,
-            evaluator_options=st.evaluator_options, seed=st.seed,
+            id=st.id,
+            name=st.name,
+            dataset=st.dataset,
+            dataset_fingerprint=st.dataset_fingerprint,
+            evaluator=st.evaluator,
+            evaluator_options=st.evaluator_options,
+            seed=st.seed,
         ),
         lease=Lease(expires_at=trial.lease_expires_at, seconds=store.lease_seconds),
     )

@@ -34,8 +34,9 @@ def test_odd_names_are_stored_verbatim(api, name):
 
 
 def test_name_too_long_is_refused(api):
-    r = api.client.post("/api/v1/studies", json={"name": "a" * 201, "dataset": "builtin:digits"},
-                        headers=api.admin)
+    r = api.client.post(
+        "/api/v1/studies", json={"name": "a" * 201, "dataset": "builtin:digits"}, headers=api.admin
+    )
     assert r.status_code == 422 and err(r)["field"] == "name"
 
 
@@ -44,8 +45,11 @@ def test_deeply_nested_space_document_is_refused(api):
     for _ in range(200):
         nested = {"type": "choice", "options": [nested]}
     doc = {"name": "deep", "input_size": 32, "layers": [{"n_filters": nested}]}
-    r = api.client.post("/api/v1/studies", json={"name": "s", "dataset": "builtin:digits",
-                                                 "space": doc}, headers=api.admin)
+    r = api.client.post(
+        "/api/v1/studies",
+        json={"name": "s", "dataset": "builtin:digits", "space": doc},
+        headers=api.admin,
+    )
     assert r.status_code == 422
     assert err(r)["field"].startswith("space")
     assert "deep" in err(r)["message"] or "nest" in err(r)["message"]
@@ -53,18 +57,25 @@ def test_deeply_nested_space_document_is_refused(api):
 
 def test_huge_space_document_is_refused(api_factory):
     api = api_factory(max_body_bytes=8 * 1024 * 1024)
-    doc = {"name": "huge", "input_size": 32,
-           "layers": [{"n_filters": {"type": "choice", "options": list(range(1, 100_000))}}]}
-    r = api.client.post("/api/v1/studies", json={"name": "s", "dataset": "builtin:digits",
-                                                 "space": doc}, headers=api.admin)
+    doc = {
+        "name": "huge",
+        "input_size": 32,
+        "layers": [{"n_filters": {"type": "choice", "options": list(range(1, 100_000))}}],
+    }
+    r = api.client.post(
+        "/api/v1/studies",
+        json={"name": "s", "dataset": "builtin:digits", "space": doc},
+        headers=api.admin,
+    )
     assert r.status_code == 422
     assert err(r)["field"].startswith("space")
 
 
 def test_body_over_the_limit_is_413_before_parsing(api):
     body = b'{"name": "' + b"x" * 2_000_000 + b'", "dataset": "builtin:digits"}'
-    r = api.client.post("/api/v1/studies", content=body,
-                        headers={**api.admin, "Content-Type": "application/json"})
+    r = api.client.post(
+        "/api/v1/studies", content=body, headers={**api.admin, "Content-Type": "application/json"}
+    )
     assert r.status_code == 413 and err(r)["field"] == "body"
 
 
@@ -77,9 +88,11 @@ def test_non_finite_scores_are_refused_and_nothing_changes(api, literal):
         pytest.skip("the one sampled configuration was infeasible")
     tid = claim.json()["trial"]["id"]
     for route in ("complete", "heartbeat"):
-        r = api.client.post(f"/api/v1/trials/{tid}/{route}",
-                            content=f'{{"worker_id": {wid}, "value": {literal}}}'.encode(),
-                            headers={**api.worker, "Content-Type": "application/json"})
+        r = api.client.post(
+            f"/api/v1/trials/{tid}/{route}",
+            content=f'{{"worker_id": {wid}, "value": {literal}}}'.encode(),
+            headers={**api.worker, "Content-Type": "application/json"},
+        )
         assert r.status_code == 422, (route, r.text)
         assert err(r)["field"] == "value"
     number = claim.json()["trial"]["number"]
@@ -99,8 +112,11 @@ def test_non_finite_scores_are_refused_and_nothing_changes(api, literal):
     ],
 )
 def test_wrong_content_types_and_shapes_are_4xx(api, content_type, body):
-    r = api.client.post("/api/v1/studies", content=body.encode(),
-                        headers={**api.admin, "Content-Type": content_type})
+    r = api.client.post(
+        "/api/v1/studies",
+        content=body.encode(),
+        headers={**api.admin, "Content-Type": content_type},
+    )
     assert 400 <= r.status_code < 500, r.text
     assert "error" in r.json() and r.json()["error"]["message"]
     assert api.client.get("/api/v1/studies", headers=api.admin).json()["studies"] == []
@@ -114,8 +130,10 @@ def test_sql_looking_metrics_and_reasons_are_stored_verbatim(api):
         pytest.skip("the sampled configurations were infeasible")
     tid = claim.json()["trial"]["id"]
     reason = "'; DELETE FROM studies; -- \x01 ünïcødé"
-    r = api.client.post(f"/api/v1/trials/{tid}/fail",
-                        json={"worker_id": wid, "kind": "error", "reason": reason},
-                        headers=api.worker)
+    r = api.client.post(
+        f"/api/v1/trials/{tid}/fail",
+        json={"worker_id": wid, "kind": "error", "reason": reason},
+        headers=api.worker,
+    )
     assert r.status_code == 200 and r.json()["reason"] == reason
     assert len(api.client.get("/api/v1/studies", headers=api.reader).json()["studies"]) == 1

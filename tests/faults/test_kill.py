@@ -24,16 +24,35 @@ from tests.service.conftest import ADMIN_TOKEN, make_token, migrate
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
-FG11 = {"dataset": "builtin:digits", "space": "fg11", "algorithm": "random",
-        "evaluator_options": {"max_features": 10_000_000}, "top_k": 0}
+FG11 = {
+    "dataset": "builtin:digits",
+    "space": "fg11",
+    "algorithm": "random",
+    "evaluator_options": {"max_features": 10_000_000},
+    "top_k": 0,
+}
 
 
 def spawn_worker(base_url: str, token: str, data_dir: Path, sleep: float) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.workers.fake_worker", "--coordinator", base_url,
-         "--token", token, "--data-dir", str(data_dir), "--sleep", str(sleep),
-         "--idle-exit", "3"],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "tests.workers.fake_worker",
+            "--coordinator",
+            base_url,
+            "--token",
+            token,
+            "--data-dir",
+            str(data_dir),
+            "--sleep",
+            str(sleep),
+            "--idle-exit",
+            "3",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
 
 
@@ -59,10 +78,15 @@ def wait_finished(admin: Client, sid: int, timeout: float) -> dict:
 def test_random_kill_9_of_workers_during_a_100_trial_study(sqlite_url, tmp_path):
     migrate(sqlite_url)
     token = make_token(sqlite_url, Role.WORKER)
-    live = start_coordinator(sqlite_url, admin_token=ADMIN_TOKEN,
-                             env={"ARCHSEARCH_LEASE_SECONDS": "2",
-                                  "ARCHSEARCH_REAPER_INTERVAL_SECONDS": "0.5",
-                                  "ARCHSEARCH_MAX_ATTEMPTS": "50"})
+    live = start_coordinator(
+        sqlite_url,
+        admin_token=ADMIN_TOKEN,
+        env={
+            "ARCHSEARCH_LEASE_SECONDS": "2",
+            "ARCHSEARCH_REAPER_INTERVAL_SECONDS": "0.5",
+            "ARCHSEARCH_MAX_ATTEMPTS": "50",
+        },
+    )
     rng = random.Random(1234)
     workers: list[subprocess.Popen] = []
     kills = 0
@@ -82,12 +106,12 @@ def test_random_kill_9_of_workers_during_a_100_trial_study(sqlite_url, tmp_path)
                     kills += 1
                     # a fresh process with a fresh spool (the old one's results are lost
                     # with its disk, as when a node dies): its trial goes back by lease
-                    workers[victim] = spawn_worker(live.base_url, token,
-                                                   tmp_path / f"r{kills}", 0.3)
+                    workers[victim] = spawn_worker(
+                        live.base_url, token, tmp_path / f"r{kills}", 0.3
+                    )
                 for i, w in enumerate(workers):  # idle-exit workers are restarted
                     if w.poll() is not None:
-                        workers[i] = spawn_worker(live.base_url, token, tmp_path / f"x{i}",
-                                                  0.3)
+                        workers[i] = spawn_worker(live.base_url, token, tmp_path / f"x{i}", 0.3)
             study = admin.study(sid)
     finally:
         for w in workers:
@@ -115,8 +139,7 @@ def test_kill_9_of_the_coordinator_and_restart(db_url, tmp_path):
     try:
         with Client(live.base_url, ADMIN_TOKEN) as admin:
             sid = admin.create_study(name="restart", max_trials=30, max_parallel=4, **FG11)["id"]
-        workers = [spawn_worker(live.base_url, token, tmp_path / f"w{i}", 0.4)
-                   for i in range(3)]
+        workers = [spawn_worker(live.base_url, token, tmp_path / f"w{i}", 0.4) for i in range(3)]
         time.sleep(3)
         os.kill(live.process.pid, signal.SIGKILL)
         live.process.wait()

@@ -27,9 +27,15 @@ def terminate_backends(url: str) -> int:
     engine = create_engine(url, isolation_level="AUTOCOMMIT")
     try:
         with engine.connect() as c:
-            return len(c.execute(text(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = :d AND pid <> pg_backend_pid()"), {"d": dbname}).all())
+            return len(
+                c.execute(
+                    text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = :d AND pid <> pg_backend_pid()"
+                    ),
+                    {"d": dbname},
+                ).all()
+            )
     finally:
         engine.dispose()
 
@@ -44,10 +50,16 @@ def test_connections_killed_under_load(postgres_url):
     stop = threading.Event()
     try:
         with Client(live.base_url, ADMIN_TOKEN) as admin:
-            sid = admin.create_study(name="pgkill", dataset="builtin:digits", space="fg11",
-                                     algorithm="random", max_trials=400, max_parallel=400,
-                                     evaluator_options={"max_features": 10_000_000},
-                                     top_k=0)["id"]
+            sid = admin.create_study(
+                name="pgkill",
+                dataset="builtin:digits",
+                space="fg11",
+                algorithm="random",
+                max_trials=400,
+                max_parallel=400,
+                evaluator_options={"max_features": 10_000_000},
+                top_k=0,
+            )["id"]
 
         def worker(i: int) -> None:
             with Client(live.base_url, token) as c:
@@ -84,8 +96,10 @@ def test_connections_killed_under_load(postgres_url):
         stop.set()
         assert killed > 0, "no connection was killed: the test tested nothing"
         assert httpx.get(f"{live.base_url}/healthz").json() == {
-            "status": "ok", "db": "ok", "version": httpx.get(f"{live.base_url}/healthz").json()[
-                "version"]}
+            "status": "ok",
+            "db": "ok",
+            "version": httpx.get(f"{live.base_url}/healthz").json()["version"],
+        }
         with Client(live.base_url, ADMIN_TOKEN) as admin:
             study = admin.study(sid)
             trials = list(admin.trials(sid))

@@ -30,8 +30,11 @@ OPERATIONS = {op.label: op for op in (r.ok() for r in SCHEMA.get_all_operations(
 # Our validation goes beyond what a JSON schema can say (a space document must compile, a
 # preset must be a point of the study's space, a trial must exist): a schema-valid request
 # may rightly get a 4xx, so "positive data acceptance" is not a property of this API.
-EXCLUDED = [c for c in schemathesis.checks.CHECKS.get_all()
-            if getattr(c, "__name__", "") == "positive_data_acceptance"]
+EXCLUDED = [
+    c
+    for c in schemathesis.checks.CHECKS.get_all()
+    if getattr(c, "__name__", "") == "positive_data_acceptance"
+]
 
 
 def test_every_route_is_in_the_document():
@@ -45,8 +48,13 @@ def test_route_conforms_to_its_schema(label, authorised):
     headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"} if authorised else {}
 
     @given(case=OPERATIONS[label].as_strategy())
-    @settings(max_examples=15, deadline=None, derandomize=True,
-              suppress_health_check=list(HealthCheck), database=None)
+    @settings(
+        max_examples=15,
+        deadline=None,
+        derandomize=True,
+        suppress_health_check=list(HealthCheck),
+        database=None,
+    )
     def run(case):
         response = case.call_and_validate(headers=headers, excluded_checks=EXCLUDED)
         assert response.status_code < 500, response.text

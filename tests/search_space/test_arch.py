@@ -93,12 +93,18 @@ def test_hash_ignores_number_spelling() -> None:
         input_channels=1.0,
         lnorm0=LNorm(size=9.0, remove_mean=0, stretch=10, threshold=np.float32(1.0)),
         layers=[
-            Layer(FBCorr(np.int32(64), 3.0), Activation(0, math.inf), LPool(7, 1, 2),
-                  LNorm(5, False, 0.1, 1)),
-            Layer(FBCorr(128, 5), Activation(-0.0, float("inf")), LPool(5, 1, 2.0),
-                  LNorm(7, 0, 1, 1)),
-            Layer(FBCorr(256, 5), Activation(0.0, math.inf), LPool(7, 10, 2),
-                  LNorm(3, False, 10, 1)),
+            Layer(
+                FBCorr(np.int32(64), 3.0),
+                Activation(0, math.inf),
+                LPool(7, 1, 2),
+                LNorm(5, False, 0.1, 1),
+            ),
+            Layer(
+                FBCorr(128, 5), Activation(-0.0, float("inf")), LPool(5, 1, 2.0), LNorm(7, 0, 1, 1)
+            ),
+            Layer(
+                FBCorr(256, 5), Activation(0.0, math.inf), LPool(7, 10, 2), LNorm(3, False, 10, 1)
+            ),
         ],
         seed=np.int64(42),
     )
@@ -121,12 +127,20 @@ def test_hash_ignores_number_spelling() -> None:
         replace(FG11_HT_L3_1ST, layers=FG11_HT_L3_1ST.layers[:2]),
         replace(FG11_HT_L3_1ST, readout=Readout("svm")),
         replace(FG11_HT_L3_1ST, train=TrainSettings()),
-        replace(FG11_HT_L3_1ST, layers=(
-            replace(FG11_HT_L3_1ST.layers[0], lpool=LPool(7, 2.0, 2)),
-            *FG11_HT_L3_1ST.layers[1:])),
-        replace(FG11_HT_L3_1ST, layers=(
-            replace(FG11_HT_L3_1ST.layers[0], activation=Activation(0.0, 1.0)),
-            *FG11_HT_L3_1ST.layers[1:])),
+        replace(
+            FG11_HT_L3_1ST,
+            layers=(
+                replace(FG11_HT_L3_1ST.layers[0], lpool=LPool(7, 2.0, 2)),
+                *FG11_HT_L3_1ST.layers[1:],
+            ),
+        ),
+        replace(
+            FG11_HT_L3_1ST,
+            layers=(
+                replace(FG11_HT_L3_1ST.layers[0], activation=Activation(0.0, 1.0)),
+                *FG11_HT_L3_1ST.layers[1:],
+            ),
+        ),
     ],
 )
 def test_different_architectures_hash_differently(variant: Architecture) -> None:
@@ -225,14 +239,16 @@ NONSENSE = [
     replace(FG11_HT_L3_1ST, lnorm0=LNorm(3, stretch=math.inf)),
     replace(FG11_HT_L3_1ST, lnorm0=LNorm(3, threshold=-1.0)),
     replace(FG11_HT_L3_1ST, layers=(Layer(FBCorr(0, 3), Activation(), LPool(3), LNorm(3)),)),
-    replace(FG11_HT_L3_1ST, layers=(Layer(FBCorr(8, 3), Activation(), LPool(3, 1.0, 0),
-                                          LNorm(3)),)),
-    replace(FG11_HT_L3_1ST, layers=(Layer(FBCorr(8, 3), Activation(), LPool(3, -2.0),
-                                          LNorm(3)),)),
-    replace(FG11_HT_L3_1ST, layers=(Layer(FBCorr(8, 3), Activation(), LPool(3, math.inf),
-                                          LNorm(3)),)),
-    replace(FG11_HT_L3_1ST, layers=(Layer(FBCorr(8, 3), Activation(1.0, 0.0), LPool(3),
-                                          LNorm(3)),)),
+    replace(
+        FG11_HT_L3_1ST, layers=(Layer(FBCorr(8, 3), Activation(), LPool(3, 1.0, 0), LNorm(3)),)
+    ),
+    replace(FG11_HT_L3_1ST, layers=(Layer(FBCorr(8, 3), Activation(), LPool(3, -2.0), LNorm(3)),)),
+    replace(
+        FG11_HT_L3_1ST, layers=(Layer(FBCorr(8, 3), Activation(), LPool(3, math.inf), LNorm(3)),)
+    ),
+    replace(
+        FG11_HT_L3_1ST, layers=(Layer(FBCorr(8, 3), Activation(1.0, 0.0), LPool(3), LNorm(3)),)
+    ),
     replace(FG11_HT_L3_1ST, readout=Readout("knn")),  # type: ignore[arg-type]
     replace(FG11_HT_L3_1ST, preprocess="zscore"),  # type: ignore[arg-type]
 ]

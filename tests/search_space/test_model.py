@@ -46,10 +46,18 @@ SMALL = Architecture(
     input_channels=3,
     lnorm0=LNorm(size=3, remove_mean=True, stretch=10.0, threshold=1.0),
     layers=(
-        Layer(FBCorr(4, 3), Activation(0.0, math.inf), LPool(3, 2.0, 2),
-              LNorm(3, remove_mean=False, stretch=1.0, threshold=0.1)),
-        Layer(FBCorr(6, 3), Activation(-math.inf, 1.0), LPool(2, 10.0, 1),
-              LNorm(3, remove_mean=True, stretch=0.1, threshold=0.01)),
+        Layer(
+            FBCorr(4, 3),
+            Activation(0.0, math.inf),
+            LPool(3, 2.0, 2),
+            LNorm(3, remove_mean=False, stretch=1.0, threshold=0.1),
+        ),
+        Layer(
+            FBCorr(6, 3),
+            Activation(-math.inf, 1.0),
+            LPool(2, 10.0, 1),
+            LNorm(3, remove_mean=True, stretch=0.1, threshold=0.01),
+        ),
     ),
     seed=42,
 )
@@ -59,10 +67,18 @@ SMALL_B = Architecture(
     input_channels=1,
     lnorm0=None,
     layers=(
-        Layer(FBCorr(5, 4), Activation(-math.inf, math.inf), LPool(3, 1.0, 3),
-              LNorm(2, remove_mean=True, stretch=10.0, threshold=10.0)),
-        Layer(FBCorr(3, 2), Activation(0.0, 1.0), LPool(2, 0.5, 1),
-              LNorm(1, remove_mean=False, stretch=1.0, threshold=0.1)),
+        Layer(
+            FBCorr(5, 4),
+            Activation(-math.inf, math.inf),
+            LPool(3, 1.0, 3),
+            LNorm(2, remove_mean=True, stretch=10.0, threshold=10.0),
+        ),
+        Layer(
+            FBCorr(3, 2),
+            Activation(0.0, 1.0),
+            LPool(2, 0.5, 1),
+            LNorm(1, remove_mean=False, stretch=1.0, threshold=0.1),
+        ),
     ),
     seed=7,
 )
@@ -193,9 +209,13 @@ def test_caps_are_infeasible_before_allocation(monkeypatch: pytest.MonkeyPatch) 
         build_model(FG11_HT_L3_1ST, max_params=1_000)
     # A billion-weight model is refused, not allocated.
     huge = Architecture(
-        input_size=400, input_channels=3, lnorm0=None,
-        layers=(Layer(FBCorr(4096, 9), Activation(), LPool(2, 1.0, 2), LNorm(3)),
-                Layer(FBCorr(4096, 9), Activation(), LPool(2, 1.0, 2), LNorm(3))),
+        input_size=400,
+        input_channels=3,
+        lnorm0=None,
+        layers=(
+            Layer(FBCorr(4096, 9), Activation(), LPool(2, 1.0, 2), LNorm(3)),
+            Layer(FBCorr(4096, 9), Activation(), LPool(2, 1.0, 2), LNorm(3)),
+        ),
     )
     with pytest.raises(InfeasibleArchitecture):
         build_model(huge)
@@ -204,8 +224,9 @@ def test_caps_are_infeasible_before_allocation(monkeypatch: pytest.MonkeyPatch) 
 def test_bad_values_and_dtypes_raise_value_error() -> None:
     with pytest.raises(ValueError):
         build_model(SMALL, dtype=torch.int32)
-    bad = Architecture(24, 3, None, (Layer(FBCorr(4, 3), Activation(1.0, 0.0), LPool(2),
-                                            LNorm(3)),))
+    bad = Architecture(
+        24, 3, None, (Layer(FBCorr(4, 3), Activation(1.0, 0.0), LPool(2), LNorm(3)),)
+    )
     with pytest.raises(ValueError):
         build_model(bad)
 
@@ -276,8 +297,9 @@ def test_preprocess_resizes_and_accepts_grayscale_3d() -> None:
     assert out.dtype == torch.float32
     for img in out:
         assert img.min() == 0.0 and img.max() == 1.0
-    expected = F.interpolate(torch.from_numpy(gray).float()[:, None], size=(32, 32),
-                             mode="bilinear", align_corners=False)
+    expected = F.interpolate(
+        torch.from_numpy(gray).float()[:, None], size=(32, 32), mode="bilinear", align_corners=False
+    )
     lo = expected.amin(dim=(1, 2, 3), keepdim=True)
     hi = expected.amax(dim=(1, 2, 3), keepdim=True)
     torch.testing.assert_close(out, (expected - lo) / (hi - lo))

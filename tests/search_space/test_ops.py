@@ -81,8 +81,9 @@ def sthor_recipe(n: int, fs: int, depth: int, seed: int) -> np.ndarray:
     return fb.astype(np.float32)
 
 
-@pytest.mark.parametrize(("n", "fs", "depth", "seed"), [(64, 3, 1, 42), (16, 5, 64, 42),
-                                                         (7, 4, 3, 0), (1, 9, 2, 123)])
+@pytest.mark.parametrize(
+    ("n", "fs", "depth", "seed"), [(64, 3, 1, 42), (16, 5, 64, 42), (7, 4, 3, 0), (1, 9, 2, 123)]
+)
 def test_make_filters_follows_the_sthor_recipe(n: int, fs: int, depth: int, seed: int) -> None:
     fb = ops.make_filters(n, fs, depth, seed)
     assert fb.shape == (n, fs, fs, depth)
@@ -111,22 +112,41 @@ def test_make_filters_rejects_empty_banks() -> None:
 # -- output sizes ------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("side", "window", "stride", "expected"),
-    [(200, 9, 1, 192), (190, 7, 2, 92), (84, 5, 2, 40), (30, 7, 2, 12), (10, 3, 3, 3),
-     (11, 3, 3, 3), (12, 3, 3, 4), (5, 5, 1, 1), (5, 5, 3, 1), (4, 5, 1, 0)],
+    [
+        (200, 9, 1, 192),
+        (190, 7, 2, 92),
+        (84, 5, 2, 40),
+        (30, 7, 2, 12),
+        (10, 3, 3, 3),
+        (11, 3, 3, 3),
+        (12, 3, 3, 4),
+        (5, 5, 1, 1),
+        (5, 5, 3, 1),
+        (4, 5, 1, 0),
+    ],
 )
 def test_valid_size(side: int, window: int, stride: int, expected: int) -> None:
     assert ops.valid_size(side, window, stride) == expected
 
 
-@pytest.mark.parametrize(("h", "w", "size", "stride"), [(190, 31, 7, 2), (12, 13, 3, 3),
-                                                         (9, 8, 2, 1), (5, 7, 5, 3)])
+@pytest.mark.parametrize(
+    ("h", "w", "size", "stride"), [(190, 31, 7, 2), (12, 13, 3, 3), (9, 8, 2, 1), (5, 7, 5, 3)]
+)
 def test_op_output_shapes_are_valid_mode(h: int, w: int, size: int, stride: int) -> None:
     x = torch.randn(2, 3, h, w)
     assert ops.LPool(size, 2.0, stride)(x).shape == (
-        2, 3, ops.valid_size(h, size, stride), ops.valid_size(w, size, stride))
+        2,
+        3,
+        ops.valid_size(h, size, stride),
+        ops.valid_size(w, size, stride),
+    )
     assert ops.LNorm(size)(x).shape == (2, 3, h - size + 1, w - size + 1)
     assert ops.FBCorr(ops.make_filters(5, size, 3, 1))(x).shape == (
-        2, 5, h - size + 1, w - size + 1)
+        2,
+        5,
+        h - size + 1,
+        w - size + 1,
+    )
 
 
 # -- fbcorr ------------------------------------------------------------------------------
@@ -190,8 +210,9 @@ def test_ieee_fp32_convolutions_turns_tf32_off_and_restores() -> None:
 
 # -- activation --------------------------------------------------------------------------
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize(("lo", "hi"), [(-math.inf, math.inf), (0.0, math.inf),
-                                        (-math.inf, 1.0), (0.0, 1.0)])
+@pytest.mark.parametrize(
+    ("lo", "hi"), [(-math.inf, math.inf), (0.0, math.inf), (-math.inf, 1.0), (0.0, 1.0)]
+)
 def test_activation_clamps(device: str, lo: float, hi: float) -> None:
     x = as_f32(rng_for("act", lo, hi).standard_normal((2, 3, 5, 7)) * 3)
     actual = ops.Activation(lo, hi).to(device)(to_torch(x, device))
@@ -255,13 +276,25 @@ def test_lpool_zero_windows_are_exact_and_backward_is_finite(order: float) -> No
 
 
 # -- lnorm -------------------------------------------------------------------------------
-LNORM_SHAPES = [((2, 1, 9, 9), 3), ((1, 3, 11, 8), 5), ((2, 5, 7, 13), 4), ((1, 2, 6, 6), 1),
-                ((1, 4, 12, 10), 9)]
+LNORM_SHAPES = [
+    ((2, 1, 9, 9), 3),
+    ((1, 3, 11, 8), 5),
+    ((2, 5, 7, 13), 4),
+    ((1, 2, 6, 6), 1),
+    ((1, 4, 12, 10), 9),
+]
 THRESHOLD_BAND = 1e-4  # relative distance to the threshold inside which rounding may flip
 
 
-def lnorm_input(kind: str, shape: tuple[int, ...], size: int, remove_mean: bool, stretch: float,
-                threshold: float, rng: np.random.Generator) -> np.ndarray:
+def lnorm_input(
+    kind: str,
+    shape: tuple[int, ...],
+    size: int,
+    remove_mean: bool,
+    stretch: float,
+    threshold: float,
+    rng: np.random.Generator,
+) -> np.ndarray:
     """Inputs whose divisors straddle the threshold, so that both branches are tested.
 
     A unit-variance neighbourhood has sqrt(sum of squares) ~ sqrt(n); the global scale puts
@@ -282,8 +315,9 @@ def lnorm_input(kind: str, shape: tuple[int, ...], size: int, remove_mean: bool,
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(
     ("remove_mean", "stretch", "threshold", "kind"),
-    list(itertools.product([False, True], [0.1, 1.0, 10.0], [0.1, 1.0, 10.0],
-                           ["centred", "offset"])),
+    list(
+        itertools.product([False, True], [0.1, 1.0, 10.0], [0.1, 1.0, 10.0], ["centred", "offset"])
+    ),
 )
 def test_lnorm_matches_reference(
     device: str, remove_mean: bool, stretch: float, threshold: float, kind: str

@@ -38,8 +38,12 @@ def tiny_doc() -> dict[str, Any]:
         "name": "tiny",
         "input_size": 32,
         "layers": [
-            {"n_filters": choice(8, 16), "filter_size": 3, "pool_size": choice(2, 3),
-             "norm_size": 3}
+            {
+                "n_filters": choice(8, 16),
+                "filter_size": 3,
+                "pool_size": choice(2, 3),
+                "norm_size": 3,
+            }
         ],
     }
 
@@ -51,12 +55,16 @@ def small_discrete_doc() -> dict[str, Any]:
         "name": "small",
         "input_size": 48,
         "depth": choice(
-            {"layers": [{
-                "n_filters": choice(8, 16),
-                "filter_size": {"type": "quniform", "low": 2.5, "high": 5.5, "q": 1},
-                "pool_size": choice(2, {"type": "randint", "low": 3, "high": 5}),
-                "norm_size": 3,
-            }]},
+            {
+                "layers": [
+                    {
+                        "n_filters": choice(8, 16),
+                        "filter_size": {"type": "quniform", "low": 2.5, "high": 5.5, "q": 1},
+                        "pool_size": choice(2, {"type": "randint", "low": 3, "high": 5}),
+                        "norm_size": 3,
+                    }
+                ]
+            },
             {"layers": [dict(fixed), dict(fixed)]},
         ),
     }
@@ -191,8 +199,11 @@ def test_trial_vals_carry_every_label():
     active = {label for label, v in vals.items() if v}
     assert active == set(raw)
     depth = space.to_arch(raw).depth
-    assert all(vals[label] == [] for label in space.labels if label.startswith("d")
-               and label != "depth" and not label.startswith(f"d{depth}_"))
+    assert all(
+        vals[label] == []
+        for label in space.labels
+        if label.startswith("d") and label != "depth" and not label.startswith(f"d{depth}_")
+    )
 
 
 def test_fg11_preset_is_a_point_of_fg11():
@@ -272,53 +283,98 @@ def test_depth_options_may_set_their_own_input_size():
 
 
 BAD_DOCS = [
-    (lambda d: d["layers"][0].update(n_filters={"type": "quniform", "low": 64, "high": 32,
-                                                "q": 16}),
-     "layers[0].n_filters.low", "must be < high, got 64 >= 32"),
-    (lambda d: d["layers"][0].update(pool_size=choice()),
-     "layers[0].pool_size.options", "must not be empty"),
-    (lambda d: d["layers"][0].update(n_filters={"type": "quniform", "low": 16, "high": 64,
-                                                "q": -16}),
-     "layers[0].n_filters.q", "must be > 0, got -16"),
-    (lambda d: d.update(readout={"l2": {"type": "loguniform", "low": 0, "high": 1}}),
-     "readout.l2.low", "must be > 0 for loguniform, got 0"),
-    (lambda d: d["layers"][0].update(n_filters={"type": "gaussian", "mu": 1}),
-     "layers[0].n_filters.type",
-     "must be one of 'choice', 'uniform', 'quniform', 'loguniform', 'qloguniform', "
-     "'normal', 'lognormal', 'randint', got 'gaussian'"),
-    (lambda d: d["layers"][0].update(n_filters={"low": 1}),
-     "layers[0].n_filters.type", "is required"),
-    (lambda d: d["layers"][0].update(n_filtrs=3),
-     "layers[0].n_filtrs", "is not a known field"),
+    (
+        lambda d: d["layers"][0].update(
+            n_filters={"type": "quniform", "low": 64, "high": 32, "q": 16}
+        ),
+        "layers[0].n_filters.low",
+        "must be < high, got 64 >= 32",
+    ),
+    (
+        lambda d: d["layers"][0].update(pool_size=choice()),
+        "layers[0].pool_size.options",
+        "must not be empty",
+    ),
+    (
+        lambda d: d["layers"][0].update(
+            n_filters={"type": "quniform", "low": 16, "high": 64, "q": -16}
+        ),
+        "layers[0].n_filters.q",
+        "must be > 0, got -16",
+    ),
+    (
+        lambda d: d.update(readout={"l2": {"type": "loguniform", "low": 0, "high": 1}}),
+        "readout.l2.low",
+        "must be > 0 for loguniform, got 0",
+    ),
+    (
+        lambda d: d["layers"][0].update(n_filters={"type": "gaussian", "mu": 1}),
+        "layers[0].n_filters.type",
+        "must be one of 'choice', 'uniform', 'quniform', 'loguniform', 'qloguniform', "
+        "'normal', 'lognormal', 'randint', got 'gaussian'",
+    ),
+    (
+        lambda d: d["layers"][0].update(n_filters={"low": 1}),
+        "layers[0].n_filters.type",
+        "is required",
+    ),
+    (lambda d: d["layers"][0].update(n_filtrs=3), "layers[0].n_filtrs", "is not a known field"),
     (lambda d: d["layers"][0].pop("norm_size"), "layers[0].norm_size", "is required"),
-    (lambda d: d["layers"][0].update(n_filters={"type": "uniform", "low": 16, "high": 32}),
-     "layers[0].n_filters.type",
-     "must be one of 'choice', 'randint', 'quniform', 'qloguniform' for an integer field, "
-     "got 'uniform'"),
+    (
+        lambda d: d["layers"][0].update(n_filters={"type": "uniform", "low": 16, "high": 32}),
+        "layers[0].n_filters.type",
+        "must be one of 'choice', 'randint', 'quniform', 'qloguniform' for an integer field, "
+        "got 'uniform'",
+    ),
     (lambda d: d["layers"][0].update(n_filters=0), "layers[0].n_filters", "must be >= 1, got 0"),
-    (lambda d: d["layers"][0].update(n_filters="16"),
-     "layers[0].n_filters", "must be a number, got '16'"),
-    (lambda d: d["layers"][0].update(norm_stretch={"type": "normal", "mu": 1, "sigma": 1}),
-     "layers[0].norm_stretch", "must be > 0, can produce -inf"),
-    (lambda d: d["layers"][0].update(norm_stretch={"type": "lognormal", "mu": 0,
-                                                   "sigma": 0}),
-     "layers[0].norm_stretch.sigma", "must be > 0, got 0"),
-    (lambda d: d["layers"][0].update(min_out=choice(0, 1), max_out=choice(1, "inf")),
-     "layers[0].max_out",
-     "must be > min_out for every point, got max_out down to 1 and min_out up to 1"),
-    (lambda d: d["layers"][0].update(norm_remove_mean=2),
-     "layers[0].norm_remove_mean", "must be true, false, 0 or 1, got 2"),
-    (lambda d: d.update(readout={"kind": "knn"}),
-     "readout.kind", "must be one of 'ridge', 'logistic', 'svm', got 'knn'"),
+    (
+        lambda d: d["layers"][0].update(n_filters="16"),
+        "layers[0].n_filters",
+        "must be a number, got '16'",
+    ),
+    (
+        lambda d: d["layers"][0].update(norm_stretch={"type": "normal", "mu": 1, "sigma": 1}),
+        "layers[0].norm_stretch",
+        "must be > 0, can produce -inf",
+    ),
+    (
+        lambda d: d["layers"][0].update(norm_stretch={"type": "lognormal", "mu": 0, "sigma": 0}),
+        "layers[0].norm_stretch.sigma",
+        "must be > 0, got 0",
+    ),
+    (
+        lambda d: d["layers"][0].update(min_out=choice(0, 1), max_out=choice(1, "inf")),
+        "layers[0].max_out",
+        "must be > min_out for every point, got max_out down to 1 and min_out up to 1",
+    ),
+    (
+        lambda d: d["layers"][0].update(norm_remove_mean=2),
+        "layers[0].norm_remove_mean",
+        "must be true, false, 0 or 1, got 2",
+    ),
+    (
+        lambda d: d.update(readout={"kind": "knn"}),
+        "readout.kind",
+        "must be one of 'ridge', 'logistic', 'svm', got 'knn'",
+    ),
     (lambda d: d.update(input_size=4096), "input_size", "must be <= 2048, got 4096"),
     (lambda d: d.pop("input_size"), "input_size", "is required"),
-    (lambda d: d.update(name="Bad Name"), "name",
-     "is invalid: string should match pattern '^[a-z0-9][a-z0-9_.-]{0,63}$'"),
-    (lambda d: d["layers"][0].update(pool_size=choice(*range(1, 1002))),
-     "layers[0].pool_size.options", "must have at most 1000 entries, got 1001"),
-    (lambda d: d.update(depth=choice()), "depth",
-     "cannot be combined with layers: give layers for a fixed depth or depth for a choice "
-     "of depths"),
+    (
+        lambda d: d.update(name="Bad Name"),
+        "name",
+        "is invalid: string should match pattern '^[a-z0-9][a-z0-9_.-]{0,63}$'",
+    ),
+    (
+        lambda d: d["layers"][0].update(pool_size=choice(*range(1, 1002))),
+        "layers[0].pool_size.options",
+        "must have at most 1000 entries, got 1001",
+    ),
+    (
+        lambda d: d.update(depth=choice()),
+        "depth",
+        "cannot be combined with layers: give layers for a fixed depth or depth for a choice "
+        "of depths",
+    ),
 ]
 
 
@@ -334,8 +390,7 @@ def test_validation_errors_name_the_path_and_the_rule(mutate, path, message):
 
 def test_errors_inside_depth_options_carry_the_option_path():
     doc = small_discrete_doc()
-    doc["depth"]["options"][1]["layers"][1]["pool_size"] = {
-        "type": "randint", "low": 5, "high": 5}
+    doc["depth"]["options"][1]["layers"][1]["pool_size"] = {"type": "randint", "low": 5, "high": 5}
     err = error_of(doc)
     assert str(err) == "depth.options[1].layers[1].pool_size.low must be < high, got 5 >= 5"
 
@@ -355,8 +410,7 @@ def test_errors_inside_depth_options_carry_the_option_path():
     doc["input_size"] = choice(32, 64)
     doc["depth"]["options"][0]["input_size"] = 40
     assert str(error_of(doc)).startswith(
-        "depth.options[0].input_size cannot be set when the top-level input_size is a "
-        "parameter"
+        "depth.options[0].input_size cannot be set when the top-level input_size is a parameter"
     )
 
 
@@ -374,10 +428,21 @@ def test_too_deep_choice_nesting_is_refused():
     for _ in range(MAX_CHOICE_NESTING):
         leaf = choice(leaf)
     doc["layers"][0]["pool_size"] = leaf
-    assert parse_space(doc).to_arch(
-        {"l1_n_filters": 0, "l1_pool_size": 0, "l1_pool_size_o0": 0,
-         "l1_pool_size_o0_o0": 0, "l1_pool_size_o0_o0_o0": 0}
-    ).layers[0].lpool.size == 3
+    assert (
+        parse_space(doc)
+        .to_arch(
+            {
+                "l1_n_filters": 0,
+                "l1_pool_size": 0,
+                "l1_pool_size_o0": 0,
+                "l1_pool_size_o0_o0": 0,
+                "l1_pool_size_o0_o0_o0": 0,
+            }
+        )
+        .layers[0]
+        .lpool.size
+        == 3
+    )
 
 
 def test_hostile_nesting_and_size_are_refused_without_crashing():
@@ -406,17 +471,26 @@ def test_not_json_or_not_an_object_or_nan():
     assert str(error_of("{")).startswith("document is not valid JSON")
     assert str(error_of("[1, 2]")) == "document must be a JSON object, got list"
     assert str(error_of('{"name": "a", "input_size": NaN}')).startswith(
-        "document is not valid JSON: NaN is not allowed")
+        "document is not valid JSON: NaN is not allowed"
+    )
     doc = tiny_doc()
     doc["layers"][0]["n_filters"] = float("nan")
     assert str(error_of(doc)) == "layers[0].n_filters must be a number, got nan"
 
 
 def test_too_many_parameters_are_refused():
-    layer = {"n_filters": choice(1, 2), "filter_size": choice(1, 2), "pool_size": choice(1, 2),
-             "norm_size": choice(1, 2), "pool_order": choice(1, 2), "min_out": choice(0, -1),
-             "norm_stretch": choice(1, 2), "norm_threshold": choice(1, 2),
-             "norm_remove_mean": choice(0, 1), "pool_stride": choice(1, 2)}
+    layer = {
+        "n_filters": choice(1, 2),
+        "filter_size": choice(1, 2),
+        "pool_size": choice(1, 2),
+        "norm_size": choice(1, 2),
+        "pool_order": choice(1, 2),
+        "min_out": choice(0, -1),
+        "norm_stretch": choice(1, 2),
+        "norm_threshold": choice(1, 2),
+        "norm_remove_mean": choice(0, 1),
+        "pool_stride": choice(1, 2),
+    }
     doc: dict[str, Any] = {"name": "wide", "input_size": 64}
     # depths 1..9: 10 labels per layer, 45 layers -> 450 labels + depth: accepted
     doc["depth"] = choice(*({"layers": [layer] * d} for d in range(1, 10)))
@@ -430,19 +504,32 @@ def test_too_many_parameters_are_refused():
 # -- raw points ------------------------------------------------------------------------
 def test_raw_points_are_checked():
     space = parse_space(small_discrete_doc())
-    good = {"depth": 0, "d1_l1_n_filters": 1, "d1_l1_filter_size": 4.0,
-            "d1_l1_pool_size": 1, "d1_l1_pool_size_o1": 4}
+    good = {
+        "depth": 0,
+        "d1_l1_n_filters": 1,
+        "d1_l1_filter_size": 4.0,
+        "d1_l1_pool_size": 1,
+        "d1_l1_pool_size_o1": 4,
+    }
     assert space.to_arch(good).layers[0].lpool.size == 4
     cases = [
         ({**good, "depth": 2}, "depth must be an option index in [0, 2), got 2"),
-        ({**good, "d1_l1_filter_size": 4.5},
-         "d1_l1_filter_size must be a multiple of 1 in [3, 5], got 4.5"),
-        ({**good, "d1_l1_filter_size": 6.0},
-         "d1_l1_filter_size must be a multiple of 1 in [3, 5], got 6"),
-        ({**good, "d1_l1_pool_size_o1": 5},
-         "d1_l1_pool_size_o1 must be a randint value in [3, 5), got 5"),
-        ({k: v for k, v in good.items() if k != "d1_l1_pool_size_o1"},
-         "d1_l1_pool_size_o1 is missing (the parameter is active)"),
+        (
+            {**good, "d1_l1_filter_size": 4.5},
+            "d1_l1_filter_size must be a multiple of 1 in [3, 5], got 4.5",
+        ),
+        (
+            {**good, "d1_l1_filter_size": 6.0},
+            "d1_l1_filter_size must be a multiple of 1 in [3, 5], got 6",
+        ),
+        (
+            {**good, "d1_l1_pool_size_o1": 5},
+            "d1_l1_pool_size_o1 must be a randint value in [3, 5), got 5",
+        ),
+        (
+            {k: v for k, v in good.items() if k != "d1_l1_pool_size_o1"},
+            "d1_l1_pool_size_o1 is missing (the parameter is active)",
+        ),
         ({**good, "nope": 1}, "nope is not a parameter of this space"),
         ({**good, "depth": "0"}, "depth must be a number, got '0'"),
         ({**good, "depth": True}, "depth must be a number, got True"),

@@ -36,19 +36,25 @@ def choice(*options: Any) -> dict[str, Any]:
 def small_space() -> Space:
     """19 points: depth 1 (2 * 3 * 3 = 18 points) or depth 2 (one point)."""
     fixed = {"n_filters": 8, "filter_size": 3, "pool_size": 2, "norm_size": 3}
-    return parse_space({
-        "name": "small",
-        "input_size": 48,
-        "depth": choice(
-            {"layers": [{
-                "n_filters": choice(8, 16),
-                "filter_size": {"type": "quniform", "low": 2.5, "high": 5.5, "q": 1},
-                "pool_size": choice(2, {"type": "randint", "low": 3, "high": 5}),
-                "norm_size": 3,
-            }]},
-            {"layers": [dict(fixed), dict(fixed)]},
-        ),
-    })
+    return parse_space(
+        {
+            "name": "small",
+            "input_size": 48,
+            "depth": choice(
+                {
+                    "layers": [
+                        {
+                            "n_filters": choice(8, 16),
+                            "filter_size": {"type": "quniform", "low": 2.5, "high": 5.5, "q": 1},
+                            "pool_size": choice(2, {"type": "randint", "low": 3, "high": 5}),
+                            "norm_size": 3,
+                        }
+                    ]
+                },
+                {"layers": [dict(fixed), dict(fixed)]},
+            ),
+        }
+    )
 
 
 def objective(arch: Architecture) -> float | None:
@@ -278,8 +284,9 @@ def test_tpe_settings_and_registry():
     from hyperopt import tpe
 
     assert tpe.DEFAULT_LF == LINEAR_FORGETTING == 25  # the paper's linear forgetting
-    s = get_suggester("tpe", n_startup_jobs=20, gamma=0.25, n_ei_candidates=24,
-                      linear_forgetting=25)
+    s = get_suggester(
+        "tpe", n_startup_jobs=20, gamma=0.25, n_ei_candidates=24, linear_forgetting=25
+    )
     assert isinstance(s, TPESuggester)
     assert (s.n_startup_jobs, s.gamma, s.n_ei_candidates) == (20, 0.25, 24)
     # one options dict serves every algorithm: TPE's options do not bother the others

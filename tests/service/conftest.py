@@ -46,8 +46,15 @@ class Api:
     reader: dict[str, str]
 
     def new_study(self, **overrides: object) -> dict:
-        body = {"name": "s", "dataset": "builtin:digits", "space": "pinto-cox",
-                "algorithm": "random", "max_trials": 20, "max_parallel": 4, "top_k": 0}
+        body = {
+            "name": "s",
+            "dataset": "builtin:digits",
+            "space": "pinto-cox",
+            "algorithm": "random",
+            "max_trials": 20,
+            "max_parallel": 4,
+            "top_k": 0,
+        }
         body.update(overrides)
         r = self.client.post("/api/v1/studies", json=body, headers=self.admin)
         assert r.status_code == 201, r.text

@@ -62,8 +62,11 @@ def test_bad_space_document_names_the_parameter_path(api):
     doc["name"] = "custom"
     # Break the first layer's filter-count choice: an empty choice.
     broken = _break_first_choice(doc)
-    r = api.client.post("/api/v1/studies", json={"name": "s", "dataset": "builtin:digits",
-                                                 "space": broken}, headers=api.admin)
+    r = api.client.post(
+        "/api/v1/studies",
+        json={"name": "s", "dataset": "builtin:digits", "space": broken},
+        headers=api.admin,
+    )
     assert r.status_code == 422, r.text
     err = error_of(r)
     assert err["field"].startswith("space.")
@@ -99,11 +102,11 @@ def test_patch_pauses_resumes_stops(api):
     assert claim.status_code == 200
     tid = claim.json()["trial"]["id"]
     api.client.patch(f"/api/v1/studies/{sid}", json={"state": "stopped"}, headers=api.admin)
-    hb = api.client.post(f"/api/v1/trials/{tid}/heartbeat", json={"worker_id": w},
-                         headers=api.worker)
+    hb = api.client.post(
+        f"/api/v1/trials/{tid}/heartbeat", json={"worker_id": w}, headers=api.worker
+    )
     assert hb.status_code == 200 and hb.json()["action"] == "stop"
-    bad = api.client.patch(f"/api/v1/studies/{sid}", json={"state": "deleted"},
-                           headers=api.admin)
+    bad = api.client.patch(f"/api/v1/studies/{sid}", json={"state": "deleted"}, headers=api.admin)
     assert bad.status_code == 422 and error_of(bad)["field"] == "state"
 
 
@@ -126,23 +129,35 @@ def test_claim_heartbeat_complete_roundtrip(api):
     assert trial["state"] == "RUNNING" and trial["worker_id"] == w
     assert trial["arch"]["layers"] and trial["arch_summary"]
     assert body["lease"]["seconds"] > 0
-    hb = api.client.post(f"/api/v1/trials/{trial['id']}/heartbeat",
-                         json={"worker_id": w, "step": 1, "value": 0.5}, headers=api.worker)
+    hb = api.client.post(
+        f"/api/v1/trials/{trial['id']}/heartbeat",
+        json={"worker_id": w, "step": 1, "value": 0.5},
+        headers=api.worker,
+    )
     assert hb.status_code == 200 and hb.json()["action"] == "continue"
-    done = api.client.post(f"/api/v1/trials/{trial['id']}/complete",
-                           json={"worker_id": w, "value": 0.8, "metrics": {"n": 1}},
-                           headers=api.worker)
+    done = api.client.post(
+        f"/api/v1/trials/{trial['id']}/complete",
+        json={"worker_id": w, "value": 0.8, "metrics": {"n": 1}},
+        headers=api.worker,
+    )
     assert done.status_code == 200 and done.json()["state"] == "COMPLETE"
-    again = api.client.post(f"/api/v1/trials/{trial['id']}/complete",
-                            json={"worker_id": w, "value": 0.8, "metrics": {"n": 1}},
-                            headers=api.worker)
+    again = api.client.post(
+        f"/api/v1/trials/{trial['id']}/complete",
+        json={"worker_id": w, "value": 0.8, "metrics": {"n": 1}},
+        headers=api.worker,
+    )
     assert again.status_code == 200 and again.json() == done.json()
-    different = api.client.post(f"/api/v1/trials/{trial['id']}/complete",
-                                json={"worker_id": w, "value": 0.1}, headers=api.worker)
+    different = api.client.post(
+        f"/api/v1/trials/{trial['id']}/complete",
+        json={"worker_id": w, "value": 0.1},
+        headers=api.worker,
+    )
     assert different.status_code == 409 and error_of(different)["field"] == "value"
-    fail_after = api.client.post(f"/api/v1/trials/{trial['id']}/fail",
-                                 json={"worker_id": w, "kind": "error", "reason": "x"},
-                                 headers=api.worker)
+    fail_after = api.client.post(
+        f"/api/v1/trials/{trial['id']}/fail",
+        json={"worker_id": w, "kind": "error", "reason": "x"},
+        headers=api.worker,
+    )
     assert fail_after.status_code == 409
     got = api.client.get(f"/api/v1/studies/{sid}/trials/{trial['number']}", headers=api.reader)
     assert got.json()["intermediate"] == [[1, 0.5]] and got.json()["value"] == 0.8
@@ -152,18 +167,27 @@ def test_complete_after_fail_and_unknown_trial_and_wrong_worker(api):
     api.new_study()
     w1, w2 = api.new_worker("a"), api.new_worker("b")
     t = api.client.post(f"/api/v1/workers/{w1}/claim", headers=api.worker).json()["trial"]
-    wrong = api.client.post(f"/api/v1/trials/{t['id']}/complete",
-                            json={"worker_id": w2, "value": 0.5}, headers=api.worker)
+    wrong = api.client.post(
+        f"/api/v1/trials/{t['id']}/complete",
+        json={"worker_id": w2, "value": 0.5},
+        headers=api.worker,
+    )
     assert wrong.status_code == 409 and error_of(wrong)["field"] == "worker_id"
-    r = api.client.post(f"/api/v1/trials/{t['id']}/fail",
-                        json={"worker_id": w1, "kind": "infeasible", "reason": "OOM"},
-                        headers=api.worker)
+    r = api.client.post(
+        f"/api/v1/trials/{t['id']}/fail",
+        json={"worker_id": w1, "kind": "infeasible", "reason": "OOM"},
+        headers=api.worker,
+    )
     assert r.status_code == 200 and r.json()["state"] == "INFEASIBLE"
-    r = api.client.post(f"/api/v1/trials/{t['id']}/complete",
-                        json={"worker_id": w1, "value": 0.5}, headers=api.worker)
+    r = api.client.post(
+        f"/api/v1/trials/{t['id']}/complete",
+        json={"worker_id": w1, "value": 0.5},
+        headers=api.worker,
+    )
     assert r.status_code == 409
-    r = api.client.post("/api/v1/trials/987654/complete", json={"worker_id": w1, "value": 0.5},
-                        headers=api.worker)
+    r = api.client.post(
+        "/api/v1/trials/987654/complete", json={"worker_id": w1, "value": 0.5}, headers=api.worker
+    )
     assert r.status_code == 404 and error_of(r)["field"] == "trial_id"
     r = api.client.post("/api/v1/workers/987654/claim", headers=api.worker)
     assert r.status_code == 404 and error_of(r)["field"] == "worker_id"
@@ -184,15 +208,21 @@ def test_complete_after_fail_and_unknown_trial_and_wrong_worker(api):
     ],
 )
 def test_malformed_complete_bodies_are_422(api, raw, field):
-    r = api.client.post("/api/v1/trials/1/complete", content=raw.encode(),
-                        headers={**api.worker, "Content-Type": "application/json"})
+    r = api.client.post(
+        "/api/v1/trials/1/complete",
+        content=raw.encode(),
+        headers={**api.worker, "Content-Type": "application/json"},
+    )
     assert r.status_code == 422, r.text
     assert error_of(r)["field"] == field
 
 
 def test_not_json_is_422(api):
-    r = api.client.post("/api/v1/studies", content=b"name=x",
-                        headers={**api.admin, "Content-Type": "application/json"})
+    r = api.client.post(
+        "/api/v1/studies",
+        content=b"name=x",
+        headers={**api.admin, "Content-Type": "application/json"},
+    )
     assert r.status_code == 422
     assert error_of(r)["code"] == "invalid"
 
@@ -202,8 +232,11 @@ def test_oversized_body_is_413(api_factory):
     big = {"name": "x" * 10_000, "dataset": "builtin:digits"}
     r = api.client.post("/api/v1/studies", json=big, headers=api.admin)
     assert r.status_code == 413
-    assert error_of(r) == {"code": "too_large", "field": "body",
-                           "message": "request body exceeds 4096 bytes"}
+    assert error_of(r) == {
+        "code": "too_large",
+        "field": "body",
+        "message": "request body exceeds 4096 bytes",
+    }
 
 
 def test_roles(api):
@@ -211,8 +244,9 @@ def test_roles(api):
     assert api.client.post("/api/v1/studies", json=body).status_code == 401
     r = api.client.post("/api/v1/studies", json=body, headers=api.worker)
     assert r.status_code == 403 and "admin" in error_of(r)["message"]
-    r = api.client.post("/api/v1/studies", json=body,
-                        headers={"Authorization": "Bearer not-a-token"})
+    r = api.client.post(
+        "/api/v1/studies", json=body, headers={"Authorization": "Bearer not-a-token"}
+    )
     assert r.status_code == 401
     r = api.client.post("/api/v1/studies", json=body, headers={"Authorization": "Basic abc"})
     assert r.status_code == 401
@@ -220,8 +254,9 @@ def test_roles(api):
     assert api.client.get("/api/v1/studies", headers=api.reader).status_code == 200
     r = api.client.post("/api/v1/workers", json={"name": "w"}, headers=api.reader)
     assert r.status_code == 403
-    assert api.client.post("/api/v1/workers", json={"name": "w"},
-                           headers=api.admin).status_code == 201
+    assert (
+        api.client.post("/api/v1/workers", json={"name": "w"}, headers=api.admin).status_code == 201
+    )
 
 
 def test_open_reads_setting(api_factory):
@@ -234,18 +269,19 @@ def test_open_reads_setting(api_factory):
 def _finish(api, sid: int, values: list[float]) -> None:
     w = api.new_worker()
     for v in values:
-        r = api.client.post(f"/api/v1/workers/{w}/claim", params={"study": sid},
-                            headers=api.worker)
+        r = api.client.post(f"/api/v1/workers/{w}/claim", params={"study": sid}, headers=api.worker)
         assert r.status_code == 200, r.text
         tid = r.json()["trial"]["id"]
-        r = api.client.post(f"/api/v1/trials/{tid}/complete", json={"worker_id": w, "value": v},
-                            headers=api.worker)
+        r = api.client.post(
+            f"/api/v1/trials/{tid}/complete", json={"worker_id": w, "value": v}, headers=api.worker
+        )
         assert r.status_code == 200
 
 
 def test_pagination_best_and_export(api):
-    sid = api.new_study(space="fg11", max_trials=12, max_parallel=12,
-                        evaluator_options={"max_features": 10_000_000})["id"]
+    sid = api.new_study(
+        space="fg11", max_trials=12, max_parallel=12, evaluator_options={"max_features": 10_000_000}
+    )["id"]
     n_waiting = api.client.get(f"/api/v1/studies/{sid}", headers=api.reader).json()["counts"]
     assert n_waiting.get("WAITING") == 12
     values = [0.1 * i for i in range(5)]
@@ -253,29 +289,36 @@ def test_pagination_best_and_export(api):
     seen, after = [], None
     while True:
         params = {"limit": 5, **({"after": after} if after else {})}
-        page = api.client.get(f"/api/v1/studies/{sid}/trials", params=params,
-                              headers=api.reader).json()
+        page = api.client.get(
+            f"/api/v1/studies/{sid}/trials", params=params, headers=api.reader
+        ).json()
         seen += [t["number"] for t in page["trials"]]
         after = page["next"]
         if after is None:
             break
     assert seen == list(range(1, 13))
-    by_value = api.client.get(f"/api/v1/studies/{sid}/trials",
-                              params={"order": "-value", "limit": 3}, headers=api.reader).json()
+    by_value = api.client.get(
+        f"/api/v1/studies/{sid}/trials", params={"order": "-value", "limit": 3}, headers=api.reader
+    ).json()
     assert [t["value"] for t in by_value["trials"]] == pytest.approx([0.4, 0.3, 0.2])
-    rest = api.client.get(f"/api/v1/studies/{sid}/trials",
-                          params={"order": "-value", "limit": 100, "after": by_value["next"]},
-                          headers=api.reader).json()
+    rest = api.client.get(
+        f"/api/v1/studies/{sid}/trials",
+        params={"order": "-value", "limit": 100, "after": by_value["next"]},
+        headers=api.reader,
+    ).json()
     assert [t["value"] for t in rest["trials"][:2]] == pytest.approx([0.1, 0.0])
     assert all(t["value"] is None for t in rest["trials"][2:]) and len(rest["trials"]) == 9
-    waiting = api.client.get(f"/api/v1/studies/{sid}/trials", params={"state": "WAITING"},
-                             headers=api.reader).json()["trials"]
+    waiting = api.client.get(
+        f"/api/v1/studies/{sid}/trials", params={"state": "WAITING"}, headers=api.reader
+    ).json()["trials"]
     assert len(waiting) == 7 and {t["state"] for t in waiting} == {"WAITING"}
-    best = api.client.get(f"/api/v1/studies/{sid}/best", params={"k": 2},
-                          headers=api.reader).json()["trials"]
+    best = api.client.get(
+        f"/api/v1/studies/{sid}/best", params={"k": 2}, headers=api.reader
+    ).json()["trials"]
     assert [t["value"] for t in best] == pytest.approx([0.4, 0.3])
-    bad = api.client.get(f"/api/v1/studies/{sid}/trials", params={"after": "%%%"},
-                         headers=api.reader)
+    bad = api.client.get(
+        f"/api/v1/studies/{sid}/trials", params={"after": "%%%"}, headers=api.reader
+    )
     assert bad.status_code == 422 and error_of(bad)["field"] == "after"
     export = api.client.get(f"/api/v1/studies/{sid}/export", headers=api.reader)
     assert export.headers["content-type"].startswith("text/csv")
@@ -287,39 +330,47 @@ def test_pagination_best_and_export(api):
 
 
 def test_enqueue_preset_runs_first(api):
-    sid = api.new_study(space="fg11", max_trials=10, max_parallel=2,
-                        evaluator_options={"max_features": 10_000_000})["id"]
-    r = api.client.post(f"/api/v1/studies/{sid}/trials", json={"preset": "fg11-ht-l3-1st"},
-                        headers=api.admin)
+    sid = api.new_study(
+        space="fg11", max_trials=10, max_parallel=2, evaluator_options={"max_features": 10_000_000}
+    )["id"]
+    r = api.client.post(
+        f"/api/v1/studies/{sid}/trials", json={"preset": "fg11-ht-l3-1st"}, headers=api.admin
+    )
     assert r.status_code == 201, r.text
     enq = r.json()
     assert enq["source"] == "user" and enq["state"] == "WAITING"
     assert enq["arch"]["layers"][2]["fbcorr"]["n_filters"] == 256
-    dup = api.client.post(f"/api/v1/studies/{sid}/trials", json={"preset": "fg11-ht-l3-1st"},
-                          headers=api.admin)
+    dup = api.client.post(
+        f"/api/v1/studies/{sid}/trials", json={"preset": "fg11-ht-l3-1st"}, headers=api.admin
+    )
     assert dup.status_code == 422 and "already" in error_of(dup)["message"]
     w = api.new_worker()
     claimed = api.client.post(f"/api/v1/workers/{w}/claim", headers=api.worker).json()
     assert claimed["trial"]["id"] == enq["id"]
-    bad = api.client.post(f"/api/v1/studies/{sid}/trials", json={"preset": "nope"},
-                          headers=api.admin)
+    bad = api.client.post(
+        f"/api/v1/studies/{sid}/trials", json={"preset": "nope"}, headers=api.admin
+    )
     assert bad.status_code == 422 and error_of(bad)["field"] == "preset"
-    both = api.client.post(f"/api/v1/studies/{sid}/trials",
-                           json={"preset": "fg11-ht-l3-1st", "params": {}}, headers=api.admin)
+    both = api.client.post(
+        f"/api/v1/studies/{sid}/trials",
+        json={"preset": "fg11-ht-l3-1st", "params": {}},
+        headers=api.admin,
+    )
     assert both.status_code == 422
-    junk = api.client.post(f"/api/v1/studies/{sid}/trials", json={"params": {"x": 1}},
-                           headers=api.admin)
+    junk = api.client.post(
+        f"/api/v1/studies/{sid}/trials", json={"params": {"x": 1}}, headers=api.admin
+    )
     assert junk.status_code == 422 and error_of(junk)["field"] == "params"
 
 
 def test_enqueue_raw_params_from_a_sample(api):
     from search_space import get_space
 
-    sid = api.new_study(space="fg11", max_trials=5, max_parallel=1,
-                        evaluator_options={"max_features": 10_000_000})["id"]
+    sid = api.new_study(
+        space="fg11", max_trials=5, max_parallel=1, evaluator_options={"max_features": 10_000_000}
+    )["id"]
     raw = get_space("fg11").sample(12345)
-    r = api.client.post(f"/api/v1/studies/{sid}/trials", json={"params": raw},
-                        headers=api.admin)
+    r = api.client.post(f"/api/v1/studies/{sid}/trials", json={"params": raw}, headers=api.admin)
     assert r.status_code == 201, r.text
     assert r.json()["params"] == raw
 
@@ -347,9 +398,15 @@ def test_metrics_counts_trials_and_claims(api):
 def test_openapi_documents_every_route_with_error_models(api):
     spec = api.client.get("/openapi.json").json()
     paths = spec["paths"]
-    for path in ["/api/v1/studies", "/api/v1/studies/{study_id}/trials",
-                 "/api/v1/workers/{worker_id}/claim", "/api/v1/trials/{trial_id}/complete",
-                 "/api/v1/studies/{study_id}/export", "/healthz", "/metrics"]:
+    for path in [
+        "/api/v1/studies",
+        "/api/v1/studies/{study_id}/trials",
+        "/api/v1/workers/{worker_id}/claim",
+        "/api/v1/trials/{trial_id}/complete",
+        "/api/v1/studies/{study_id}/export",
+        "/healthz",
+        "/metrics",
+    ]:
         assert path in paths, path
     complete = paths["/api/v1/trials/{trial_id}/complete"]["post"]["responses"]
     assert {"200", "401", "403", "404", "409", "422"} <= set(complete)
@@ -367,14 +424,19 @@ def test_lease_expiry_through_the_api(api_factory):
     got = api.client.post(f"/api/v1/workers/{b}/claim", headers=api.worker)
     assert got.status_code == 200 and got.json()["trial"]["id"] == t["id"]
     assert got.json()["trial"]["attempt"] == 2
-    late = api.client.post(f"/api/v1/trials/{t['id']}/complete",
-                           json={"worker_id": a, "value": 0.9}, headers=api.worker)
+    late = api.client.post(
+        f"/api/v1/trials/{t['id']}/complete",
+        json={"worker_id": a, "value": 0.9},
+        headers=api.worker,
+    )
     assert late.status_code == 409
-    ok = api.client.post(f"/api/v1/trials/{t['id']}/complete",
-                         json={"worker_id": b, "value": 0.7}, headers=api.worker)
+    ok = api.client.post(
+        f"/api/v1/trials/{t['id']}/complete",
+        json={"worker_id": b, "value": 0.7},
+        headers=api.worker,
+    )
     assert ok.status_code == 200
-    shown = api.client.get(f"/api/v1/studies/{sid}/trials/{t['number']}",
-                           headers=api.reader).json()
+    shown = api.client.get(f"/api/v1/studies/{sid}/trials/{t['number']}", headers=api.reader).json()
     assert shown["attempt"] == 2 and shown["value"] == 0.7 and shown["worker_id"] == b
     study = api.client.get(f"/api/v1/studies/{sid}", headers=api.reader).json()
     assert study["state"] == "finished"
@@ -384,47 +446,68 @@ def test_lease_expiry_through_the_api(api_factory):
 def test_final_evaluation_of_top_k_after_the_search(api):
     """max_trials search trials end -> the top-k are re-scored on the test split by
     ``final`` trials, which run first, land in test_value, and then the study finishes."""
-    sid = api.new_study(space="fg11", max_trials=4, max_parallel=4, top_k=2,
-                        evaluator_options={"max_features": 10_000_000})["id"]
+    sid = api.new_study(
+        space="fg11",
+        max_trials=4,
+        max_parallel=4,
+        top_k=2,
+        evaluator_options={"max_features": 10_000_000},
+    )["id"]
     w = api.new_worker()
     claimed_sources = []
-    while (r := api.client.post(f"/api/v1/workers/{w}/claim", headers=api.worker)).status_code \
-            == 200:
+    while (
+        r := api.client.post(f"/api/v1/workers/{w}/claim", headers=api.worker)
+    ).status_code == 200:
         t = r.json()["trial"]
         claimed_sources.append(t["source"])
         value = 0.5 if t["source"] == "final" else 0.1 * t["number"]
-        api.client.post(f"/api/v1/trials/{t['id']}/complete",
-                        json={"worker_id": w, "value": value}, headers=api.worker)
+        api.client.post(
+            f"/api/v1/trials/{t['id']}/complete",
+            json={"worker_id": w, "value": value},
+            headers=api.worker,
+        )
     study = api.client.get(f"/api/v1/studies/{sid}", headers=api.reader).json()
     n_search = sum(1 for s in claimed_sources if s != "final")
     assert study["state"] == "finished"
     assert claimed_sources.count("final") == min(2, n_search)
-    assert claimed_sources[-claimed_sources.count("final"):] == ["final"] * min(2, n_search)
-    best = api.client.get(f"/api/v1/studies/{sid}/best", params={"k": 5},
-                          headers=api.reader).json()["trials"]
+    assert claimed_sources[-claimed_sources.count("final") :] == ["final"] * min(2, n_search)
+    best = api.client.get(
+        f"/api/v1/studies/{sid}/best", params={"k": 5}, headers=api.reader
+    ).json()["trials"]
     assert all(t["source"] != "final" for t in best)
     assert [t["test_value"] for t in best] == [0.5] * min(2, n_search) + [None] * (
-        len(best) - min(2, n_search))
+        len(best) - min(2, n_search)
+    )
     assert study["best_value"] == max(t["value"] for t in best)
 
 
 def test_stopping_a_study_queues_final_evaluations_that_can_still_run(api):
-    sid = api.new_study(space="fg11", max_trials=10, max_parallel=2, top_k=1,
-                        evaluator_options={"max_features": 10_000_000})["id"]
+    sid = api.new_study(
+        space="fg11",
+        max_trials=10,
+        max_parallel=2,
+        top_k=1,
+        evaluator_options={"max_features": 10_000_000},
+    )["id"]
     w = api.new_worker()
     t = api.client.post(f"/api/v1/workers/{w}/claim", headers=api.worker).json()["trial"]
-    api.client.post(f"/api/v1/trials/{t['id']}/complete", json={"worker_id": w, "value": 0.9},
-                    headers=api.worker)
+    api.client.post(
+        f"/api/v1/trials/{t['id']}/complete",
+        json={"worker_id": w, "value": 0.9},
+        headers=api.worker,
+    )
     r = api.client.patch(f"/api/v1/studies/{sid}", json={"state": "stopped"}, headers=api.admin)
     assert r.status_code == 200
     final = api.client.post(f"/api/v1/workers/{w}/claim", headers=api.worker).json()["trial"]
     assert final["source"] == "final" and final["final_of_id"] == t["id"]
-    api.client.post(f"/api/v1/trials/{final['id']}/complete",
-                    json={"worker_id": w, "value": 0.8}, headers=api.worker)
+    api.client.post(
+        f"/api/v1/trials/{final['id']}/complete",
+        json={"worker_id": w, "value": 0.8},
+        headers=api.worker,
+    )
     # Search trials of a stopped study are not handed out.
     assert api.client.post(f"/api/v1/workers/{w}/claim", headers=api.worker).status_code == 204
-    shown = api.client.get(f"/api/v1/studies/{sid}/trials/{t['number']}",
-                           headers=api.reader).json()
+    shown = api.client.get(f"/api/v1/studies/{sid}/trials/{t['number']}", headers=api.reader).json()
     assert shown["test_value"] == 0.8 and shown["value"] == 0.9
 
 

@@ -16,8 +16,9 @@ runner = CliRunner()
 
 
 def test_token_create_makes_a_working_worker_token(live, db_url):
-    result = runner.invoke(app, ["token", "create", "--role", "worker", "--name", "gpu01",
-                                 "--database-url", db_url])
+    result = runner.invoke(
+        app, ["token", "create", "--role", "worker", "--name", "gpu01", "--database-url", db_url]
+    )
     assert result.exit_code == 0, result.output
     token = result.output.strip().splitlines()[-1]
     assert token.startswith("as_") and len(token) > 30
@@ -32,8 +33,7 @@ def test_token_create_makes_a_working_worker_token(live, db_url):
 
 def test_token_create_rejects_unknown_role(sqlite_url):
     migrate(sqlite_url)
-    result = runner.invoke(app, ["token", "create", "--role", "root",
-                                 "--database-url", sqlite_url])
+    result = runner.invoke(app, ["token", "create", "--role", "root", "--database-url", sqlite_url])
     assert result.exit_code == 2
     assert "--role must be one of" in result.output
 
@@ -41,10 +41,27 @@ def test_token_create_rejects_unknown_role(sqlite_url):
 def test_study_commands_end_to_end(live, monkeypatch):
     monkeypatch.setenv("ARCHSEARCH_COORDINATOR", live.base_url)
     monkeypatch.setenv("ARCHSEARCH_TOKEN", ADMIN_TOKEN)
-    created = runner.invoke(app, ["study", "create", "--name", "cli study", "--dataset",
-                                  "builtin:mnist5k", "--space", "fg11", "--algorithm",
-                                  "random", "--max-trials", "3", "--max-parallel", "3",
-                                  "--top-k", "1"])
+    created = runner.invoke(
+        app,
+        [
+            "study",
+            "create",
+            "--name",
+            "cli study",
+            "--dataset",
+            "builtin:mnist5k",
+            "--space",
+            "fg11",
+            "--algorithm",
+            "random",
+            "--max-trials",
+            "3",
+            "--max-parallel",
+            "3",
+            "--top-k",
+            "1",
+        ],
+    )
     assert created.exit_code == 0, created.output
     study = json.loads(created.output)
     sid = study["id"]

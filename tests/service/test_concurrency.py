@@ -23,8 +23,14 @@ from tests.service.conftest import ADMIN_TOKEN, make_token, migrate
 pytestmark = pytest.mark.slow
 
 
-def work_until_empty(base_urls: list[str], token: str, name: str, study_id: int,
-                     wait_for_finish: bool = False, deadline_s: float = 240) -> list[int]:
+def work_until_empty(
+    base_urls: list[str],
+    token: str,
+    name: str,
+    study_id: int,
+    wait_for_finish: bool = False,
+    deadline_s: float = 240,
+) -> list[int]:
     """Register, then claim -> heartbeat -> complete until no work is left.
 
     ``base_urls`` are used in turn (several coordinators behind one worker). Returns
@@ -55,14 +61,22 @@ def work_until_empty(base_urls: list[str], token: str, name: str, study_id: int,
             c.close()
 
 
-def _process_main(base_urls: list[str], token: str, name: str, study_id: int,
-                  wait: bool, out: str) -> None:
+def _process_main(
+    base_urls: list[str], token: str, name: str, study_id: int, wait: bool, out: str
+) -> None:
     ids = work_until_empty(base_urls, token, name, study_id, wait)
     Path(out).write_text(json.dumps(ids))
 
 
-def run_workers(base_urls: list[str], token: str, study_id: int, n_threads: int,
-                n_processes: int, tmp_path: Path, wait: bool = False) -> list[int]:
+def run_workers(
+    base_urls: list[str],
+    token: str,
+    study_id: int,
+    n_threads: int,
+    n_processes: int,
+    tmp_path: Path,
+    wait: bool = False,
+) -> list[int]:
     results: list[list[int]] = []
     errors: list[BaseException] = []
     lock = threading.Lock()
@@ -79,8 +93,9 @@ def run_workers(base_urls: list[str], token: str, study_id: int, n_threads: int,
     procs = []
     for i in range(n_processes):
         out = tmp_path / f"proc-{i}.json"
-        p = ctx.Process(target=_process_main,
-                        args=(base_urls, token, f"proc-{i}", study_id, wait, str(out)))
+        p = ctx.Process(
+            target=_process_main, args=(base_urls, token, f"proc-{i}", study_id, wait, str(out))
+        )
         p.start()
         procs.append((p, out))
     threads = [threading.Thread(target=thread_main, args=(i,)) for i in range(n_threads)]
@@ -108,9 +123,16 @@ def db_trials(url: str, study_id: int) -> list[Trial]:
 def test_16_threads_and_4_processes_complete_500_trials_exactly_once(live, db_url, tmp_path):
     token = make_token(db_url, Role.WORKER)
     with Client(live.base_url, ADMIN_TOKEN) as admin:
-        study = admin.create_study(name="race", dataset="builtin:digits", space="fg11",
-                                   algorithm="random", max_trials=500, max_parallel=500,
-                                   evaluator_options={"max_features": 10_000_000}, top_k=0)
+        study = admin.create_study(
+            name="race",
+            dataset="builtin:digits",
+            space="fg11",
+            algorithm="random",
+            max_trials=500,
+            max_parallel=500,
+            evaluator_options={"max_features": 10_000_000},
+            top_k=0,
+        )
     sid = study["id"]
     claimable = study["counts"].get("WAITING", 0)
     assert claimable + study["counts"].get("INFEASIBLE", 0) == 500
@@ -141,9 +163,16 @@ def test_two_coordinators_on_one_postgres(postgres_url, tmp_path):
     b = start_coordinator(postgres_url, admin_token=ADMIN_TOKEN)
     try:
         with Client(a.base_url, ADMIN_TOKEN) as admin:
-            study = admin.create_study(name="two", dataset="builtin:digits", space="fg11",
-                                       algorithm="random", max_trials=200, max_parallel=8,
-                                       evaluator_options={"max_features": 10_000_000}, top_k=0)
+            study = admin.create_study(
+                name="two",
+                dataset="builtin:digits",
+                space="fg11",
+                algorithm="random",
+                max_trials=200,
+                max_parallel=8,
+                evaluator_options={"max_features": 10_000_000},
+                top_k=0,
+            )
         sid = study["id"]
         claimed = run_workers([a.base_url, b.base_url], token, sid, 8, 2, tmp_path, wait=True)
     finally:
@@ -168,14 +197,23 @@ def test_coordinator_reaper_loop_returns_lost_trials(db_url):
     claim needed to trigger it; the attempt count shows in the API."""
     migrate(db_url)
     token = make_token(db_url, Role.WORKER)
-    live = start_coordinator(db_url, admin_token=ADMIN_TOKEN,
-                             env={"ARCHSEARCH_LEASE_SECONDS": "1",
-                                  "ARCHSEARCH_REAPER_INTERVAL_SECONDS": "0.3"})
+    live = start_coordinator(
+        db_url,
+        admin_token=ADMIN_TOKEN,
+        env={"ARCHSEARCH_LEASE_SECONDS": "1", "ARCHSEARCH_REAPER_INTERVAL_SECONDS": "0.3"},
+    )
     try:
         with Client(live.base_url, ADMIN_TOKEN) as admin, Client(live.base_url, token) as w:
-            sid = admin.create_study(name="lost", dataset="builtin:digits", space="fg11",
-                                     algorithm="random", max_trials=1, max_parallel=1,
-                                     evaluator_options={"max_features": 10_000_000}, top_k=0)["id"]
+            sid = admin.create_study(
+                name="lost",
+                dataset="builtin:digits",
+                space="fg11",
+                algorithm="random",
+                max_trials=1,
+                max_parallel=1,
+                evaluator_options={"max_features": 10_000_000},
+                top_k=0,
+            )["id"]
             wid = w.register_worker("vanishing")["id"]
             got = w.claim(wid)
             if got is None:
@@ -193,8 +231,13 @@ def test_coordinator_reaper_loop_returns_lost_trials(db_url):
 def test_tpe_study_end_to_end_with_synthetic_objective(api_factory):
     """A TPE study driven through the API; the test is the worker and the objective."""
     api = api_factory()
-    sid = api.new_study(space="pinto-cox", algorithm="tpe", max_trials=30, max_parallel=2,
-                        algorithm_options={"n_startup_jobs": 10})["id"]
+    sid = api.new_study(
+        space="pinto-cox",
+        algorithm="tpe",
+        max_trials=30,
+        max_parallel=2,
+        algorithm_options={"n_startup_jobs": 10},
+    )["id"]
     w = api.new_worker()
 
     def objective(arch: dict) -> float:
@@ -210,20 +253,25 @@ def test_tpe_study_end_to_end_with_synthetic_objective(api_factory):
         trial = r.json()["trial"]
         value = objective(trial["arch"])
         scored[trial["id"]] = value
-        r = api.client.post(f"/api/v1/trials/{trial['id']}/complete",
-                            json={"worker_id": w, "value": value}, headers=api.worker)
+        r = api.client.post(
+            f"/api/v1/trials/{trial['id']}/complete",
+            json={"worker_id": w, "value": value},
+            headers=api.worker,
+        )
         assert r.status_code == 200
     study = api.client.get(f"/api/v1/studies/{sid}", headers=api.reader).json()
     assert study["state"] == "finished"
     assert sum(study["counts"].values()) == 30
-    trials = api.client.get(f"/api/v1/studies/{sid}/trials", params={"limit": 100},
-                            headers=api.reader).json()["trials"]
+    trials = api.client.get(
+        f"/api/v1/studies/{sid}/trials", params={"limit": 100}, headers=api.reader
+    ).json()["trials"]
     assert len({t["config_hash"] for t in trials}) == 30
     for t in trials:
         if t["state"] == "COMPLETE":
             assert t["value"] == pytest.approx(scored[t["id"]])
-    best = api.client.get(f"/api/v1/studies/{sid}/best", params={"k": 1},
-                          headers=api.reader).json()["trials"][0]
+    best = api.client.get(
+        f"/api/v1/studies/{sid}/best", params={"k": 1}, headers=api.reader
+    ).json()["trials"][0]
     assert best["value"] == pytest.approx(max(scored.values()))
 
 

@@ -22,8 +22,18 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def demo_cmd(data_dir: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "service", "demo", "--no-serve", "--data-dir", str(data_dir),
-            "--dataset", "builtin:digits", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "service",
+        "demo",
+        "--no-serve",
+        "--data-dir",
+        str(data_dir),
+        "--dataset",
+        "builtin:digits",
+        *extra,
+    ]
 
 
 def children_of_demo(data_dir: Path) -> list[int]:
@@ -43,8 +53,13 @@ def children_of_demo(data_dir: Path) -> list[int]:
 
 def test_demo_runs_a_study_and_prints_the_leaderboard(tmp_path):
     data = tmp_path / "demo"
-    result = subprocess.run(demo_cmd(data, "--trials", "4", "--workers", "1"), cwd=ROOT,
-                            capture_output=True, text=True, timeout=400)
+    result = subprocess.run(
+        demo_cmd(data, "--trials", "4", "--workers", "1"),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     out = result.stdout
     assert result.returncode == 0, out + result.stderr
     assert "Leaderboard" in out and f"database   {data / 'archsearch.db'}" in out
@@ -59,8 +74,13 @@ def test_demo_runs_a_study_and_prints_the_leaderboard(tmp_path):
 
 def test_ctrl_c_leaves_no_orphans_and_a_usable_database(tmp_path):
     data = tmp_path / "demo"
-    proc = subprocess.Popen(demo_cmd(data, "--trials", "40", "--workers", "2"), cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        demo_cmd(data, "--trials", "40", "--workers", "2"),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     lines = []
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:  # wait until trials are being evaluated

@@ -26,13 +26,25 @@ def store(db_url):
 
 def add_study(store: TrialStore, n: int, *, state: StudyState = StudyState.RUNNING) -> int:
     with store.transaction() as s:
-        study = Study(name="t", state=state, space={}, dataset="builtin:digits",
-                      evaluator="screen", evaluator_options={}, algorithm="random",
-                      algorithm_options={}, max_trials=n, max_parallel=n, top_k=0, seed=0)
+        study = Study(
+            name="t",
+            state=state,
+            space={},
+            dataset="builtin:digits",
+            evaluator="screen",
+            evaluator_options={},
+            algorithm="random",
+            algorithm_options={},
+            max_trials=n,
+            max_parallel=n,
+            top_k=0,
+            seed=0,
+        )
         s.add(study)
         s.flush()
-        store.add_trials(s, study.id, [NewTrial(params={"i": i}, config_hash=f"h{i}")
-                                       for i in range(n)])
+        store.add_trials(
+            s, study.id, [NewTrial(params={"i": i}, config_hash=f"h{i}") for i in range(n)]
+        )
         return study.id
 
 
@@ -47,27 +59,38 @@ def add_worker(store: TrialStore, name: str = "w") -> int:
 def expire_leases(store: TrialStore) -> None:
     """Move every lease into the past (what waiting out the lease would do, minus the wait)."""
     with store.transaction() as s:
-        s.execute(update(Trial).where(Trial.state == TrialState.RUNNING)
-                  .values(lease_expires_at=Trial.created_at))
+        s.execute(
+            update(Trial)
+            .where(Trial.state == TrialState.RUNNING)
+            .values(lease_expires_at=Trial.created_at)
+        )
 
 
 def test_numbers_are_sequential_and_duplicates_skipped(store):
     sid = add_study(store, 3)
     with store.transaction() as s:
-        added = store.add_trials(s, sid, [NewTrial(params={"i": 1}, config_hash="h1"),
-                                          NewTrial(params={"i": 9}, config_hash="h9"),
-                                          NewTrial(params={"i": 9}, config_hash="h9")])
+        added = store.add_trials(
+            s,
+            sid,
+            [
+                NewTrial(params={"i": 1}, config_hash="h1"),
+                NewTrial(params={"i": 9}, config_hash="h9"),
+                NewTrial(params={"i": 9}, config_hash="h9"),
+            ],
+        )
         assert [t.number for t in added] == [4]
-        numbers = list(s.scalars(select(Trial.number).where(Trial.study_id == sid)
-                                 .order_by(Trial.number)))
+        numbers = list(
+            s.scalars(select(Trial.number).where(Trial.study_id == sid).order_by(Trial.number))
+        )
     assert numbers == [1, 2, 3, 4]
 
 
 def test_infeasible_new_trial_is_stored_final(store):
     sid = add_study(store, 0)
     with store.transaction() as s:
-        [t] = store.add_trials(s, sid, [NewTrial(params={}, config_hash="x",
-                                                 infeasible_reason="map below 1x1")])
+        [t] = store.add_trials(
+            s, sid, [NewTrial(params={}, config_hash="x", infeasible_reason="map below 1x1")]
+        )
         assert t.state == TrialState.INFEASIBLE and t.reason == "map below 1x1"
     w = add_worker(store)
     assert store.claim(w) is None
@@ -106,8 +129,9 @@ def test_paused_study_is_not_claimed_and_study_filter_applies(store):
 def test_user_priority_runs_first(store):
     sid = add_study(store, 3)
     with store.transaction() as s:
-        store.add_trials(s, sid, [NewTrial(params={"u": 1}, config_hash="user", source="user",
-                                           priority=0)])
+        store.add_trials(
+            s, sid, [NewTrial(params={"u": 1}, config_hash="user", source="user", priority=0)]
+        )
     t = store.claim(add_worker(store))
     assert t is not None and t.source == "user" and t.number == 4
 

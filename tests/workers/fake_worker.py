@@ -29,8 +29,16 @@ class FakeResult:
 
 
 def fake_evaluate(seconds: float):  # type: ignore[no-untyped-def]
-    def evaluate(protocol: str, arch: Any, data: Any, *, final: bool = False,
-                 tick: Any = None, report: Any = None, **_: Any) -> FakeResult:
+    def evaluate(
+        protocol: str,
+        arch: Any,
+        data: Any,
+        *,
+        final: bool = False,
+        tick: Any = None,
+        report: Any = None,
+        **_: Any,
+    ) -> FakeResult:
         end = time.monotonic() + seconds
         while time.monotonic() < end:
             if tick is not None:
@@ -61,9 +69,14 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     daemon = WorkerDaemon(
-        WorkerConfig(coordinator=args.coordinator, token=args.token,
-                     data_dir=Path(args.data_dir), device="cpu",
-                     idle_exit_seconds=args.idle_exit, poll_seconds=0.2),
+        WorkerConfig(
+            coordinator=args.coordinator,
+            token=args.token,
+            data_dir=Path(args.data_dir),
+            device="cpu",
+            idle_exit_seconds=args.idle_exit,
+            poll_seconds=0.2,
+        ),
         evaluate=fake_evaluate(args.sleep),
         load_data=fake_load(),
     )

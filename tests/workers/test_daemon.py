@@ -23,16 +23,22 @@ from tests.workers.fake_worker import FakeResult, fake_evaluate, fake_load
 from workers.daemon import WorkerConfig, WorkerDaemon
 from workers.spool import Spool, SpoolEntry
 
-FG11 = {"dataset": "builtin:digits", "space": "fg11", "algorithm": "random",
-        "evaluator_options": {"max_features": 10_000_000}}
+FG11 = {
+    "dataset": "builtin:digits",
+    "space": "fg11",
+    "algorithm": "random",
+    "evaluator_options": {"max_features": 10_000_000},
+}
 
 
 @pytest.fixture
 def coordinator(sqlite_url):
     migrate(sqlite_url)
-    live = start_coordinator(sqlite_url, admin_token=ADMIN_TOKEN,
-                             env={"ARCHSEARCH_LEASE_SECONDS": "3",
-                                  "ARCHSEARCH_REAPER_INTERVAL_SECONDS": "0.5"})
+    live = start_coordinator(
+        sqlite_url,
+        admin_token=ADMIN_TOKEN,
+        env={"ARCHSEARCH_LEASE_SECONDS": "3", "ARCHSEARCH_REAPER_INTERVAL_SECONDS": "0.5"},
+    )
     yield live, sqlite_url, make_token(sqlite_url, Role.WORKER)
     stop_coordinator(live)
 
@@ -41,8 +47,14 @@ def daemon_for(base_url: str, token: str, tmp_path: Path, **kw) -> WorkerDaemon:
     evaluate = kw.pop("evaluate", fake_evaluate(0.0))
     load = kw.pop("load_data", fake_load())
     kw.setdefault("idle_exit_seconds", 1.0)
-    config = WorkerConfig(coordinator=base_url, token=token, data_dir=tmp_path / "w",
-                          device="cpu", poll_seconds=0.1, **kw)
+    config = WorkerConfig(
+        coordinator=base_url,
+        token=token,
+        data_dir=tmp_path / "w",
+        device="cpu",
+        poll_seconds=0.1,
+        **kw,
+    )
     return WorkerDaemon(config, evaluate=evaluate, load_data=load)
 
 
@@ -75,8 +87,9 @@ def test_daemon_runs_study_and_final_evaluation(coordinator, tmp_path):
     n_complete = sum(1 for t in search if t["state"] == "COMPLETE")
     assert len(search) == 5 and len(finals) == min(2, n_complete)
     assert done == n_complete + len(finals)
-    assert all(t["metrics"]["dataset_fingerprint"] == "f" * 64 for t in search
-               if t["state"] == "COMPLETE")
+    assert all(
+        t["metrics"]["dataset_fingerprint"] == "f" * 64 for t in search if t["state"] == "COMPLETE"
+    )
     best = sorted((t for t in search if t["state"] == "COMPLETE"), key=lambda t: -t["value"])
     for t in best[:2]:
         assert t["test_value"] == pytest.approx(t["value"] + 0.5)
@@ -108,14 +121,31 @@ def test_infeasible_and_crash_are_reported_with_reasons(coordinator, tmp_path):
     assert "Traceback" in failed[0]["reason"] or "line" in failed[0]["reason"]
 
 
-def _spawn_fake_worker(base_url: str, token: str, data_dir: Path, sleep: float,
-                       idle_exit: float | None = None) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "tests.workers.fake_worker", "--coordinator", base_url,
-           "--token", token, "--data-dir", str(data_dir), "--sleep", str(sleep)]
+def _spawn_fake_worker(
+    base_url: str, token: str, data_dir: Path, sleep: float, idle_exit: float | None = None
+) -> subprocess.Popen:
+    cmd = [
+        sys.executable,
+        "-m",
+        "tests.workers.fake_worker",
+        "--coordinator",
+        base_url,
+        "--token",
+        token,
+        "--data-dir",
+        str(data_dir),
+        "--sleep",
+        str(sleep),
+    ]
     if idle_exit is not None:
         cmd += ["--idle-exit", str(idle_exit)]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            cwd=Path(__file__).resolve().parents[2])
+    return subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
 
 
 def _wait_for(predicate, timeout: float = 30, what: str = "condition"):
@@ -162,8 +192,9 @@ def test_kill_9_mid_trial_another_worker_finishes_it_once(coordinator, tmp_path)
         daemon = daemon_for(live.base_url, token, tmp_path, idle_exit_seconds=10.0)
         thread = threading.Thread(target=daemon.run)
         thread.start()
-        _wait_for(lambda: admin.study(sid)["state"] == "finished", timeout=60,
-                  what="the study to finish")
+        _wait_for(
+            lambda: admin.study(sid)["state"] == "finished", timeout=60, what="the study to finish"
+        )
         daemon.stop_event.set()
         thread.join(timeout=30)
         trial = admin.trial(sid, running["number"])
@@ -174,8 +205,7 @@ def test_kill_9_mid_trial_another_worker_finishes_it_once(coordinator, tmp_path)
 
 
 @pytest.mark.slow
-def test_spool_delivers_a_result_finished_while_the_coordinator_was_down(sqlite_url,
-                                                                         tmp_path):
+def test_spool_delivers_a_result_finished_while_the_coordinator_was_down(sqlite_url, tmp_path):
     # A long lease: the outage must not cost the trial its lease (that case is a 409
     # and another worker's job, tested above).
     url = sqlite_url
@@ -193,8 +223,7 @@ def test_spool_delivers_a_result_finished_while_the_coordinator_was_down(sqlite_
         finished.set()
         return FakeResult(0.42, {})
 
-    daemon = daemon_for(live.base_url, token, tmp_path, evaluate=evaluate,
-                        idle_exit_seconds=5.0)
+    daemon = daemon_for(live.base_url, token, tmp_path, evaluate=evaluate, idle_exit_seconds=5.0)
     thread = threading.Thread(target=daemon.run)
     thread.start()
     with Client(live.base_url, ADMIN_TOKEN) as admin:
@@ -208,8 +237,11 @@ def test_spool_delivers_a_result_finished_while_the_coordinator_was_down(sqlite_
     restarted = start_coordinator(url, admin_token=ADMIN_TOKEN, port=live.port, env=lease)
     try:
         with Client(restarted.base_url, ADMIN_TOKEN) as admin:
-            _wait_for(lambda: admin.trial(sid, running["number"])["state"] == "COMPLETE",
-                      timeout=60, what="the spooled result to arrive")
+            _wait_for(
+                lambda: admin.trial(sid, running["number"])["state"] == "COMPLETE",
+                timeout=60,
+                what="the spooled result to arrive",
+            )
             trial = admin.trial(sid, running["number"])
         thread.join(timeout=30)
     finally:
@@ -224,10 +256,12 @@ def test_worker_with_different_data_gives_the_trial_back(coordinator, tmp_path):
         sid = admin.create_study(name="d", max_trials=3, max_parallel=1, top_k=0, **FG11)["id"]
         # The first worker's data define the study's fingerprint.
         daemon_for(live.base_url, token, tmp_path / "a", max_trials=1).run()
-        assert admin.study(sid)["counts"].get("COMPLETE", 0) + admin.study(sid)["counts"].get(
-            "INFEASIBLE", 0) >= 1
-        other = daemon_for(live.base_url, token, tmp_path / "b",
-                           load_data=fake_load("0" * 64))
+        assert (
+            admin.study(sid)["counts"].get("COMPLETE", 0)
+            + admin.study(sid)["counts"].get("INFEASIBLE", 0)
+            >= 1
+        )
+        other = daemon_for(live.base_url, token, tmp_path / "b", load_data=fake_load("0" * 64))
         assert other.run() == 0
         trials = list(admin.trials(sid))
     assert not any(t["state"] == "RUNNING" for t in trials)

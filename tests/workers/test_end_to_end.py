@@ -40,9 +40,26 @@ def system(sqlite_url):
 
 def spawn_worker(base_url: str, token: str, data_dir: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "service", "worker", "--coordinator", base_url, "--token",
-         token, "--device", "auto", "--data-dir", str(data_dir), "--idle-exit", "30"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "service",
+            "worker",
+            "--coordinator",
+            base_url,
+            "--token",
+            token,
+            "--device",
+            "auto",
+            "--data-dir",
+            str(data_dir),
+            "--idle-exit",
+            "30",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 
@@ -58,9 +75,15 @@ def test_tpe_study_on_mnist5k_with_two_worker_processes(system, tmp_path):
     live, token = system
     with Client(live.base_url, ADMIN_TOKEN) as admin:
         sid = admin.create_study(
-            name="e2e", dataset="builtin:mnist5k", space="pinto-cox", algorithm="tpe",
-            algorithm_options={"n_startup_jobs": 6}, max_trials=12, max_parallel=2,
-            top_k=3, evaluator_options={"max_per_class": SUBSET},
+            name="e2e",
+            dataset="builtin:mnist5k",
+            space="pinto-cox",
+            algorithm="tpe",
+            algorithm_options={"n_startup_jobs": 6},
+            max_trials=12,
+            max_parallel=2,
+            top_k=3,
+            evaluator_options={"max_per_class": SUBSET},
         )["id"]
         workers = [spawn_worker(live.base_url, token, tmp_path / f"w{i}") for i in range(2)]
         try:
@@ -91,19 +114,44 @@ def test_train_protocol_reports_every_epoch(system, tmp_path):
     with Client(live.base_url, ADMIN_TOKEN) as admin:
         # One fixed, trainable architecture (a random pinto-cox draw may well not learn
         # anything in two epochs, which is a fact about it, not about the protocol).
-        space = {"name": "one-layer", "input_size": 28,
-                 "layers": [{"n_filters": 32, "filter_size": 5, "min_out": 0,
-                             "max_out": "inf", "pool_size": 3, "pool_order": 2,
-                             "pool_stride": 2, "norm_size": 3}],
-                 "train": {"lr": 0.01, "batch_size": 32, "dropout": 0.0}}
+        space = {
+            "name": "one-layer",
+            "input_size": 28,
+            "layers": [
+                {
+                    "n_filters": 32,
+                    "filter_size": 5,
+                    "min_out": 0,
+                    "max_out": "inf",
+                    "pool_size": 3,
+                    "pool_order": 2,
+                    "pool_stride": 2,
+                    "norm_size": 3,
+                }
+            ],
+            "train": {"lr": 0.01, "batch_size": 32, "dropout": 0.0},
+        }
         sid = admin.create_study(
-            name="train", dataset="builtin:mnist5k", space=space, evaluator="train",
-            algorithm="random", max_trials=1, max_parallel=1, top_k=0,
+            name="train",
+            dataset="builtin:mnist5k",
+            space=space,
+            evaluator="train",
+            algorithm="random",
+            max_trials=1,
+            max_parallel=1,
+            top_k=0,
             evaluator_options={"max_per_class": SUBSET, "epochs": 2},
         )["id"]
-        daemon = WorkerDaemon(WorkerConfig(coordinator=live.base_url, token=token,
-                                           data_dir=tmp_path / "w", device="cpu",
-                                           idle_exit_seconds=2.0, poll_seconds=0.2))
+        daemon = WorkerDaemon(
+            WorkerConfig(
+                coordinator=live.base_url,
+                token=token,
+                data_dir=tmp_path / "w",
+                device="cpu",
+                idle_exit_seconds=2.0,
+                poll_seconds=0.2,
+            )
+        )
         thread = threading.Thread(target=daemon.run)
         thread.start()
         wait_finished(admin, sid, timeout=300)
@@ -126,11 +174,14 @@ def test_cifar10_jpeg_subset_screen_beats_chance():
     """
     if not CIFAR_ZIP.is_file():
         pytest.skip(f"{CIFAR_ZIP} is absent (a clone without ../shared/data)")
-    ds = load_dataset(f"imagefolder:{CIFAR_ZIP}", color="rgb",
-                      max_per_class={"train": 250, "test": 50})
+    ds = load_dataset(
+        f"imagefolder:{CIFAR_ZIP}", color="rgb", max_per_class={"train": 250, "test": 50}
+    )
     relu = Activation(0.0, math.inf)
     arch = Architecture(
-        input_size=32, input_channels=3, lnorm0=LNorm(3, False, 1.0, 1.0),
+        input_size=32,
+        input_channels=3,
+        lnorm0=LNorm(3, False, 1.0, 1.0),
         layers=(Layer(FBCorr(64, 5), relu, LPool(5, 2.0, 2), LNorm(3, False, 1.0, 1.0)),),
     )
     result = evaluate("screen", arch, ds, validation_fraction=0.2, seed=0)
@@ -144,8 +195,7 @@ def _make_imagefolder(root: Path, corrupt: bool) -> Path:
             d = root / split / cls
             d.mkdir(parents=True)
             for i in range(6):
-                Image.new("L", (16, 16), 40 * i + (0 if cls == "a" else 20)).save(
-                    d / f"{i}.png")
+                Image.new("L", (16, 16), 40 * i + (0 if cls == "a" else 20)).save(d / f"{i}.png")
     if corrupt:
         (root / "train" / "a" / "broken.png").write_bytes(b"\x89PNG not really")
     return root
@@ -153,8 +203,13 @@ def _make_imagefolder(root: Path, corrupt: bool) -> Path:
 
 def test_bad_datasets_get_clear_errors(system, tmp_path):
     live, token = system
-    common = {"space": "pinto-cox", "algorithm": "random", "max_trials": 2,
-              "max_parallel": 1, "top_k": 0}
+    common = {
+        "space": "pinto-cox",
+        "algorithm": "random",
+        "max_trials": 2,
+        "max_parallel": 1,
+        "top_k": 0,
+    }
     with Client(live.base_url, ADMIN_TOKEN) as admin:
         # Seen by the coordinator: refused at creation, naming the field and the rule.
         for dataset, fragment in [
@@ -172,11 +227,20 @@ def test_bad_datasets_get_clear_errors(system, tmp_path):
         corrupt = _make_imagefolder(tmp_path / "corrupt", corrupt=True)
         s1 = admin.create_study(name="corrupt", dataset=f"imagefolder:{corrupt}", **common)
         s2 = admin.create_study(name="missing", dataset="imagefolder:/no/such/dir", **common)
-        daemon = WorkerDaemon(WorkerConfig(coordinator=live.base_url, token=token,
-                                           data_dir=tmp_path / "w", device="cpu",
-                                           idle_exit_seconds=2.0, poll_seconds=0.2))
+        daemon = WorkerDaemon(
+            WorkerConfig(
+                coordinator=live.base_url,
+                token=token,
+                data_dir=tmp_path / "w",
+                device="cpu",
+                idle_exit_seconds=2.0,
+                poll_seconds=0.2,
+            )
+        )
         daemon.run()
-        reasons = {sid: [t["reason"] for t in admin.trials(sid) if t["state"] == "FAILED"]
-                   for sid in (s1["id"], s2["id"])}
+        reasons = {
+            sid: [t["reason"] for t in admin.trials(sid) if t["state"] == "FAILED"]
+            for sid in (s1["id"], s2["id"])
+        }
     assert reasons[s1["id"]] and "broken.png" in reasons[s1["id"]][0]
     assert reasons[s2["id"]] and "/no/such/dir does not exist" in reasons[s2["id"]][0]

@@ -42,15 +42,26 @@ from workers.datasets import Dataset, Pairs, load_dataset, search_split
 from workers.evaluators import DeadlineExceeded, EvalResult, Pruned, Stopped, evaluate
 
 
-def small_arch(size: int = 16, *, readout: Readout | None = None,
-               train: TrainSettings | None = None, n_filters: int = 16) -> Architecture:
+def small_arch(
+    size: int = 16,
+    *,
+    readout: Readout | None = None,
+    train: TrainSettings | None = None,
+    n_filters: int = 16,
+) -> Architecture:
     """16 -> lnorm0 3: 14 -> fbcorr 3: 12 -> pool 3 s2: 5 -> lnorm 3: 3; 3x3x16 = 144."""
     return Architecture(
         input_size=size,
         input_channels=1,
         lnorm0=LNorm(3, stretch=10.0, threshold=1.0),
-        layers=(Layer(FBCorr(n_filters, 3), Activation(0.0, math.inf), LPool(3, 2.0, 2),
-                      LNorm(3, threshold=1.0)),),
+        layers=(
+            Layer(
+                FBCorr(n_filters, 3),
+                Activation(0.0, math.inf),
+                LPool(3, 2.0, 2),
+                LNorm(3, threshold=1.0),
+            ),
+        ),
         readout=readout or Readout("ridge"),
         seed=42,
         train=train,
@@ -70,8 +81,14 @@ def _json_ok(result: EvalResult) -> None:
 def test_screen_digits_beats_chance_and_reports_once(digits: Dataset) -> None:
     calls: list[tuple[int, float]] = []
     ticks: list[int] = []
-    result = evaluate("screen", small_arch(), digits, report=lambda s, v: calls.append((s, v)),
-                      tick=lambda: ticks.append(1) or "continue", batch_size=64)
+    result = evaluate(
+        "screen",
+        small_arch(),
+        digits,
+        report=lambda s, v: calls.append((s, v)),
+        tick=lambda: ticks.append(1) or "continue",
+        batch_size=64,
+    )
     _, val = search_split(digits, 0.2, 0)
     assert result.value >= 0.90
     assert calls == [(0, result.value)]
@@ -213,8 +230,13 @@ TRAIN = TrainSettings(lr=1e-2, batch_size=32, dropout=0.2)
 
 def test_train_reports_every_epoch_and_beats_chance(digits: Dataset) -> None:
     calls: list[tuple[int, float]] = []
-    result = evaluate("train", small_arch(train=TRAIN), digits, epochs=2,
-                      report=lambda s, v: calls.append((s, v)) or "continue")
+    result = evaluate(
+        "train",
+        small_arch(train=TRAIN),
+        digits,
+        epochs=2,
+        report=lambda s, v: calls.append((s, v)) or "continue",
+    )
     assert [s for s, _ in calls] == [1, 2]
     assert result.value == calls[-1][1] >= 0.5
     assert result.metrics["split"] == "validation" and result.metrics["epochs"] == 2
@@ -237,8 +259,14 @@ def test_train_prune_after_first_epoch(digits: Dataset) -> None:
 
 def test_train_final_scores_the_test_split_once(digits: Dataset) -> None:
     calls: list[tuple[int, float]] = []
-    result = evaluate("train", small_arch(train=TRAIN), digits, epochs=1, final=True,
-                      report=lambda s, v: calls.append((s, v)) or "continue")
+    result = evaluate(
+        "train",
+        small_arch(train=TRAIN),
+        digits,
+        epochs=1,
+        final=True,
+        report=lambda s, v: calls.append((s, v)) or "continue",
+    )
     assert result.metrics["n_scored"] == int(digits.is_test.sum())
     assert result.metrics["n_fit"] == int((~digits.is_test).sum())
     assert len(calls) == 1 and calls[0][1] == result.metrics["train_accuracy"]
@@ -268,8 +296,9 @@ def digit_pairs(digits: Dataset) -> Dataset:
 
 def test_pairs_view1_beats_chance(digit_pairs: Dataset) -> None:
     calls: list[tuple[int, float]] = []
-    result = evaluate("pairs", small_arch(), digit_pairs,
-                      report=lambda s, v: calls.append((s, v)) or "continue")
+    result = evaluate(
+        "pairs", small_arch(), digit_pairs, report=lambda s, v: calls.append((s, v)) or "continue"
+    )
     assert result.value >= 0.65 and calls == [(0, result.value)]
     m = result.metrics
     assert m["split"] == "view1" and m["pair_features"] == ["sqrtabsdiff"]
@@ -279,8 +308,13 @@ def test_pairs_view1_beats_chance(digit_pairs: Dataset) -> None:
 
 def test_pairs_view2_reports_folds_and_stderr(digit_pairs: Dataset) -> None:
     calls: list[int] = []
-    result = evaluate("pairs", small_arch(), digit_pairs, final=True,
-                      report=lambda s, v: calls.append(s) or "continue")
+    result = evaluate(
+        "pairs",
+        small_arch(),
+        digit_pairs,
+        final=True,
+        report=lambda s, v: calls.append(s) or "continue",
+    )
     m = result.metrics
     assert m["split"] == "view2" and len(m["folds"]) == 5 and calls == [1, 2, 3, 4, 5]
     assert m["n_pair_features"] == 4 * 144
@@ -309,16 +343,17 @@ ATT_ZIP = Path(__file__).resolve().parents[3] / "shared" / "data" / "att-faces.z
 def test_lfw_tree_from_att_faces_beats_chance(tmp_path: Path) -> None:
     fixture = pytest.importorskip(
         "tests.workers.lfw_fixture",
-        reason="tests/workers/lfw_fixture.py (build_lfw_tree) is not there")
+        reason="tests/workers/lfw_fixture.py (build_lfw_tree) is not there",
+    )
     if not ATT_ZIP.exists():
-        pytest.skip(f"{ATT_ZIP} is absent (a clone without ../shared/data): LFW pairs test "
-                    "skipped")
+        pytest.skip(f"{ATT_ZIP} is absent (a clone without ../shared/data): LFW pairs test skipped")
     # 40 people x 10 faces (112x92 -> 64x64); View 1: 200 training pairs (people 1-24),
     # 100 test pairs (people 25-40); View 2: 4 folds of 50 pairs over disjoint people.
     # Measured at 32 px, ridge: View 1 0.79, View 2 0.835 (folds .90 .80 .80 .84); chance
     # is 0.5 -> bound 0.65 for both.
-    root = fixture.build_lfw_tree(ATT_ZIP, tmp_path / "lfw", dev_train=100, dev_test=50,
-                                  folds=4, per_fold=25)
+    root = fixture.build_lfw_tree(
+        ATT_ZIP, tmp_path / "lfw", dev_train=100, dev_test=50, folds=4, per_fold=25
+    )
     ds = load_dataset(f"lfw:{root}", color="gray", size=64)
     assert ds.pairs is not None
     view1 = evaluate("pairs", small_arch(size=32), ds)

@@ -63,7 +63,7 @@ def test_ridge_float32_close_to_float64(digits) -> None:
     b = ro.fit_ridge(torch.from_numpy(xtr).float(), torch.from_numpy(ytr), 10, 1.0)
     assert b.W.dtype == torch.float32
     torch.testing.assert_close(b.W.double(), a.W, rtol=1e-3, atol=1e-4)
-    agree = (a.predict(torch.from_numpy(xte)) == b.predict(torch.from_numpy(xte).float()))
+    agree = a.predict(torch.from_numpy(xte)) == b.predict(torch.from_numpy(xte).float())
     assert agree.double().mean() >= 0.99
 
 
