@@ -8,19 +8,17 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
 
 from client import Client
-from service.db import make_engine, session_factory
 from service.launch import start_coordinator, stop_coordinator
-from service.models import Role, Trial, TrialState
-from tests.service.conftest import ADMIN_TOKEN, make_token, migrate
+from service.models import Role, TrialState
+from tests.service.conftest import ADMIN_TOKEN, db_trials, make_token, migrate
+from tests.workers.fake_worker import spawn
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,36 +31,8 @@ FG11 = {
 }
 
 
-def spawn_worker(base_url: str, token: str, data_dir: Path, sleep: float) -> subprocess.Popen:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests.workers.fake_worker",
-            "--coordinator",
-            base_url,
-            "--token",
-            token,
-            "--data-dir",
-            str(data_dir),
-            "--sleep",
-            str(sleep),
-            "--idle-exit",
-            "3",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
-def rows(url: str, study_id: int) -> list[Trial]:
-    engine = make_engine(url)
-    try:
-        with session_factory(engine)() as s:
-            return list(s.scalars(select(Trial).where(Trial.study_id == study_id)))
-    finally:
-        engine.dispose()
+def spawn_worker(base_url: str, token: str, data_dir: Path, sleep: float):
+    return spawn(base_url, token, data_dir, sleep, idle_exit=3, output=False)
 
 
 def wait_finished(admin: Client, sid: int, timeout: float) -> dict:
@@ -118,7 +88,7 @@ def test_random_kill_9_of_workers_during_a_100_trial_study(sqlite_url, tmp_path)
             w.kill()
             w.wait()
         stop_coordinator(live)
-    trials = rows(sqlite_url, sid)
+    trials = db_trials(sqlite_url, sid)
     assert kills == 12
     assert len(trials) == 100
     assert len({t.number for t in trials}) == 100
@@ -152,7 +122,7 @@ def test_kill_9_of_the_coordinator_and_restart(db_url, tmp_path):
             w.kill()
             w.wait()
         stop_coordinator(live)
-    trials = rows(db_url, sid)
+    trials = db_trials(db_url, sid)
     assert len(trials) == 30 and sum(study["counts"].values()) == 30
     states = Counter(t.state for t in trials)
     assert states[TrialState.COMPLETE] + states[TrialState.INFEASIBLE] == 30, states

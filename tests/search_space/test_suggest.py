@@ -27,34 +27,12 @@ from search_space import (
     validate,
 )
 from search_space.suggest import LINEAR_FORGETTING
-
-
-def choice(*options: Any) -> dict[str, Any]:
-    return {"type": "choice", "options": list(options)}
+from tests.search_space.test_spaces import small_discrete_doc
 
 
 def small_space() -> Space:
     """19 points: depth 1 (2 * 3 * 3 = 18 points) or depth 2 (one point)."""
-    fixed = {"n_filters": 8, "filter_size": 3, "pool_size": 2, "norm_size": 3}
-    return parse_space(
-        {
-            "name": "small",
-            "input_size": 48,
-            "depth": choice(
-                {
-                    "layers": [
-                        {
-                            "n_filters": choice(8, 16),
-                            "filter_size": {"type": "quniform", "low": 2.5, "high": 5.5, "q": 1},
-                            "pool_size": choice(2, {"type": "randint", "low": 3, "high": 5}),
-                            "norm_size": 3,
-                        }
-                    ]
-                },
-                {"layers": [dict(fixed), dict(fixed)]},
-            ),
-        }
-    )
+    return parse_space(small_discrete_doc())
 
 
 def objective(arch: Architecture) -> float | None:

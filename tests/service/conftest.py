@@ -7,13 +7,14 @@ from dataclasses import dataclass
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
 from service.auth import create_token
 from service.config import Settings
 from service.db import make_engine, session_factory, session_scope
 from service.launch import LiveCoordinator, start_coordinator, stop_coordinator
 from service.migrate import upgrade
-from service.models import Role
+from service.models import Role, Trial
 
 ADMIN_TOKEN = "admin-token-for-tests-0123456789"
 
@@ -31,6 +32,16 @@ def make_token(url: str, role: Role) -> str:
     try:
         with session_scope(session_factory(engine)) as s:
             return create_token(s, role, f"test-{role.value}")
+    finally:
+        engine.dispose()
+
+
+def db_trials(url: str, study_id: int) -> list[Trial]:
+    """A study's trial rows, read straight from the database (not through the API)."""
+    engine = make_engine(url)
+    try:
+        with session_factory(engine)() as s:
+            return list(s.scalars(select(Trial).where(Trial.study_id == study_id)))
     finally:
         engine.dispose()
 

@@ -12,13 +12,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import select
 
 from client import Client
 from service.db import make_engine, session_factory
 from service.launch import start_coordinator, stop_coordinator
-from service.models import Role, Study, StudyState, Trial, TrialState
-from tests.service.conftest import ADMIN_TOKEN, make_token, migrate
+from service.models import Role, Study, StudyState, TrialState
+from tests.service.conftest import ADMIN_TOKEN, db_trials, make_token, migrate
 
 pytestmark = pytest.mark.slow
 
@@ -109,15 +108,6 @@ def run_workers(
         results.append(json.loads(out.read_text()))
     assert not errors, errors
     return [tid for ids in results for tid in ids]
-
-
-def db_trials(url: str, study_id: int) -> list[Trial]:
-    engine = make_engine(url)
-    try:
-        with session_factory(engine)() as s:
-            return list(s.scalars(select(Trial).where(Trial.study_id == study_id)))
-    finally:
-        engine.dispose()
 
 
 def test_16_threads_and_4_processes_complete_500_trials_exactly_once(live, db_url, tmp_path):

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +59,40 @@ def fake_load(fingerprint: str = "f" * 64):  # type: ignore[no-untyped-def]
         return FakeData(fingerprint)
 
     return load
+
+
+def spawn(
+    base_url: str,
+    token: str,
+    data_dir: Path,
+    sleep: float,
+    idle_exit: float | None = None,
+    output: bool = True,
+) -> subprocess.Popen:
+    """Start this module as a worker process (from the repository root)."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "tests.workers.fake_worker",
+        "--coordinator",
+        base_url,
+        "--token",
+        token,
+        "--data-dir",
+        str(data_dir),
+        "--sleep",
+        str(sleep),
+    ]
+    if idle_exit is not None:
+        cmd += ["--idle-exit", str(idle_exit)]
+    pipe = subprocess.PIPE if output else subprocess.DEVNULL
+    return subprocess.Popen(
+        cmd,
+        stdout=pipe,
+        stderr=subprocess.STDOUT if output else pipe,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
 
 
 def main() -> None:

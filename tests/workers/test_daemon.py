@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -19,7 +17,7 @@ from search_space import InfeasibleArchitecture
 from service.launch import start_coordinator, stop_coordinator
 from service.models import Role
 from tests.service.conftest import ADMIN_TOKEN, make_token, migrate
-from tests.workers.fake_worker import FakeResult, fake_evaluate, fake_load
+from tests.workers.fake_worker import FakeResult, fake_evaluate, fake_load, spawn
 from workers.daemon import WorkerConfig, WorkerDaemon
 from workers.spool import Spool, SpoolEntry
 
@@ -121,33 +119,6 @@ def test_infeasible_and_crash_are_reported_with_reasons(coordinator, tmp_path):
     assert "Traceback" in failed[0]["reason"] or "line" in failed[0]["reason"]
 
 
-def _spawn_fake_worker(
-    base_url: str, token: str, data_dir: Path, sleep: float, idle_exit: float | None = None
-) -> subprocess.Popen:
-    cmd = [
-        sys.executable,
-        "-m",
-        "tests.workers.fake_worker",
-        "--coordinator",
-        base_url,
-        "--token",
-        token,
-        "--data-dir",
-        str(data_dir),
-        "--sleep",
-        str(sleep),
-    ]
-    if idle_exit is not None:
-        cmd += ["--idle-exit", str(idle_exit)]
-    return subprocess.Popen(
-        cmd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=Path(__file__).resolve().parents[2],
-    )
-
-
 def _wait_for(predicate, timeout: float = 30, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while True:
@@ -166,7 +137,7 @@ def test_sigterm_releases_the_trial_at_once(coordinator, tmp_path):
     live, _, token = coordinator
     with Client(live.base_url, ADMIN_TOKEN) as admin:
         sid = admin.create_study(name="d", max_trials=1, max_parallel=1, top_k=0, **FG11)["id"]
-        proc = _spawn_fake_worker(live.base_url, token, tmp_path / "w", sleep=60)
+        proc = spawn(live.base_url, token, tmp_path / "w", sleep=60)
         running = _wait_for(lambda: _running(admin, sid), what="the worker to claim")
         t0 = time.monotonic()
         proc.send_signal(signal.SIGTERM)
@@ -184,7 +155,7 @@ def test_kill_9_mid_trial_another_worker_finishes_it_once(coordinator, tmp_path)
     live, _, token = coordinator
     with Client(live.base_url, ADMIN_TOKEN) as admin:
         sid = admin.create_study(name="d", max_trials=1, max_parallel=1, top_k=0, **FG11)["id"]
-        victim = _spawn_fake_worker(live.base_url, token, tmp_path / "a", sleep=60)
+        victim = spawn(live.base_url, token, tmp_path / "a", sleep=60)
         running = _wait_for(lambda: _running(admin, sid), what="the worker to claim")
         os.kill(victim.pid, signal.SIGKILL)
         victim.wait()
