@@ -61,17 +61,19 @@ def run(quick: bool = False, record: bool = True) -> None:
     rows = []
     for algorithm, cs in curves.items():
         finals = [c[-1] for c in cs]
-        rows.append([algorithm, len(cs), budget, statistics.median(finals), min(finals),
-                     max(finals)])
+        rows.append(
+            [algorithm, len(cs), budget, statistics.median(finals), min(finals), max(finals)]
+        )
     tpe_med, rnd_med = rows[1][3], rows[0][3]
     body = report.table(["algorithm", "seeds", "trials", "median best", "min", "max"], rows)
-    body += (f"\n\nTPE / random (median best): {tpe_med / rnd_med:.3f}x. pinto-cox space, "
-             f"screen evaluator, CIFAR-10 JPEG subset ({per_class['train']} per class, 20% "
-             f"of it for validation), {seconds:.0f} s in all. Curves: {PNG.relative_to(ROOT)}."
-             " JPEG quality 75: not the official CIFAR-10 pixels.")
+    body += (
+        f"\n\nTPE / random (median best): {tpe_med / rnd_med:.3f}x. pinto-cox space, "
+        f"screen evaluator, CIFAR-10 JPEG subset ({per_class['train']} per class, 20% "
+        f"of it for validation), {seconds:.0f} s in all. Curves: {PNG.relative_to(ROOT)}."
+        " JPEG quality 75: not the official CIFAR-10 pixels."
+    )
     _plot(curves)
-    report.record("search: TPE vs random at equal budget (CIFAR-10 subset)", body,
-                  enabled=record)
+    report.record("search: TPE vs random at equal budget (CIFAR-10 subset)", body, enabled=record)
 
 
 def _plot(curves: dict[str, list[list[float]]]) -> None:
@@ -86,8 +88,13 @@ def _plot(curves: dict[str, list[list[float]]]) -> None:
         for c in cs:
             ax.plot(range(1, len(c) + 1), c, color=color, alpha=0.35)
         med = [statistics.median(v) for v in zip(*cs, strict=True)]
-        ax.plot(range(1, len(med) + 1), med, color=color, linewidth=2.5,
-                label=f"{algorithm} (median of {len(cs)})")
+        ax.plot(
+            range(1, len(med) + 1),
+            med,
+            color=color,
+            linewidth=2.5,
+            label=f"{algorithm} (median of {len(cs)})",
+        )
     ax.set_xlabel("trial")
     ax.set_ylabel("best validation accuracy so far")
     ax.legend()
