@@ -147,7 +147,7 @@ def _queue(url: str, study_id: int, n: int) -> None:
     from sqlalchemy import func, select, update
 
     from service.db import make_engine, session_factory, session_scope
-    from service.models import Study, Trial, TrialState
+    from service.models import Study, StudyState, Trial, TrialState
 
     engine = make_engine(url)
     with session_scope(session_factory(engine)) as s:
@@ -165,7 +165,12 @@ def _queue(url: str, study_id: int, n: int) -> None:
             )
             for i in range(last + 1, last + n + 1)
         )
-        s.execute(update(Study).where(Study.id == study_id).values(max_trials=last + n))
+        # A study whose trials all ended is FINISHED: reopen it with room for n more.
+        s.execute(
+            update(Study)
+            .where(Study.id == study_id)
+            .values(max_trials=last + n, state=StudyState.RUNNING)
+        )
     engine.dispose()
 
 

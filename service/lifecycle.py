@@ -65,6 +65,14 @@ def advance_study(store: TrialStore, session: Session, study_id: int) -> StudySt
     if study is None or study.state != StudyState.RUNNING:
         return study.state if study is not None else None
     is_final = Trial.source == "final"
+    # Most reports leave work pending: an index seek answers that without counting rows.
+    pending = session.scalar(
+        select(Trial.id)
+        .where(Trial.study_id == study_id, Trial.state.in_(PENDING), ~is_final)
+        .limit(1)
+    )
+    if pending is not None:
+        return study.state
     search_total, search_pending, finals, finals_pending = session.execute(
         select(
             func.count().filter(~is_final),

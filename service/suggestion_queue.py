@@ -148,8 +148,10 @@ class SuggestionQueue:
                 study = s.get(Study, study_id)
                 if study is None or study.state != StudyState.RUNNING:
                     return added
-                # Cheap count first: most refills (one after every claim) find the queue
-                # full and must not pay for loading the whole history.
+                # Cheap checks first: most refills (one after every claim) find the queue
+                # full and must pay neither for counting nor for loading the history.
+                if _waiting(s, study_id) >= study.max_parallel:
+                    return added
                 total, waiting = _counts(s, study_id)
                 want = min(study.max_parallel - waiting, study.max_trials - total)
                 if want <= 0:
@@ -225,6 +227,21 @@ class SuggestionQueue:
                     field="params",
                 )
             return rows[0]
+
+
+def _waiting(session: Any, study_id: int) -> int:
+    """WAITING search trials: a range of the (study, state) index, not a scan."""
+    from sqlalchemy import func
+
+    return int(
+        session.scalar(
+            select(func.count()).where(
+                Trial.study_id == study_id,
+                Trial.state == TrialState.WAITING,
+                Trial.source != "final",
+            )
+        )
+    )
 
 
 def _counts(session: Any, study_id: int) -> tuple[int, int]:
