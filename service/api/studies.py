@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, BackgroundTasks, Query
 from fastapi.responses import Response
 from sqlalchemy import Float, and_, cast, func, or_, select
+from sqlalchemy.orm import Session
 
 from search_space import get_preset
 
@@ -53,7 +54,7 @@ Order = Literal["number", "-number", "value", "-value"]
 _NULL_LAST = {"value": 1e308, "-value": -1e308}
 
 
-def _one(session: SessionDep, study_id: StudyId) -> StudyOut:
+def _one(session: Session, study_id: int) -> StudyOut:
     study = studies_mod.get_study(session, study_id)
     return study_out(study, studies_mod.stats(session, [study.id])[study.id])
 
@@ -150,7 +151,7 @@ def list_trials(
     return TrialPage(trials=[trial_out(r.Trial) for r in rows], next=nxt)
 
 
-def _trial_by_number(session: SessionDep, study_id: StudyId, number: int) -> Trial:
+def _trial_by_number(session: Session, study_id: int, number: int) -> Trial:
     trial = session.scalars(
         select(Trial).where(Trial.study_id == study_id, Trial.number == number)
     ).first()
