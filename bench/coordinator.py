@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import report
+from bench.fixtures import seed_study
 
 PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 ADMIN = "bench-admin-token-0123456789abcdef"
@@ -82,63 +83,6 @@ def _drive(
 HISTORY = 10_000
 
 
-def _seed_archsearch(url: str, history: int) -> tuple[str, int]:
-    """Migrate, make a worker token and a study holding ``history`` finished trials.
-
-    Rows are written straight through the ORM (a benchmark fixture, not product code).
-    Returns ``(token, study_id)``.
-    """
-    import hashlib
-
-    from search_space import get_space
-    from service.auth import create_token
-    from service.db import make_engine, session_factory, session_scope
-    from service.migrate import upgrade
-    from service.models import Role, Study, StudyState, Trial, TrialState
-
-    space = get_space("fg11")
-    engine = make_engine(url)
-    upgrade(engine)
-    with session_scope(session_factory(engine)) as s:
-        token = create_token(s, Role.WORKER, "bench")
-        study = Study(
-            name="bench",
-            state=StudyState.RUNNING,
-            space=space.to_dict(),
-            space_name="fg11",
-            dataset="builtin:digits",
-            evaluator="screen",
-            evaluator_options={},
-            algorithm="random",
-            algorithm_options={},
-            max_trials=history,
-            max_parallel=1,
-            top_k=0,
-            seed=0,
-        )
-        s.add(study)
-        s.flush()
-        raw = space.sample(0)
-        arch = space.to_arch(raw).to_dict()
-        s.add_all(
-            Trial(
-                study_id=study.id,
-                number=i,
-                state=TrialState.COMPLETE,
-                params=raw,
-                arch=arch,
-                config_hash=hashlib.sha256(str(i).encode()).hexdigest(),
-                value=0.5,
-                metrics={},
-                intermediate=[],
-            )
-            for i in range(1, history + 1)
-        )
-        sid = study.id
-    engine.dispose()
-    return token, sid
-
-
 def _queue(url: str, study_id: int, n: int) -> None:
     """Append ``n`` WAITING trials (zero-cost work) and raise max_trials to match, so the
     coordinator's own refill has nothing to add."""
@@ -181,7 +125,10 @@ def archsearch_runs(backend: str, workers: tuple[int, ...], n_trials: int) -> li
 
     outcomes = []
     with database(backend) as url:
-        token, sid = _seed_archsearch(url, HISTORY)
+        from search_space import get_space
+
+        raw = get_space("fg11").sample(0)
+        token, sid = seed_study(url, [(raw, 0.5)] * HISTORY)
         live = start_coordinator(url, admin_token=ADMIN)
         try:
             for n_workers in workers:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import report
+from bench.fixtures import seed_study
 
 SIZES = (100, 1000, 5000)
 QUICK_SIZES = (100, 500)
@@ -119,52 +120,15 @@ def claim_latency(n_history: int, claims: int = 60) -> tuple[float, float]:
     trials and a TPE study's queue being refilled in the background after each report."""
     from client import Client
     from search_space import get_space
-    from service.auth import create_token
-    from service.db import make_engine, session_factory, session_scope
     from service.launch import start_coordinator, stop_coordinator
-    from service.migrate import upgrade
-    from service.models import Role, Study, StudyState, Trial, TrialState
 
     space = get_space("fg11")
     with tempfile.TemporaryDirectory() as d:
         url = f"sqlite:///{Path(d) / 'claims.db'}"
-        engine = make_engine(url)
-        upgrade(engine)
-        with session_scope(session_factory(engine)) as s:
-            token = create_token(s, Role.WORKER, "bench")
-            study = Study(
-                name="hist",
-                state=StudyState.RUNNING,
-                space=space.to_dict(),
-                space_name="fg11",
-                dataset="builtin:digits",
-                evaluator="screen",
-                evaluator_options={"max_features": 10_000_000},
-                algorithm="tpe",
-                algorithm_options={},
-                max_trials=n_history + 10 * claims,
-                max_parallel=4,
-                top_k=0,
-                seed=0,
-            )
-            s.add(study)
-            s.flush()
-            for i, raw in enumerate(space.sample_many(n_history, seed=3), start=1):
-                arch = space.to_arch(raw)
-                s.add(
-                    Trial(
-                        study_id=study.id,
-                        number=i,
-                        state=TrialState.COMPLETE,
-                        params=raw,
-                        arch=arch.to_dict(),
-                        config_hash=hashlib.sha256(f"{i}".encode()).hexdigest(),
-                        value=objective(raw),
-                        metrics={},
-                        intermediate=[],
-                    )
-                )
-        engine.dispose()
+        points = [(raw, objective(raw)) for raw in space.sample_many(n_history, seed=3)]
+        token, study_id = seed_study(
+            url, points, algorithm="tpe", max_parallel=4, max_trials=n_history + 10 * claims
+        )
         admin = "bench-admin-token-0123456789abcdef"
         live = start_coordinator(url, admin_token=admin)
         lat: list[float] = []
@@ -174,7 +138,7 @@ def claim_latency(n_history: int, claims: int = 60) -> tuple[float, float]:
                 deadline = time.monotonic() + 120
                 while len(lat) < claims and time.monotonic() < deadline:
                     t0 = time.perf_counter()
-                    got = c.claim(wid)
+                    got = c.claim(wid, [study_id])
                     if got is None:  # the queue is still being filled: not a claim
                         time.sleep(0.05)
                         continue
