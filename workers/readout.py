@@ -117,6 +117,29 @@ def standardizer(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, std
 
 
+def _prepare(
+    X: torch.Tensor | np.ndarray,
+    y: torch.Tensor | np.ndarray,
+    n_classes: int,
+    l2: float,
+    standardize: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.dtype, torch.Tensor, torch.Tensor]:
+    """Checked tensors, the work dtype and the standardisation (identity when off) shared
+    by every fit. Raises ``ValueError`` for a negative ``l2`` or mismatched shapes."""
+    if l2 < 0:
+        raise ValueError(f"l2 must be >= 0, got {l2}")
+    X = X if torch.is_tensor(X) else torch.from_numpy(np.asarray(X))
+    y = _as_tensor(y, X.device)
+    _check_xy(X, y, n_classes)
+    dt = _float_dtype(X)
+    if standardize:
+        mean, std = standardizer(X)
+    else:
+        mean = torch.zeros(X.shape[1], dtype=dt, device=X.device)
+        std = torch.ones(X.shape[1], dtype=dt, device=X.device)
+    return X, y, dt, mean, std
+
+
 def _check_xy(X: torch.Tensor, y: torch.Tensor, n_classes: int) -> None:
     if X.ndim != 2:
         raise ValueError(f"X must be (n, d), got {tuple(X.shape)}")
@@ -200,17 +223,7 @@ def fit_ridge(
     Gram matrix is computed in the work dtype of ``X`` (float32 for float32 features, on
     the device's matmul units) and factorised in float64.
     """
-    if l2 < 0:
-        raise ValueError(f"l2 must be >= 0, got {l2}")
-    X = X if torch.is_tensor(X) else torch.from_numpy(np.asarray(X))
-    y = _as_tensor(y, X.device)
-    _check_xy(X, y, n_classes)
-    dt = _float_dtype(X)
-    if standardize:
-        mean, std = standardizer(X)
-    else:
-        mean = torch.zeros(X.shape[1], dtype=dt, device=X.device)
-        std = torch.ones(X.shape[1], dtype=dt, device=X.device)
+    X, y, dt, mean, std = _prepare(X, y, n_classes, l2, standardize)
     # One working copy: standardised, then centred in place (a no-op up to rounding when
     # the statistics came from these rows, but needed for standardize=False).
     Xc = (X.to(dt) - mean) / std
@@ -369,19 +382,9 @@ def _fit_lbfgs(
     standardize: bool,
     init: tuple[torch.Tensor, torch.Tensor] | None,
 ) -> LinearClassifier:
-    if l2 < 0:
-        raise ValueError(f"l2 must be >= 0, got {l2}")
-    X = X if torch.is_tensor(X) else torch.from_numpy(np.asarray(X))
-    y = _as_tensor(y, X.device).long()
-    _check_xy(X, y, n_classes)
-    dt = _float_dtype(X)
-    if standardize:
-        mean, std = standardizer(X)
-    else:
-        mean = torch.zeros(X.shape[1], dtype=dt, device=X.device)
-        std = torch.ones(X.shape[1], dtype=dt, device=X.device)
+    X, y, dt, mean, std = _prepare(X, y, n_classes, l2, standardize)
     Xs = (X.to(dt) - mean) / std
-    W, b, it = _lbfgs(kind, Xs, y, n_classes, l2, max_iter, init)
+    W, b, it = _lbfgs(kind, Xs, y.long(), n_classes, l2, max_iter, init)
     return _classifier(kind, W, b, mean, std, n_classes, l2, n_iter=it)
 
 

@@ -17,18 +17,11 @@ import pytest
 from client import Client
 from service.launch import start_coordinator, stop_coordinator
 from service.models import Role, TrialState
-from tests.service.conftest import ADMIN_TOKEN, db_trials, make_token, migrate
+from tests.service.conftest import ADMIN_TOKEN, FG11_STUDY, db_trials, make_token, migrate
 from tests.workers.fake_worker import spawn
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
-FG11 = {
-    "dataset": "builtin:digits",
-    "space": "fg11",
-    "algorithm": "random",
-    "evaluator_options": {"max_features": 10_000_000},
-    "top_k": 0,
-}
 
 
 def spawn_worker(base_url: str, token: str, data_dir: Path, sleep: float):
@@ -62,7 +55,9 @@ def test_random_kill_9_of_workers_during_a_100_trial_study(sqlite_url, tmp_path)
     kills = 0
     try:
         with Client(live.base_url, ADMIN_TOKEN) as admin:
-            sid = admin.create_study(name="chaos", max_trials=100, max_parallel=8, **FG11)["id"]
+            sid = admin.create_study(
+                name="chaos", max_trials=100, max_parallel=8, top_k=0, **FG11_STUDY
+            )["id"]
             for i in range(4):
                 workers.append(spawn_worker(live.base_url, token, tmp_path / f"w{i}", 0.3))
             deadline = time.monotonic() + 240
@@ -108,7 +103,9 @@ def test_kill_9_of_the_coordinator_and_restart(db_url, tmp_path):
     workers = []
     try:
         with Client(live.base_url, ADMIN_TOKEN) as admin:
-            sid = admin.create_study(name="restart", max_trials=30, max_parallel=4, **FG11)["id"]
+            sid = admin.create_study(
+                name="restart", max_trials=30, max_parallel=4, top_k=0, **FG11_STUDY
+            )["id"]
         workers = [spawn_worker(live.base_url, token, tmp_path / f"w{i}", 0.4) for i in range(3)]
         time.sleep(3)
         os.kill(live.process.pid, signal.SIGKILL)

@@ -16,7 +16,7 @@ from sqlalchemy.engine import make_url
 from client import ApiError, Client
 from service.launch import start_coordinator, stop_coordinator
 from service.models import Role
-from tests.service.conftest import ADMIN_TOKEN, make_token, migrate
+from tests.service.conftest import ADMIN_TOKEN, FG11_STUDY, make_token, migrate
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -52,13 +52,10 @@ def test_connections_killed_under_load(postgres_url):
         with Client(live.base_url, ADMIN_TOKEN) as admin:
             sid = admin.create_study(
                 name="pgkill",
-                dataset="builtin:digits",
-                space="fg11",
-                algorithm="random",
                 max_trials=400,
                 max_parallel=400,
-                evaluator_options={"max_features": 10_000_000},
                 top_k=0,
+                **FG11_STUDY,
             )["id"]
 
         def worker(i: int) -> None:

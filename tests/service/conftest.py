@@ -17,6 +17,14 @@ from service.migrate import upgrade
 from service.models import Role, Trial
 
 ADMIN_TOKEN = "admin-token-for-tests-0123456789"
+# A random-search study over fg11 (200 px, so nearly every draw can be built) for tests
+# whose workers do not really evaluate: pass name, max_trials, max_parallel, top_k.
+FG11_STUDY = {
+    "dataset": "builtin:digits",
+    "space": "fg11",
+    "algorithm": "random",
+    "evaluator_options": {"max_features": 10_000_000},
+}
 
 
 def migrate(url: str) -> None:

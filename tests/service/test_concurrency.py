@@ -17,7 +17,7 @@ from client import Client
 from service.db import make_engine, session_factory
 from service.launch import start_coordinator, stop_coordinator
 from service.models import Role, Study, StudyState, TrialState
-from tests.service.conftest import ADMIN_TOKEN, db_trials, make_token, migrate
+from tests.service.conftest import ADMIN_TOKEN, FG11_STUDY, db_trials, make_token, migrate
 
 pytestmark = pytest.mark.slow
 
@@ -115,13 +115,10 @@ def test_16_threads_and_4_processes_complete_500_trials_exactly_once(live, db_ur
     with Client(live.base_url, ADMIN_TOKEN) as admin:
         study = admin.create_study(
             name="race",
-            dataset="builtin:digits",
-            space="fg11",
-            algorithm="random",
             max_trials=500,
             max_parallel=500,
-            evaluator_options={"max_features": 10_000_000},
             top_k=0,
+            **FG11_STUDY,
         )
     sid = study["id"]
     claimable = study["counts"].get("WAITING", 0)
@@ -155,13 +152,10 @@ def test_two_coordinators_on_one_postgres(postgres_url, tmp_path):
         with Client(a.base_url, ADMIN_TOKEN) as admin:
             study = admin.create_study(
                 name="two",
-                dataset="builtin:digits",
-                space="fg11",
-                algorithm="random",
                 max_trials=200,
                 max_parallel=8,
-                evaluator_options={"max_features": 10_000_000},
                 top_k=0,
+                **FG11_STUDY,
             )
         sid = study["id"]
         claimed = run_workers([a.base_url, b.base_url], token, sid, 8, 2, tmp_path, wait=True)
@@ -196,13 +190,10 @@ def test_coordinator_reaper_loop_returns_lost_trials(db_url):
         with Client(live.base_url, ADMIN_TOKEN) as admin, Client(live.base_url, token) as w:
             sid = admin.create_study(
                 name="lost",
-                dataset="builtin:digits",
-                space="fg11",
-                algorithm="random",
                 max_trials=1,
                 max_parallel=1,
-                evaluator_options={"max_features": 10_000_000},
                 top_k=0,
+                **FG11_STUDY,
             )["id"]
             wid = w.register_worker("vanishing")["id"]
             got = w.claim(wid)

@@ -16,17 +16,10 @@ from client import Client
 from search_space import InfeasibleArchitecture
 from service.launch import start_coordinator, stop_coordinator
 from service.models import Role
-from tests.service.conftest import ADMIN_TOKEN, make_token, migrate
+from tests.service.conftest import ADMIN_TOKEN, FG11_STUDY, make_token, migrate
 from tests.workers.fake_worker import FakeResult, fake_evaluate, fake_load, spawn
 from workers.daemon import WorkerConfig, WorkerDaemon
 from workers.spool import Spool, SpoolEntry
-
-FG11 = {
-    "dataset": "builtin:digits",
-    "space": "fg11",
-    "algorithm": "random",
-    "evaluator_options": {"max_features": 10_000_000},
-}
 
 
 @pytest.fixture
@@ -74,7 +67,9 @@ def test_spool_roundtrip_and_corrupt_files(tmp_path):
 def test_daemon_runs_study_and_final_evaluation(coordinator, tmp_path):
     live, _, token = coordinator
     with Client(live.base_url, ADMIN_TOKEN) as admin:
-        sid = admin.create_study(name="d", max_trials=5, max_parallel=2, top_k=2, **FG11)["id"]
+        sid = admin.create_study(name="d", max_trials=5, max_parallel=2, top_k=2, **FG11_STUDY)[
+            "id"
+        ]
         daemon = daemon_for(live.base_url, token, tmp_path)
         done = daemon.run()
         study = admin.study(sid)
@@ -107,7 +102,9 @@ def test_infeasible_and_crash_are_reported_with_reasons(coordinator, tmp_path):
         return FakeResult(0.3, {})
 
     with Client(live.base_url, ADMIN_TOKEN) as admin:
-        sid = admin.create_study(name="d", max_trials=3, max_parallel=1, top_k=0, **FG11)["id"]
+        sid = admin.create_study(name="d", max_trials=3, max_parallel=1, top_k=0, **FG11_STUDY)[
+            "id"
+        ]
         daemon_for(live.base_url, token, tmp_path, evaluate=evaluate).run()
         trials = {t["number"]: t for t in admin.trials(sid)}
     states = sorted(t["state"] for t in trials.values())
@@ -136,7 +133,9 @@ def _running(admin: Client, sid: int) -> dict | None:
 def test_sigterm_releases_the_trial_at_once(coordinator, tmp_path):
     live, _, token = coordinator
     with Client(live.base_url, ADMIN_TOKEN) as admin:
-        sid = admin.create_study(name="d", max_trials=1, max_parallel=1, top_k=0, **FG11)["id"]
+        sid = admin.create_study(name="d", max_trials=1, max_parallel=1, top_k=0, **FG11_STUDY)[
+            "id"
+        ]
         proc = spawn(live.base_url, token, tmp_path / "w", sleep=60)
         running = _wait_for(lambda: _running(admin, sid), what="the worker to claim")
         t0 = time.monotonic()
@@ -154,7 +153,9 @@ def test_sigterm_releases_the_trial_at_once(coordinator, tmp_path):
 def test_kill_9_mid_trial_another_worker_finishes_it_once(coordinator, tmp_path):
     live, _, token = coordinator
     with Client(live.base_url, ADMIN_TOKEN) as admin:
-        sid = admin.create_study(name="d", max_trials=1, max_parallel=1, top_k=0, **FG11)["id"]
+        sid = admin.create_study(name="d", max_trials=1, max_parallel=1, top_k=0, **FG11_STUDY)[
+            "id"
+        ]
         victim = spawn(live.base_url, token, tmp_path / "a", sleep=60)
         running = _wait_for(lambda: _running(admin, sid), what="the worker to claim")
         os.kill(victim.pid, signal.SIGKILL)
@@ -185,7 +186,9 @@ def test_spool_delivers_a_result_finished_while_the_coordinator_was_down(sqlite_
     lease = {"ARCHSEARCH_LEASE_SECONDS": "60"}
     live = start_coordinator(url, admin_token=ADMIN_TOKEN, env=lease)
     with Client(live.base_url, ADMIN_TOKEN) as admin:
-        sid = admin.create_study(name="d", max_trials=1, max_parallel=1, top_k=0, **FG11)["id"]
+        sid = admin.create_study(name="d", max_trials=1, max_parallel=1, top_k=0, **FG11_STUDY)[
+            "id"
+        ]
     gate = threading.Event()
     finished = threading.Event()
 
@@ -224,7 +227,9 @@ def test_spool_delivers_a_result_finished_while_the_coordinator_was_down(sqlite_
 def test_worker_with_different_data_gives_the_trial_back(coordinator, tmp_path):
     live, _, token = coordinator
     with Client(live.base_url, ADMIN_TOKEN) as admin:
-        sid = admin.create_study(name="d", max_trials=3, max_parallel=1, top_k=0, **FG11)["id"]
+        sid = admin.create_study(name="d", max_trials=3, max_parallel=1, top_k=0, **FG11_STUDY)[
+            "id"
+        ]
         # The first worker's data define the study's fingerprint.
         daemon_for(live.base_url, token, tmp_path / "a", max_trials=1).run()
         assert (
