@@ -15,6 +15,8 @@ COPY search_space search_space
 COPY service service
 COPY workers workers
 COPY client client
+COPY protocol protocol
+COPY archsearch archsearch
 COPY migrations migrations
 RUN pip install --no-cache-dir .
 

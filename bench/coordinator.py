@@ -46,7 +46,7 @@ class Outcome:
 @contextmanager
 def database(backend: str) -> Iterator[str]:
     """A fresh empty database URL for ``backend`` (sqlite file or a new PG database)."""
-    from service.launch import temporary_postgres_database
+    from tests.helpers.postgres import temporary_postgres_database
 
     if backend == "sqlite":
         with tempfile.TemporaryDirectory() as d:
@@ -121,7 +121,7 @@ def _queue(url: str, study_id: int, n: int) -> None:
 def archsearch_runs(backend: str, workers: tuple[int, ...], n_trials: int) -> list[Outcome]:
     """One coordinator process (uvicorn); for each N, N HTTP clients in threads."""
     from client import Client
-    from service.launch import start_coordinator, stop_coordinator
+    from archsearch.launch import start_coordinator, stop_coordinator
 
     outcomes = []
     with database(backend) as url:

@@ -175,7 +175,7 @@ def run(quick: bool = False, record: bool = True) -> list[Timing]:
 
     from service.app import create_app
     from service.config import Settings
-    from service.dashboard import queries
+    from service.dashboard import columns, importance
     from service.db import make_engine
     from service.migrate import upgrade
 
@@ -198,8 +198,8 @@ def run(quick: bool = False, record: bool = True) -> list[Timing]:
             import sklearn.ensemble  # noqa: F401
 
             cold = {"import scikit-learn (once per process)": 1000 * (time.perf_counter() - t)}
-            queries.IMPORTANCE_CACHE = queries.ResultCache(size=64)  # nothing cached
-            queries.COLUMNS_CACHE = queries.ResultCache(size=8)
+            importance.IMPORTANCE_CACHE = columns.ResultCache(size=64)  # nothing cached
+            columns.COLUMNS_CACHE = columns.ResultCache(size=8)
             for name, path in (
                 ("json: parallel, cold (loads the COMPLETE trials)", "parallel"),
                 ("json: importance, cold (forest fit)", "importance"),

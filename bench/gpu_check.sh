@@ -36,7 +36,7 @@ from pathlib import Path
 from client import Client
 from service.auth import create_token
 from service.db import make_engine, session_factory, session_scope
-from service.launch import start_coordinator, stop_coordinator
+from archsearch.launch import start_coordinator, stop_coordinator
 from service.migrate import upgrade
 from service.models import Role
 d = Path(tempfile.mkdtemp()); url = f"sqlite:///{d / 'gpu.db'}"

@@ -120,7 +120,7 @@ def claim_latency(n_history: int, claims: int = 60) -> tuple[float, float]:
     trials and a TPE study's queue being refilled in the background after each report."""
     from client import Client
     from search_space import get_space
-    from service.launch import start_coordinator, stop_coordinator
+    from archsearch.launch import start_coordinator, stop_coordinator
 
     space = get_space("fg11")
     with tempfile.TemporaryDirectory() as d:

@@ -1,13 +1,33 @@
-"""The client itself: one method per route of DESIGN.md section 6."""
+"""The client itself: one method per route of docs/design.md section 6.
+
+Every method returns the route's wire model from :mod:`protocol` (``TrialOut``,
+``ClaimOut``, ...), never a bare dict, so callers use attributes that a type checker sees.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
+from pydantic import BaseModel
+
+from protocol.wire import (
+    BestOut,
+    ClaimOut,
+    HeartbeatOut,
+    SpaceList,
+    SpaceOut,
+    SpaceSummary,
+    StudyList,
+    StudyOut,
+    TrialOut,
+    TrialPage,
+    WorkerOut,
+)
 
 JSON = dict[str, Any]
+M = TypeVar("M", bound=BaseModel)
 
 
 class ApiError(Exception):
@@ -71,29 +91,33 @@ class Client:
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:
         return self._request(method, path, **kwargs).json()
 
+    def _model(self, model: type[M], method: str, path: str, **kwargs: Any) -> M:
+        return model.model_validate(self._json(method, path, **kwargs))
+
     # -- health / spaces ----------------------------------------------------------------
     def health(self) -> JSON:
+        """``{"status", "db", "version"}``; raises :class:`ApiError` when not ok (503)."""
         return self._json("GET", "/healthz")
 
-    def spaces(self) -> list[JSON]:
-        return self._json("GET", "/api/v1/spaces")["spaces"]
+    def spaces(self) -> list[SpaceSummary]:
+        return self._model(SpaceList, "GET", "/api/v1/spaces").spaces
 
-    def space(self, name: str) -> JSON:
-        return self._json("GET", f"/api/v1/spaces/{name}")
+    def space(self, name: str) -> SpaceOut:
+        return self._model(SpaceOut, "GET", f"/api/v1/spaces/{name}")
 
     # -- studies ----------------------------------------------------------------------
-    def create_study(self, **body: Any) -> JSON:
+    def create_study(self, **body: Any) -> StudyOut:
         """POST /api/v1/studies with the fields of ``StudyCreate`` (name, dataset, ...)."""
-        return self._json("POST", "/api/v1/studies", json=body)
+        return self._model(StudyOut, "POST", "/api/v1/studies", json=body)
 
-    def studies(self) -> list[JSON]:
-        return self._json("GET", "/api/v1/studies")["studies"]
+    def studies(self) -> list[StudyOut]:
+        return self._model(StudyList, "GET", "/api/v1/studies").studies
 
-    def study(self, study_id: int) -> JSON:
-        return self._json("GET", f"/api/v1/studies/{study_id}")
+    def study(self, study_id: int) -> StudyOut:
+        return self._model(StudyOut, "GET", f"/api/v1/studies/{study_id}")
 
-    def set_study_state(self, study_id: int, state: str) -> JSON:
-        return self._json("PATCH", f"/api/v1/studies/{study_id}", json={"state": state})
+    def set_study_state(self, study_id: int, state: str) -> StudyOut:
+        return self._model(StudyOut, "PATCH", f"/api/v1/studies/{study_id}", json={"state": state})
 
     def trials_page(
         self,
@@ -103,13 +127,13 @@ class Client:
         order: str = "number",
         limit: int = 100,
         after: str | None = None,
-    ) -> JSON:
+    ) -> TrialPage:
         params: dict[str, Any] = {"order": order, "limit": limit}
         if state:
             params["state"] = state
         if after:
             params["after"] = after
-        return self._json("GET", f"/api/v1/studies/{study_id}/trials", params=params)
+        return self._model(TrialPage, "GET", f"/api/v1/studies/{study_id}/trials", params=params)
 
     def trials(
         self,
@@ -118,29 +142,30 @@ class Client:
         state: str | None = None,
         order: str = "number",
         page_size: int = 500,
-    ) -> Iterator[JSON]:
+    ) -> Iterator[TrialOut]:
         """Every trial, following the ``next`` cursors."""
         after = None
         while True:
             page = self.trials_page(
                 study_id, state=state, order=order, limit=page_size, after=after
             )
-            yield from page["trials"]
-            after = page["next"]
+            yield from page.trials
+            after = page.next
             if after is None:
                 return
 
-    def trial(self, study_id: int, number: int) -> JSON:
-        return self._json("GET", f"/api/v1/studies/{study_id}/trials/{number}")
+    def trial(self, study_id: int, number: int) -> TrialOut:
+        return self._model(TrialOut, "GET", f"/api/v1/studies/{study_id}/trials/{number}")
 
     def enqueue(
         self, study_id: int, *, params: JSON | None = None, preset: str | None = None
-    ) -> JSON:
+    ) -> TrialOut:
         body = {"params": params} if params is not None else {"preset": preset}
-        return self._json("POST", f"/api/v1/studies/{study_id}/trials", json=body)
+        return self._model(TrialOut, "POST", f"/api/v1/studies/{study_id}/trials", json=body)
 
-    def best(self, study_id: int, k: int = 5) -> list[JSON]:
-        return self._json("GET", f"/api/v1/studies/{study_id}/best", params={"k": k})["trials"]
+    def best(self, study_id: int, k: int = 5) -> list[TrialOut]:
+        path = f"/api/v1/studies/{study_id}/best"
+        return self._model(BestOut, "GET", path, params={"k": k}).trials
 
     def export_csv(self, study_id: int) -> str:
         return self._request("GET", f"/api/v1/studies/{study_id}/export").text
@@ -148,18 +173,18 @@ class Client:
     # -- workers ----------------------------------------------------------------------
     def register_worker(
         self, name: str, *, host: str | None = None, device: str | None = None
-    ) -> JSON:
-        return self._json(
-            "POST", "/api/v1/workers", json={"name": name, "host": host, "device": device}
-        )
+    ) -> WorkerOut:
+        body = {"name": name, "host": host, "device": device}
+        return self._model(WorkerOut, "POST", "/api/v1/workers", json=body)
 
-    def workers(self) -> list[JSON]:
-        return self._json("GET", "/api/v1/workers")
+    def workers(self) -> list[WorkerOut]:
+        return [WorkerOut.model_validate(w) for w in self._json("GET", "/api/v1/workers")]
 
     def claim(
         self, worker_id: int, studies: list[int] | None = None, exclude: list[int] | None = None
-    ) -> JSON | None:
-        """``{"trial", "study", "lease"}``, or ``None`` when there is no work (204)."""
+    ) -> ClaimOut | None:
+        """The claimed trial with its study brief and lease, or ``None`` when there is no
+        work (204)."""
         params: dict[str, Any] = {}
         if studies:
             params["study"] = studies
@@ -168,35 +193,50 @@ class Client:
         response = self._request(
             "POST", f"/api/v1/workers/{worker_id}/claim", params=params or None
         )
-        return None if response.status_code == 204 else response.json()
+        return None if response.status_code == 204 else ClaimOut.model_validate(response.json())
 
     def heartbeat(
         self, trial_id: int, worker_id: int, *, step: int | None = None, value: float | None = None
-    ) -> JSON:
-        return self._json(
+    ) -> HeartbeatOut:
+        return self._model(
+            HeartbeatOut,
             "POST",
             f"/api/v1/trials/{trial_id}/heartbeat",
             json={"worker_id": worker_id, "step": step, "value": value},
         )
 
     def complete(
-        self, trial_id: int, worker_id: int, value: float, metrics: JSON | None = None
-    ) -> JSON:
-        return self._json(
-            "POST",
-            f"/api/v1/trials/{trial_id}/complete",
-            json={"worker_id": worker_id, "value": value, "metrics": metrics or {}},
-        )
+        self,
+        trial_id: int,
+        worker_id: int,
+        value: float,
+        metrics: JSON | None = None,
+        *,
+        dataset_fingerprint: str | None = None,
+    ) -> TrialOut:
+        body: JSON = {"worker_id": worker_id, "value": value, "metrics": metrics or {}}
+        if dataset_fingerprint is not None:
+            body["dataset_fingerprint"] = dataset_fingerprint
+        return self._model(TrialOut, "POST", f"/api/v1/trials/{trial_id}/complete", json=body)
 
     def fail(
-        self, trial_id: int, worker_id: int, kind: str, reason: str, value: float | None = None
-    ) -> JSON:
+        self,
+        trial_id: int,
+        worker_id: int,
+        kind: str,
+        reason: str,
+        value: float | None = None,
+        *,
+        dataset_fingerprint: str | None = None,
+    ) -> TrialOut:
         body: JSON = {"worker_id": worker_id, "kind": kind, "reason": reason}
         if value is not None:
             body["value"] = value
-        return self._json("POST", f"/api/v1/trials/{trial_id}/fail", json=body)
+        if dataset_fingerprint is not None:
+            body["dataset_fingerprint"] = dataset_fingerprint
+        return self._model(TrialOut, "POST", f"/api/v1/trials/{trial_id}/fail", json=body)
 
-    def release(self, trial_id: int, worker_id: int) -> JSON:
-        return self._json(
-            "POST", f"/api/v1/trials/{trial_id}/release", json={"worker_id": worker_id}
+    def release(self, trial_id: int, worker_id: int) -> TrialOut:
+        return self._model(
+            TrialOut, "POST", f"/api/v1/trials/{trial_id}/release", json={"worker_id": worker_id}
         )

@@ -50,7 +50,6 @@ from .suggest import (
     TPESuggester,
     get_suggester,
     history_to_trials,
-    list_suggesters,
 )
 
 __all__ = [
@@ -89,7 +88,6 @@ __all__ = [
     "get_suggester",
     "history_to_trials",
     "list_spaces",
-    "list_suggesters",
     "parse_space",
     "preset_raw",
     "validate",

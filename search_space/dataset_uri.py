@@ -1,7 +1,8 @@
 """The dataset URI grammar shared by the coordinator (validation) and the workers (loading).
 
 ``builtin:mnist5k``, ``builtin:digits``, ``imagefolder:PATH`` (directory or .zip),
-``npz:PATH``, ``idx:DIR``, ``cifar10:DIR``, ``lfw:DIR`` (DESIGN.md section 4).
+``npz:PATH``, ``idx:DIR``, ``cifar10:DIR``, ``lfw:DIR`` (docs/design.md section 4); the
+scheme names and their default colors are said once, in :mod:`protocol.datasets`.
 :func:`parse_dataset_uri` is pure: it checks the form of a URI, never the file system.
 :func:`check_dataset_location` (below it) is the coordinator's cheap look at the file system:
 does the path exist, is the layout right; it decodes no image (stdlib + numpy only).
@@ -15,18 +16,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-BUILTINS = ("mnist5k", "digits")
-PATH_SCHEMES = ("imagefolder", "npz", "idx", "cifar10", "lfw")
-SCHEMES = ("builtin", *PATH_SCHEMES)
-# Default channels the model sees for each scheme (the study may override: "color").
-DEFAULT_COLOR = {
-    "builtin": "gray",
-    "idx": "gray",
-    "lfw": "gray",
-    "cifar10": "rgb",
-    "imagefolder": "rgb",
-    "npz": "gray",
-}
+from protocol.datasets import BUILTINS, PATH_SCHEMES, SCHEMES
+
+__all__ = [
+    "BUILTINS",
+    "PATH_SCHEMES",
+    "SCHEMES",
+    "DatasetURI",
+    "DatasetURIError",
+    "check_dataset_location",
+    "parse_dataset_uri",
+]
 
 
 class DatasetURIError(ValueError):

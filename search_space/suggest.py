@@ -42,13 +42,15 @@ from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
+from protocol.states import TrialState
+
 from .space import MAX_GRID_POINTS, Space, SpaceError
 
 log = logging.getLogger(__name__)
 
 TrialStateName = Literal["WAITING", "RUNNING", "COMPLETE", "PRUNED", "FAILED", "INFEASIBLE"]
 STATES: tuple[str, ...] = ("WAITING", "RUNNING", "COMPLETE", "PRUNED", "FAILED", "INFEASIBLE")
-PENDING_STATES = frozenset({"WAITING", "RUNNING"})
+PENDING_STATES = frozenset(TrialState.pending())
 SCORED_STATES = frozenset({"COMPLETE", "PRUNED"})
 
 # TPE settings of Bergstra, Yamins & Cox (ICML 2013), hyperopt's defaults
@@ -434,10 +436,6 @@ _OPTIONS: dict[str, frozenset[str]] = {
     ),
     "grid": frozenset({"shuffle", "max_points"}),
 }
-
-
-def list_suggesters() -> list[str]:
-    return list(_SUGGESTERS)
 
 
 def get_suggester(name: str, **options: Any) -> Suggester:

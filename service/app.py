@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
-from . import __version__
+from . import __version__, lifecycle
 from .api import results, spaces, studies, trials, workers
 from .auth import TokenCache
 from .config import Settings, get_settings
@@ -37,20 +37,30 @@ class Health(BaseModel):
     version: str = __version__
 
 
+def maintenance_pass(store: TrialStore, queue: SuggestionQueue) -> None:
+    """One pass: reap expired leases, move on studies left behind, top up queues.
+
+    Each step is idempotent, and any coordinator process may run it at any time.
+    """
+    reaped = store.reap_expired()
+    if reaped:
+        log.info("reaped %d trial(s) with expired leases", reaped)
+    moved = lifecycle.reconcile(store)
+    if moved:
+        log.info("reconciled %d stud(ies) whose trials had all finished", moved)
+    queue.refill_all()
+
+
 async def _maintenance_loop(app: FastAPI, interval: float) -> None:
-    """Reap expired leases and top up queues, forever. Errors are logged, not fatal:
-    the database may be away for a while and the loop must outlive that."""
-    store: TrialStore = app.state.store
-    queue: SuggestionQueue = app.state.queue
+    """:func:`maintenance_pass` at start-up, then every ``interval`` seconds, forever.
+    Errors are logged, not fatal: the database may be away for a while and the loop must
+    outlive that."""
     while True:
-        await asyncio.sleep(interval)
         try:
-            reaped = await run_in_threadpool(store.reap_expired)
-            if reaped:
-                log.info("reaped %d trial(s) with expired leases", reaped)
-            await run_in_threadpool(queue.refill_all)
+            await run_in_threadpool(maintenance_pass, app.state.store, app.state.queue)
         except Exception:
             log.exception("maintenance pass failed; retrying in %.1f s", interval)
+        await asyncio.sleep(interval)
 
 
 def create_app(settings: Settings | None = None, *, maintenance: bool = True) -> FastAPI:

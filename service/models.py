@@ -28,6 +28,20 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from protocol.states import StudyState, TrialSource, TrialState
+
+__all__ = [
+    "ApiToken",
+    "Base",
+    "Role",
+    "Study",
+    "StudyState",
+    "Trial",
+    "TrialSource",
+    "TrialState",
+    "Worker",
+]
+
 # Named constraints so that Alembic batch mode (SQLite ALTER) can find them again.
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -43,27 +57,6 @@ IdType = BigInteger().with_variant(Integer(), "sqlite")
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
-
-
-class StudyState(enum.StrEnum):
-    RUNNING = "running"
-    PAUSED = "paused"
-    STOPPED = "stopped"
-    FINISHED = "finished"
-
-
-class TrialState(enum.StrEnum):
-    """WAITING: queued, nobody runs it yet. RUNNING: claimed under a lease."""
-
-    WAITING = "WAITING"
-    RUNNING = "RUNNING"
-    COMPLETE = "COMPLETE"
-    PRUNED = "PRUNED"
-    FAILED = "FAILED"
-    INFEASIBLE = "INFEASIBLE"
-
-    def is_finished(self) -> bool:
-        return self not in (TrialState.WAITING, TrialState.RUNNING)
 
 
 class Role(enum.StrEnum):
@@ -146,7 +139,8 @@ class Trial(Base):
     )
     # Lower runs first: user-enqueued configs (0) before suggested ones (1).
     priority: Mapped[int] = mapped_column(Integer, default=1)
-    source: Mapped[str] = mapped_column(String(16), default="suggested")
+    # A TrialSource value; plain VARCHAR (a StrEnum compares equal to its string).
+    source: Mapped[str] = mapped_column(String(16), default=TrialSource.SUGGESTED.value)
     # A final (test split) evaluation points at the search trial it re-scores.
     final_of_id: Mapped[int | None] = mapped_column(ForeignKey("trials.id", ondelete="CASCADE"))
     params: Mapped[dict[str, Any]] = mapped_column(JSON)
@@ -169,7 +163,7 @@ class Trial(Base):
 
     @property
     def is_final(self) -> bool:
-        return self.source == "final"
+        return self.source == TrialSource.FINAL
 
 
 class ApiToken(Base):

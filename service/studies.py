@@ -1,8 +1,8 @@
-"""Studies: creation (validated before anything is stored), reads, state changes.
+"""Studies: creation (validated before anything is stored), reads, the dataset fingerprint.
 
-The only module that writes ``studies`` rows. Raises :class:`InvalidInput` naming the
-field for a bad space, dataset URI or algorithm, :class:`NotFound` for an unknown study
-and :class:`Conflict` for a state change a finished study cannot make.
+Writes ``studies`` rows on creation and the first dataset fingerprint; every change of a
+study's state belongs to :mod:`service.lifecycle`. Raises :class:`InvalidInput` naming the
+field for a bad space, dataset URI or algorithm, :class:`NotFound` for an unknown study.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from protocol.options import EvaluatorOptions
+from protocol.wire import StudyCreate
 from search_space import (
     MAX_GRID_POINTS,
     Space,
@@ -24,27 +26,24 @@ from search_space import (
     list_spaces,
     parse_space,
 )
-from search_space.dataset_uri import (
-    DEFAULT_COLOR,
-    DatasetURIError,
-    check_dataset_location,
-    parse_dataset_uri,
-)
+from search_space.dataset_uri import DatasetURIError, check_dataset_location, parse_dataset_uri
 
-from .errors import Conflict, InvalidInput, NotFound
-from .models import Study, StudyState, Trial, TrialState
-from .schemas import StudyCreate
+from .errors import InvalidInput, NotFound
+from .models import Study, StudyState, Trial, TrialSource, TrialState
 
 
 @dataclass(frozen=True)
 class StudyStats:
-    counts: dict[str, int]
+    counts: dict[str, int]  # all trials (search and finals) by state
     best_value: float | None
+    search_done: int = 0
+    finals: int = 0
+    finals_done: int = 0
 
     @property
     def infeasible_rate(self) -> float | None:
-        finished = sum(n for s, n in self.counts.items() if s not in ("WAITING", "RUNNING"))
-        return self.counts.get("INFEASIBLE", 0) / finished if finished else None
+        finished = sum(n for s, n in self.counts.items() if TrialState(s).is_finished())
+        return self.counts.get(TrialState.INFEASIBLE, 0) / finished if finished else None
 
 
 def resolve_space(spec: str | dict[str, Any]) -> tuple[str | None, Space]:
@@ -84,11 +83,11 @@ def study_space(study: Study) -> Space:
     return space_from_document(study.space)
 
 
-def input_channels(study: Study) -> int:
-    color = study.evaluator_options.get("color")
-    if color is None:
-        color = DEFAULT_COLOR[study.dataset.partition(":")[0]]
-    return 3 if color == "rgb" else 1
+def evaluator_options(study: Study) -> EvaluatorOptions:
+    """The study's evaluator options with defaults filled and ``color`` resolved: what
+    the coordinator uses itself and sends to workers (the one place the color default is
+    decided)."""
+    return EvaluatorOptions.for_study(study.evaluator_options, study.dataset)
 
 
 def create_study(session: Session, body: StudyCreate) -> Study:
@@ -149,37 +148,36 @@ def list_studies(session: Session) -> list[Study]:
 
 
 def stats(session: Session, study_ids: list[int]) -> dict[int, StudyStats]:
-    """Counts by state and best COMPLETE value for each study, in two grouped queries."""
+    """Counts by state, search/final progress and best COMPLETE value for each study, in
+    two grouped queries."""
     counts: dict[int, dict[str, int]] = {sid: {} for sid in study_ids}
+    progress: dict[int, list[int]] = {sid: [0, 0, 0] for sid in study_ids}
     rows = session.execute(
-        select(Trial.study_id, Trial.state, func.count())
+        select(Trial.study_id, Trial.state, Trial.source, func.count())
         .where(Trial.study_id.in_(study_ids))
-        .group_by(Trial.study_id, Trial.state)
+        .group_by(Trial.study_id, Trial.state, Trial.source)
     )
-    for sid, state, n in rows:
-        counts[sid][TrialState(state).value] = n
+    for sid, state, source, n in rows:
+        state, final = TrialState(state), source == TrialSource.FINAL
+        counts[sid][state.value] = counts[sid].get(state.value, 0) + n
+        done = state.is_finished()
+        if final:
+            progress[sid][1] += n
+            progress[sid][2] += n if done else 0
+        elif done:
+            progress[sid][0] += n
     best = dict(
         session.execute(
             select(Trial.study_id, func.max(Trial.value))
             .where(
                 Trial.study_id.in_(study_ids),
                 Trial.state == TrialState.COMPLETE,
-                Trial.source != "final",
+                Trial.source != TrialSource.FINAL.value,
             )
             .group_by(Trial.study_id)
         ).all()
     )
-    return {sid: StudyStats(counts[sid], best.get(sid)) for sid in study_ids}
-
-
-def set_state(session: Session, study_id: int, state: str) -> Study:
-    """PATCH: running / paused / stopped. A finished study cannot be changed."""
-    study = get_study(session, study_id)
-    if study.state == StudyState.FINISHED:
-        raise Conflict(f"study {study_id} is finished; it cannot become {state}", field="state")
-    study.state = StudyState(state)
-    session.flush()
-    return study
+    return {sid: StudyStats(counts[sid], best.get(sid), *progress[sid]) for sid in study_ids}
 
 
 def record_fingerprint(session: Session, study_id: int, fingerprint: str) -> None:

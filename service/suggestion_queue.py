@@ -27,10 +27,10 @@ from search_space import (
     validate,
 )
 
+from . import lifecycle
 from .errors import InvalidInput
-from .lifecycle import advance_study
-from .models import Study, StudyState, Trial, TrialState
-from .studies import input_channels, space_from_document, study_space
+from .models import Study, StudyState, Trial, TrialSource, TrialState
+from .studies import evaluator_options, space_from_document, study_space
 from .trial_store import NewTrial, TrialStore
 
 log = logging.getLogger(__name__)
@@ -43,20 +43,18 @@ def make_new_trial(
     space: Space,
     raw: dict[str, Any],
     *,
-    source: str = "suggested",
+    source: TrialSource = TrialSource.SUGGESTED,
     priority: int = 1,
 ) -> NewTrial:
     """Resolve ``raw`` to an architecture, hash it, and pre-check that it can be built.
 
     Raises ``ValueError`` when ``raw`` is not a point of ``space``.
     """
-    options = study.evaluator_options
-    arch = space.to_arch(
-        raw, input_channels=input_channels(study), seed=int(options.get("filter_seed", 42))
-    )
+    options = evaluator_options(study)
+    arch = space.to_arch(raw, input_channels=options.input_channels, seed=options.filter_seed)
     reason = None
     try:
-        validate(arch, max_features=int(options.get("max_features", 100_000)))
+        validate(arch, max_features=options.max_features)
     except InfeasibleArchitecture as exc:
         reason = exc.reason
     return NewTrial(
@@ -64,7 +62,7 @@ def make_new_trial(
         arch=arch.to_dict(),
         config_hash=arch.content_hash(),
         seed=arch.seed,
-        source=source,  # type: ignore[arg-type]
+        source=source,
         priority=priority,
         infeasible_reason=reason,
     )
@@ -143,6 +141,7 @@ class SuggestionQueue:
 
     def _refill_once(self, study_id: int) -> int:
         added = 0
+        discrete = False
         for round_ in range(MAX_ROUNDS):
             with self.store.sessions() as s:
                 study = s.get(Study, study_id)
@@ -158,10 +157,11 @@ class SuggestionQueue:
                     return added
                 rows = s.execute(
                     select(Trial.params, Trial.state, Trial.value).where(
-                        Trial.study_id == study_id, Trial.source != "final"
+                        Trial.study_id == study_id, ~lifecycle.IS_FINAL
                     )
                 ).all()
             space = study_space(study)
+            discrete = space.is_discrete
             history = [
                 HistoryItem(raw=r.params, state=TrialState(r.state).value, value=r.value)
                 for r in rows
@@ -179,6 +179,7 @@ class SuggestionQueue:
             else:
                 raws = self.executor.submit(run_suggester, *job).result()
             if not raws:  # grid exhausted
+                self._end_search(study_id, "the suggester has no configuration left")
                 return added
             new = [make_new_trial(study, space, raw) for raw in raws]
             with self.store.transaction(lock_study=study_id) as s:
@@ -190,14 +191,23 @@ class SuggestionQueue:
                 if room <= 0:
                     return added
                 rows_added = self.store.add_trials(s, study_id, new[:room])
-                if any(t.state == TrialState.INFEASIBLE for t in rows_added):
-                    advance_study(self.store, s, study_id)
             added += len(rows_added)
             n_waiting = sum(1 for t in rows_added if t.state == TrialState.WAITING)
             if n_waiting >= want:
                 return added
         log.info("study %s: queue not full after %d rounds", study_id, MAX_ROUNDS)
+        if added == 0 and discrete:
+            # Every round proposed only configurations the study already has: a small
+            # discrete space is used up. With nothing pending the search is over (a
+            # continuous space cannot be used up; its next refill simply tries again).
+            self._end_search(
+                study_id, f"{MAX_ROUNDS} suggestion rounds proposed only configurations tried"
+            )
         return added
+
+    def _end_search(self, study_id: int, reason: str) -> None:
+        with self.store.transaction(lock_study=study_id) as s:
+            lifecycle.end_search(self.store, s, study_id, reason)
 
     def enqueue_user(self, study: Study, space: Space, raw: dict[str, Any]) -> Trial:
         """Add a user-given configuration, ahead of suggested ones.
@@ -207,7 +217,7 @@ class SuggestionQueue:
         study has no room left under ``max_trials``.
         """
         try:
-            item = make_new_trial(study, space, raw, source="user", priority=0)
+            item = make_new_trial(study, space, raw, source=TrialSource.USER, priority=0)
         except (ValueError, KeyError, TypeError, IndexError) as exc:
             raise InvalidInput(
                 f"params are not a point of the study's space: {exc}", field="params"
@@ -238,7 +248,7 @@ def _waiting(session: Any, study_id: int) -> int:
             select(func.count()).where(
                 Trial.study_id == study_id,
                 Trial.state == TrialState.WAITING,
-                Trial.source != "final",
+                ~lifecycle.IS_FINAL,
             )
         )
     )
@@ -251,6 +261,6 @@ def _counts(session: Any, study_id: int) -> tuple[int, int]:
         select(
             func.count(),
             func.count().filter(Trial.state == TrialState.WAITING),
-        ).where(Trial.study_id == study_id, Trial.source != "final")
+        ).where(Trial.study_id == study_id, ~lifecycle.IS_FINAL)
     ).one()
     return int(total), int(waiting)

@@ -1,11 +1,16 @@
 """The trial store: the only module that writes ``trials`` rows.
 
-Ownership and states (DESIGN.md section 5): a WAITING trial belongs to nobody. A claim
+Ownership and states (docs/design.md section 5): a WAITING trial belongs to nobody. A claim
 makes it RUNNING and gives it to one worker under a lease (``lease_expires_at``, database
 clock). While RUNNING only that worker may heartbeat, complete, fail or release it. A lease
-that runs out is reaped: the trial returns to WAITING with ``attempt + 1``, or becomes
-FAILED once ``max_attempts`` attempts were lost. COMPLETE, PRUNED, FAILED and INFEASIBLE are
-final.
+that runs out is reaped, and a trial its worker gives back is released: either way it
+returns to WAITING with ``attempt + 1``, or becomes FAILED once ``max_attempts`` attempts
+were used. COMPLETE, PRUNED, FAILED and INFEASIBLE are finished (``TrialState.finished()``).
+
+Study state: every transition that finishes a trial records the trial's study, and the
+transaction calls :func:`service.lifecycle.advance` for each such study before it commits,
+so the study moves on (finals queued, finished) in the same transaction as its last
+trial's end, whatever ended it.
 
 Concurrency: a claim is one UPDATE of the first claimable row, chosen with
 ``FOR UPDATE SKIP LOCKED`` on PostgreSQL; on SQLite the whole claim runs in a
@@ -22,6 +27,7 @@ race is not an error (the next candidate is taken, or ``None`` returned).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import threading
 from collections.abc import Iterator, Sequence
@@ -33,17 +39,14 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from . import lifecycle
 from .db import close_quietly, db_now_plus
 from .errors import Conflict, NotFound, Unavailable
-from .models import Study, StudyState, Trial, TrialState, Worker
+from .models import Study, StudyState, Trial, TrialSource, TrialState, Worker
+from .studies import record_fingerprint
 
-FINAL_STATES = (
-    TrialState.COMPLETE,
-    TrialState.PRUNED,
-    TrialState.FAILED,
-    TrialState.INFEASIBLE,
-)
-PENDING_STATES = (TrialState.WAITING, TrialState.RUNNING)
+# Study ids whose trials finished in this transaction (Session.info key).
+_ENDED = "archsearch.ended_studies"
 
 
 @dataclass(frozen=True)
@@ -54,7 +57,7 @@ class NewTrial:
     config_hash: str
     arch: dict[str, Any] | None = None
     seed: int = 42
-    source: Literal["suggested", "user", "final"] = "suggested"
+    source: TrialSource = TrialSource.SUGGESTED
     # Lower runs first: user-enqueued configurations before suggested ones.
     priority: int = 1
     # A configuration known to be unbuildable is stored final right away (it is history).
@@ -100,6 +103,7 @@ class TrialStore:
             if lock_study is not None and self._postgres:
                 session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock_study})
             yield session
+            self._advance_ended(session)
             session.commit()
         except (OperationalError, DBAPIError) as exc:
             close_quietly(session)
@@ -111,6 +115,17 @@ class TrialStore:
             raise
         finally:
             close_quietly(session)
+
+    def _advance_ended(self, session: Session) -> None:
+        # Drained in a loop: advancing may (in principle) end more trials.
+        while ended := session.info.pop(_ENDED, None):
+            for study_id in sorted(ended):  # one lock order across transactions
+                lifecycle.advance(self, session, study_id)
+
+    @staticmethod
+    def _ended(session: Session, study_ids: int | Sequence[int]) -> None:
+        ids = [study_ids] if isinstance(study_ids, int) else study_ids
+        session.info.setdefault(_ENDED, set()).update(ids)
 
     def _locked_trial(self, session: Session, trial_id: int) -> Trial:
         trial = session.scalars(
@@ -153,7 +168,7 @@ class TrialStore:
                 number=number,
                 state=TrialState.INFEASIBLE if infeasible else TrialState.WAITING,
                 priority=item.priority,
-                source=item.source,
+                source=TrialSource(item.source).value,
                 final_of_id=item.final_of_id,
                 params=item.params,
                 arch=item.arch,
@@ -166,10 +181,28 @@ class TrialStore:
             )
             if infeasible:
                 trial.finished_at = db_now_plus(0)
+                self._ended(session, study_id)
             session.add(trial)
             added.append(trial)
         session.flush()
         return added
+
+    def add_finals(self, session: Session, study_id: int, top: Sequence[Trial]) -> list[Trial]:
+        """Queue a final (test split) evaluation of each of ``top`` not queued yet, ahead
+        of everything else. Only :mod:`service.lifecycle` calls it."""
+        new = [
+            NewTrial(
+                params=t.params,
+                arch=t.arch,
+                config_hash=hashlib.sha256(f"final:{t.config_hash}".encode()).hexdigest(),
+                seed=t.seed,
+                source=TrialSource.FINAL,
+                priority=0,
+                final_of_id=t.id,
+            )
+            for t in top
+        ]
+        return self.add_trials(session, study_id, new)
 
     # -- worker side --------------------------------------------------------------------
     def claim(
@@ -204,8 +237,9 @@ class TrialStore:
                 s.flush()
                 s.refresh(own)
                 return own
-            claimable_study = (Study.state == StudyState.RUNNING) | (
-                (Study.state == StudyState.STOPPED) & (Trial.source == "final")
+            claimable_study = Study.state.in_([s for s in StudyState if s.claims_search()]) | (
+                Study.state.in_([s for s in StudyState if s.claims_finals()])
+                & (Trial.source == TrialSource.FINAL.value)
             )
             candidate = (
                 select(Trial.id)
@@ -264,10 +298,16 @@ class TrialStore:
             return trial
 
     def complete(
-        self, trial_id: int, worker_id: int, value: float, metrics: dict[str, Any]
+        self,
+        trial_id: int,
+        worker_id: int,
+        value: float,
+        metrics: dict[str, Any],
+        fingerprint: str | None = None,
     ) -> tuple[Trial, bool]:
         """Record the score. Returns ``(trial, first)``; ``first`` is False for a repeat.
 
+        ``fingerprint`` (the worker's dataset hash) becomes the study's if it has none.
         Idempotent: the same worker reporting the same value again gets the stored trial.
         Raises :class:`Conflict` for a different second result, a report on a FAILED /
         INFEASIBLE / PRUNED trial, or a worker that lost its lease.
@@ -293,11 +333,17 @@ class TrialStore:
                 s.execute(
                     update(Trial).where(Trial.id == trial.final_of_id).values(test_value=value)
                 )
-            trial.lease_expires_at = None
-            trial.finished_at = db_now_plus(0)
-            s.flush()
-            s.refresh(trial)
+            self._finish(s, trial, fingerprint)
             return trial, True
+
+    def _finish(self, s: Session, trial: Trial, fingerprint: str | None) -> None:
+        trial.lease_expires_at = None
+        trial.finished_at = db_now_plus(0)
+        if fingerprint:
+            record_fingerprint(s, trial.study_id, fingerprint)
+        self._ended(s, trial.study_id)
+        s.flush()
+        s.refresh(trial)
 
     def fail(
         self,
@@ -306,6 +352,7 @@ class TrialStore:
         kind: Literal["infeasible", "error", "pruned"],
         reason: str,
         value: float | None = None,
+        fingerprint: str | None = None,
     ) -> tuple[Trial, bool]:
         """End the trial INFEASIBLE, FAILED (``error``) or PRUNED. Same contract as complete.
 
@@ -319,7 +366,7 @@ class TrialStore:
         }[kind]
         with self.transaction() as s:
             trial = self._locked_trial(s, trial_id)
-            if trial.state in FINAL_STATES:
+            if trial.state.is_finished():
                 if trial.state == target and trial.worker_id == worker_id:
                     return trial, False
                 raise Conflict(
@@ -332,23 +379,29 @@ class TrialStore:
             trial.reason = reason
             if value is not None:
                 trial.value = value
-            trial.lease_expires_at = None
-            trial.finished_at = db_now_plus(0)
-            s.flush()
-            s.refresh(trial)
+            self._finish(s, trial, fingerprint)
             return trial, True
 
     def release(self, trial_id: int, worker_id: int) -> Trial:
-        """Give a RUNNING trial back at once (worker shutting down): WAITING, same attempt.
+        """Give a RUNNING trial back at once (worker shutting down, data mismatch): it is
+        WAITING again with ``attempt + 1``, or FAILED when that was its last attempt (a
+        trial every worker gives back must not circle for ever).
 
         Releasing a trial the worker no longer holds raises :class:`Conflict`.
         """
         with self.transaction() as s:
             trial = self._running_for(s, trial_id, worker_id, "release")
+            if trial.attempt >= self.max_attempts:
+                trial.state = TrialState.FAILED
+                trial.reason = f"released by its worker on all {self.max_attempts} attempts"
+                self._finish(s, trial, None)
+                return trial
             trial.state = TrialState.WAITING
+            trial.attempt += 1
             trial.worker_id = None
             trial.lease_expires_at = None
             trial.started_at = None
+            trial.reason = "previous attempt was released by its worker"
             s.flush()
             s.refresh(trial)
             return trial
@@ -363,7 +416,7 @@ class TrialStore:
 
     def _reap(self, s: Session) -> int:
         expired = (Trial.state == TrialState.RUNNING) & (Trial.lease_expires_at < db_now_plus(0))
-        failed = s.execute(
+        failed_studies = s.scalars(
             update(Trial)
             .where(expired, Trial.attempt >= self.max_attempts)
             .values(
@@ -372,7 +425,9 @@ class TrialStore:
                 lease_expires_at=None,
                 finished_at=db_now_plus(0),
             )
-        ).rowcount
+            .returning(Trial.study_id)
+        ).all()
+        self._ended(s, sorted(set(failed_studies)))
         retried = s.execute(
             update(Trial)
             .where(expired)
@@ -385,7 +440,7 @@ class TrialStore:
                 reason="previous attempt's lease expired (worker lost)",
             )
         ).rowcount
-        return int(failed or 0) + int(retried or 0)
+        return len(failed_studies) + int(retried or 0)
 
 
 def _is_connection_error(exc: DBAPIError) -> bool:

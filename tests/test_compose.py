@@ -11,7 +11,7 @@ import pytest
 import typer
 import yaml
 
-from service.cli import app
+from archsearch.cli import app
 from service.config import Settings
 
 ROOT = Path(__file__).resolve().parents[1]

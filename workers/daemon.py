@@ -1,6 +1,7 @@
 """The worker daemon: register, claim, evaluate, heartbeat, report — and survive failures.
 
-Contract with the coordinator (DESIGN.md section 5):
+Contract with the coordinator (docs/design.md section 5), spoken through the typed
+:class:`client.Client` and the :mod:`protocol` models:
 * one trial at a time; a heartbeat thread extends the lease every ``lease/3`` seconds and
   obeys the answer (``prune`` / ``stop``);
 * a finished result is spooled to disk before it is sent and forgotten only once the
@@ -9,8 +10,10 @@ Contract with the coordinator (DESIGN.md section 5):
 * SIGTERM / SIGINT: the running trial is released at once (another worker takes it without
   waiting for the lease), then the daemon exits;
 * a worker whose data differ from the study's fingerprint gives the trial back and stops
-  claiming that study.
-Imports ``search_space`` and ``client``, never ``service``.
+  claiming that study;
+* a trial past its study's ``trial_timeout_seconds`` is reported FAILED with the reason
+  "timed out after N s (trial_timeout_seconds)", no traceback.
+Imports ``search_space``, ``protocol`` and ``client``, never ``service``.
 """
 
 from __future__ import annotations
@@ -30,9 +33,10 @@ from typing import Any
 import httpx
 
 from client import ApiError, Client
+from protocol.wire import ClaimOut, StudyBrief, TrialOut
 from search_space import Architecture, InfeasibleArchitecture
 
-from .outcomes import Pruned, Stopped
+from .outcomes import Pruned, Stopped, TimedOut
 from .spool import Spool, SpoolEntry
 
 log = logging.getLogger("archsearch.worker")
@@ -43,10 +47,6 @@ FINAL_REFUSALS = {400, 404, 409, 422}
 
 class WorkerStopping(BaseException):
     """Raised inside an evaluation when the daemon was asked to stop (SIGTERM)."""
-
-
-class TrialTimeout(Exception):
-    """The trial ran past its study's ``trial_timeout_seconds``."""
 
 
 class DataMismatch(Exception):
@@ -132,7 +132,7 @@ class Heartbeat:
         """
         try:
             answer = self.client.heartbeat(self.trial_id, self.worker_id, step=step, value=value)
-            self.action = answer["action"]
+            self.action = answer.action
         except ApiError as exc:
             if exc.status == 409:  # the lease is gone: someone else owns the trial now
                 self.action = "stop"
@@ -180,7 +180,7 @@ class WorkerDaemon:
         self.worker_id: int | None = None
         self.done = 0
         self._excluded: set[int] = set()
-        self._current: dict[str, Any] | None = None
+        self._current: ClaimOut | None = None
         self._evaluating = False
 
     # -- signals ---------------------------------------------------------------------
@@ -193,7 +193,7 @@ class WorkerDaemon:
         log.info("signal %s: stopping", signal.Signals(signum).name)
         self.stop_event.set()
         if self._evaluating and self._current is not None:
-            self._release(self._current["trial"]["id"])
+            self._release(self._current.trial.id)
             self._evaluating = False
             raise WorkerStopping
 
@@ -232,7 +232,7 @@ class WorkerDaemon:
                 self.config.name, host=socket.gethostname(), device=self.device
             ),
         )
-        self.worker_id = int(answer["id"])
+        self.worker_id = answer.id
         log.info(
             "registered as worker %s (%s) on %s", self.worker_id, self.config.name, self.device
         )
@@ -247,7 +247,11 @@ class WorkerDaemon:
                 if entry.kind == "complete":
                     assert entry.value is not None
                     self.client.complete(
-                        entry.trial_id, entry.worker_id, entry.value, entry.metrics
+                        entry.trial_id,
+                        entry.worker_id,
+                        entry.value,
+                        entry.metrics,
+                        dataset_fingerprint=entry.dataset_fingerprint,
                     )
                 else:
                     self.client.fail(
@@ -256,6 +260,7 @@ class WorkerDaemon:
                         entry.kind,
                         entry.reason or entry.kind,
                         value=entry.value,
+                        dataset_fingerprint=entry.dataset_fingerprint,
                     )
             except httpx.TransportError:
                 return delivered
@@ -313,21 +318,19 @@ class WorkerDaemon:
             self.deliver_spool()
         return self.done
 
-    def _run_trial(self, claimed: dict[str, Any]) -> None:
-        trial, study, lease = claimed["trial"], claimed["study"], claimed["lease"]
+    def _run_trial(self, claimed: ClaimOut) -> None:
+        trial, study = claimed.trial, claimed.study
         self._current = claimed
         started = time.monotonic()
-        options = study["evaluator_options"]
-        timeout = float(options.get("trial_timeout_seconds", 3600))
-        deadline = started + timeout
+        deadline = started + study.evaluator_options.trial_timeout_seconds
         entry: SpoolEntry | None = None
         with Heartbeat(
-            self.client, trial["id"], self._worker_id(), max(0.5, float(lease["seconds"]) / 3)
+            self.client, trial.id, self._worker_id(), max(0.5, claimed.lease.seconds / 3)
         ) as hb:
 
             def tick() -> str:
                 if time.monotonic() > deadline:
-                    raise TrialTimeout(f"trial timed out after {timeout:g} s")
+                    raise TimedOut("the trial ran past its deadline")
                 return hb.action
 
             def report(step: int, value: float) -> str:
@@ -347,14 +350,14 @@ class WorkerDaemon:
         self.spool.put(entry)
         self.done += 1
         seconds = time.monotonic() - started
-        arch = Architecture.from_dict(trial["arch"]).summary() if trial.get("arch") else "-"
+        arch = Architecture.from_dict(trial.arch).summary() if trial.arch else "-"
         score = f"{entry.value:.4f}" if entry.value is not None else entry.kind.upper()
         ips = entry.metrics.get("images_per_s")
         log.info(
             "trial %s #%s [%s] %s score=%s %.1fs%s",
-            trial["id"],
-            trial["number"],
-            trial["source"],
+            trial.id,
+            trial.number,
+            trial.source.value,
             arch,
             score,
             seconds,
@@ -363,43 +366,47 @@ class WorkerDaemon:
 
     def _evaluate(
         self,
-        trial: dict[str, Any],
-        study: dict[str, Any],
+        trial: TrialOut,
+        study: StudyBrief,
         tick: Callable[[], str],
         report: Callable[[int, float], str],
         deadline: float,
     ) -> SpoolEntry | None:
         wid = self._worker_id()
-        options = study["evaluator_options"]
+        options = study.evaluator_options
+        fingerprint: str | None = None
 
         def fail(kind: str, reason: str, value: float | None = None) -> SpoolEntry:
-            return SpoolEntry(trial["id"], wid, kind, value, {}, reason)  # type: ignore[arg-type]
+            return SpoolEntry(trial.id, wid, kind, value, {}, reason, fingerprint)  # type: ignore[arg-type]
 
         try:
-            arch = Architecture.from_dict(trial["arch"])
+            if trial.arch is None:
+                raise ValueError(f"trial {trial.id} carries no architecture")
+            arch = Architecture.from_dict(trial.arch)
             data = self.load_data(
-                study["dataset"],
-                color=_color(study),
-                seed=study["seed"],
-                max_per_class=options.get("max_per_class"),
+                study.dataset,
+                color=options.color,
+                seed=study.seed,
+                max_per_class=options.max_per_class,
             )
-            expected = study.get("dataset_fingerprint")
+            fingerprint = data.fingerprint
+            expected = study.dataset_fingerprint
             if expected and expected != data.fingerprint:
                 raise DataMismatch(
-                    f"this worker's copy of {study['dataset']} has fingerprint "
+                    f"this worker's copy of {study.dataset} has fingerprint "
                     f"{data.fingerprint[:12]}, the study's is {expected[:12]}"
                 )
             result = self.evaluate(
-                study["evaluator"],
+                study.evaluator,
                 arch,
                 data,
-                final=trial["source"] == "final",
-                validation_fraction=float(options.get("validation_fraction", 0.2)),
-                seed=int(study["seed"]),
+                final=trial.is_final,
+                validation_fraction=options.validation_fraction,
+                seed=study.seed,
                 device=self.device,
-                readout=options.get("readout"),
-                epochs=int(options.get("epochs", 2)),
-                max_features=int(options.get("max_features", 100_000)),
+                readout=options.readout,
+                epochs=options.epochs,
+                max_features=options.max_features,
                 report=report,
                 tick=tick,
                 deadline=deadline,
@@ -407,30 +414,26 @@ class WorkerDaemon:
         except InfeasibleArchitecture as exc:
             return fail("infeasible", exc.reason)
         except Pruned as exc:
-            last = trial.get("intermediate") or []
-            value = getattr(exc, "value", None) or (last[-1][1] if last else None)
+            last = trial.intermediate
+            value = exc.value if exc.value is not None else (last[-1][1] if last else None)
             return fail("pruned", f"pruned by the coordinator: {exc}", value)
         except Stopped:
-            self._release(trial["id"])
+            self._release(trial.id)
             return None
         except DataMismatch as exc:
-            log.error("%s: not running study %s here", exc, study["id"])
-            self._excluded.add(study["id"])
-            self._release(trial["id"])
+            log.error("%s: not running study %s here", exc, study.id)
+            self._excluded.add(study.id)
+            self._release(trial.id)
             return None
-        except TrialTimeout as exc:
-            return fail("error", str(exc))
+        except TimedOut:
+            timeout = options.trial_timeout_seconds
+            return fail("error", f"timed out after {timeout:g} s (trial_timeout_seconds)")
         except WorkerStopping:
             raise
         except Exception as exc:
             tail = "".join(traceback.format_exception(exc)[-6:])
             return fail("error", f"{type(exc).__name__}: {exc}\n{tail}"[:20_000])
-        metrics = {**result.metrics, "dataset_fingerprint": data.fingerprint, "device": self.device}
-        return SpoolEntry(trial["id"], wid, "complete", float(result.value), metrics)
-
-
-def _color(study: dict[str, Any]) -> str:
-    from search_space.dataset_uri import DEFAULT_COLOR
-
-    color = study["evaluator_options"].get("color")
-    return color or DEFAULT_COLOR[study["dataset"].partition(":")[0]]
+        metrics = {**result.metrics, "device": self.device}
+        return SpoolEntry(
+            trial.id, wid, "complete", float(result.value), metrics, None, fingerprint
+        )

@@ -25,7 +25,7 @@ Contract:
   :class:`Pruned` (with the last value), ``"stop"`` raises :class:`Stopped`; ``"continue"``
   or ``None`` go on.
 * ``deadline`` is a ``time.monotonic()`` value; past it the evaluation raises
-  :class:`DeadlineExceeded` at its next check (every batch / step).
+  :class:`~workers.outcomes.TimedOut` at its next check (every batch / step).
 * ``final=False`` scores the search split (validation, or View 1 for pairs); ``final=True``
   fits on all non-test images and scores the test split (``ds.is_test``), or View 2 folds.
 * Metrics are JSON-safe (str, int, finite float or None, lists and dicts of those).
@@ -55,18 +55,18 @@ from search_space.arch import (
 from search_space.model import FeatureExtractor, build_model, preprocess
 
 from . import readout as ro
-from .outcomes import Pruned, Stopped
+from .outcomes import Pruned, Stopped, TimedOut
 
 if TYPE_CHECKING:
     from .datasets import Dataset
 
 __all__ = [
-    "DeadlineExceeded",
     "EvalResult",
     "Pruned",
     "Report",
     "Stopped",
     "Tick",
+    "TimedOut",
     "default_batch_size",
     "evaluate",
     "extract_features",
@@ -89,10 +89,6 @@ class EvalResult:
     metrics: dict[str, Any]
 
 
-class DeadlineExceeded(RuntimeError):
-    """The evaluation ran past its ``deadline`` (a ``time.monotonic()`` value)."""
-
-
 # -- control: heartbeats, prune / stop, deadline ---------------------------------------
 class _Control:
     def __init__(self, report: Report | None, tick: Tick | None, deadline: float | None) -> None:
@@ -104,7 +100,7 @@ class _Control:
 
     def _check_deadline(self) -> None:
         if self._deadline is not None and time.monotonic() > self._deadline:
-            raise DeadlineExceeded("the evaluation ran past its deadline")
+            raise TimedOut("the evaluation ran past its deadline")
 
     def _obey(self, action: str | None, where: str) -> None:
         if action in (None, "continue"):
@@ -696,7 +692,7 @@ def evaluate(
 
     ``batch_size`` ``None`` picks :func:`default_batch_size`. Raises
     ``InfeasibleArchitecture`` (infeasible or out of memory), :class:`Pruned`,
-    :class:`Stopped`, :class:`DeadlineExceeded`, and ``ValueError`` for a bad request
+    :class:`Stopped`, :class:`TimedOut`, and ``ValueError`` for a bad request
     (unknown protocol / readout, channel mismatch, no test split, no pairs).
     """
     if protocol not in PROTOCOLS:

@@ -13,3 +13,9 @@ class Pruned(Exception):
 
 class Stopped(Exception):
     """The coordinator said ``stop`` (the study was stopped, or the lease is gone)."""
+
+
+class TimedOut(Exception):
+    """The trial ran past its study's ``trial_timeout_seconds``: checked by the daemon's
+    tick and by the evaluators between batches and steps; reported FAILED with a one-line
+    reason, never a traceback."""

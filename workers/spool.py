@@ -25,6 +25,8 @@ class SpoolEntry:
     value: float | None
     metrics: dict[str, Any]
     reason: str | None = None
+    # Content hash of the data the result was computed on (older spool files lack it).
+    dataset_fingerprint: str | None = None
 
 
 class Spool:

@@ -1,9 +1,10 @@
 """The results-dashboard queries as JSON: /api/v1/studies/{id}/history|parallel|... and
 /api/v1/workers/status.
 
-Each route is the data of one dashboard chart or table (``service.dashboard.queries``
-computes it; the pages use the same functions). Reader role; with ``open_reads`` no token
-is needed, and a browser may send the ``archsearch_token`` cookie instead of the header.
+Each route is the data of one dashboard chart or table, computed by
+``service.dashboard.study_queries``, ``.importance`` or ``.worker_queries`` (the pages use
+the same functions). Reader role; with ``open_reads`` no token is needed, and a browser
+may send the ``archsearch_token`` cookie instead of the header.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel
 
-from ..dashboard import queries
+from ..dashboard import importance as importance_queries
+from ..dashboard import study_queries, worker_queries
 from ..dashboard.schemas import History, Importance, Parallel, StudySummary, WorkersStatus
+from ..deps import Reader, SessionDep
 from ..errors import ErrorBody
-from .deps import Reader, SessionDep
 
 ERRORS = {401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 422: {"model": ErrorBody}}
 NOT_FOUND = {404: {"model": ErrorBody, "description": "No such study"}}
@@ -35,14 +37,14 @@ def _json(model: BaseModel) -> Response:
 def history(study_id: int, _: Reader, session: SessionDep) -> Response:
     """Every search trial in number order: state, score and the best score so far
     (the best-so-far curve and the score-by-trial chart)."""
-    return _json(queries.history(session, study_id))
+    return _json(study_queries.history(session, study_id))
 
 
 @router.get("/studies/{study_id}/importance", response_model=Importance, responses=NOT_FOUND)
 def importance(study_id: int, _: Reader, session: SessionDep) -> Response:
     """Random-forest parameter importance for the score over the COMPLETE trials (cached
     per number of COMPLETE trials)."""
-    return _json(queries.importance(session, study_id))
+    return _json(importance_queries.importance(session, study_id))
 
 
 @router.get("/studies/{study_id}/parallel", response_model=Parallel, responses=NOT_FOUND)
@@ -61,18 +63,18 @@ def parallel(
 ) -> Response:
     """Parameters and score of every COMPLETE search trial, column by column (the
     parallel-coordinates chart; it asks for its few most important labels)."""
-    return _json(queries.parallel(session, study_id, labels))
+    return _json(study_queries.parallel(session, study_id, labels))
 
 
 @router.get("/studies/{study_id}/summary", response_model=StudySummary, responses=NOT_FOUND)
 def summary(study_id: int, _: Reader, session: SessionDep) -> StudySummary:
     """Progress, counts by state, leaderboard (architecture line, test score) and
     failures with their reasons (the study page's tables)."""
-    return queries.summary(session, study_id)
+    return study_queries.summary(session, study_id)
 
 
 @router.get("/workers/status", response_model=WorkersStatus)
 def workers_status(request: Request, _: Reader, session: SessionDep) -> WorkersStatus:
     """Every worker: alive (seen within 2 x the lease, database clock), device, the trial
     it runs now, last heartbeat and trials done."""
-    return queries.workers_status(session, request.app.state.settings.lease_seconds)
+    return worker_queries.workers_status(session, request.app.state.settings.lease_seconds)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from protocol.wire import SpaceList, SpaceOut, SpaceSummary
 from search_space import DEFAULT_SPACE, get_space, list_spaces
 
+from ..deps import Reader
 from ..errors import ErrorBody, NotFound
-from ..schemas import SpaceList, SpaceOut, SpaceSummary
-from .deps import Reader
 
 router = APIRouter(
     prefix="/api/v1/spaces",

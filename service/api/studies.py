@@ -14,13 +14,7 @@ from fastapi.responses import Response
 from sqlalchemy import Float, and_, cast, func, or_, select
 from sqlalchemy.orm import Session
 
-from search_space import get_preset
-
-from .. import studies as studies_mod
-from ..errors import ErrorBody, InvalidInput, NotFound
-from ..lifecycle import queue_final_evaluations
-from ..models import Trial, TrialState
-from ..schemas import (
+from protocol.wire import (
     BestOut,
     EnqueueTrial,
     StudyCreate,
@@ -30,7 +24,11 @@ from ..schemas import (
     TrialOut,
     TrialPage,
 )
-from .deps import (
+from search_space import get_preset
+
+from .. import lifecycle
+from .. import studies as studies_mod
+from ..deps import (
     Admin,
     QueueDep,
     Reader,
@@ -39,7 +37,9 @@ from .deps import (
     StudyId,
     TrialNumber,
 )
-from .views import study_out, trial_out
+from ..errors import ErrorBody, InvalidInput, NotFound
+from ..models import Trial, TrialState
+from ..views import study_out, trial_out
 
 ERRORS = {
     401: {"model": ErrorBody},
@@ -95,9 +95,7 @@ def patch_study(
     """Pause (no new claims; running trials finish), resume, or stop (running trials are
     told ``stop`` at their next heartbeat; the top-k are queued for final evaluation)."""
     with store.transaction() as s:
-        study = studies_mod.set_state(s, study_id, body.state)
-        if body.state == "stopped":
-            queue_final_evaluations(store, s, study)
+        lifecycle.set_state(store, s, study_id, body.state)
     if body.state == "running":
         background.add_task(queue.refill_quietly, study_id)
     return _one(session, study_id)
@@ -194,16 +192,7 @@ def best(
     """The k best COMPLETE search trials by search score (highest first), with their
     ``test_value`` once the final evaluation ran."""
     studies_mod.get_study(session, study_id)
-    rows = session.scalars(
-        select(Trial)
-        .where(
-            Trial.study_id == study_id,
-            Trial.state == TrialState.COMPLETE,
-            Trial.source != "final",
-        )
-        .order_by(Trial.value.desc(), Trial.number)
-        .limit(k)
-    )
+    rows = session.scalars(lifecycle.top_trials(study_id, k))
     return BestOut(trials=[trial_out(t) for t in rows])
 
 

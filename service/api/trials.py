@@ -10,19 +10,26 @@ import statistics
 from fastapi import APIRouter, BackgroundTasks, Request
 from sqlalchemy import select
 
-from ..errors import ErrorBody
-from ..lifecycle import advance_study
-from ..models import Study, StudyState, Trial, TrialState
-from ..schemas import CompleteIn, FailIn, HeartbeatIn, HeartbeatOut, ReleaseIn, TrialOut
-from ..studies import record_fingerprint
-from .deps import (
+from protocol.wire import (
+    FINGERPRINT_LENGTH,
+    CompleteIn,
+    FailIn,
+    HeartbeatIn,
+    HeartbeatOut,
+    ReleaseIn,
+    TrialOut,
+)
+
+from ..deps import (
     QueueDep,
     SessionDep,
     StoreDep,
     TrialId,
     WorkerRole,
 )
-from .views import trial_out
+from ..errors import ErrorBody
+from ..models import Study, StudyState, Trial, TrialState
+from ..views import trial_out
 
 router = APIRouter(
     prefix="/api/v1/trials",
@@ -42,8 +49,11 @@ PRUNE_PEERS_SCANNED = 500
 
 def _action(session: SessionDep, trial: Trial, step: int | None, value: float | None) -> str:
     study = session.get(Study, trial.study_id)
-    if study is None or study.state == StudyState.STOPPED:
+    if study is None:
         return "stop"
+    allowed = study.state.claims_finals() if trial.is_final else study.state.claims_search()
+    if not allowed and study.state != StudyState.PAUSED:
+        return "stop"  # stopped (a stopped study's finals still run); paused ones finish
     # Only a multi-epoch protocol has a learning curve to compare; a screen reports its
     # one final score, and a final (test) evaluation is never cut short.
     if step is None or value is None or study.evaluator != "train" or trial.is_final:
@@ -53,7 +63,7 @@ def _action(session: SessionDep, trial: Trial, step: int | None, value: float | 
         select(Trial.intermediate)
         .where(
             Trial.study_id == trial.study_id,
-            Trial.state.in_([TrialState.COMPLETE, TrialState.PRUNED]),
+            Trial.state.in_(TrialState.scored()),
             Trial.id != trial.id,
         )
         .order_by(Trial.id.desc())
@@ -81,22 +91,25 @@ def heartbeat(
 
 def _after_report(
     request: Request,
-    store: StoreDep,
     queue: QueueDep,
     trial: Trial,
     first: bool,
     kind: str,
     background: BackgroundTasks,
-    fingerprint: str | None = None,
 ) -> None:
-    if not first:
-        return
-    request.app.state.metrics.reports.labels(kind=kind).inc()
-    with store.transaction() as s:
-        if fingerprint:
-            record_fingerprint(s, trial.study_id, fingerprint)
-        advance_study(store, s, trial.study_id)
-    background.add_task(queue.refill_quietly, trial.study_id)
+    # The study already moved on inside the report's transaction (service.lifecycle);
+    # what is left is bookkeeping and topping up the queue once the answer is sent.
+    if first:
+        request.app.state.metrics.reports.labels(kind=kind).inc()
+        background.add_task(queue.refill_quietly, trial.study_id)
+
+
+def _fingerprint(body: CompleteIn | FailIn) -> str | None:
+    # Workers before protocol 2 sent it inside ``metrics``; it is its own field now.
+    if body.dataset_fingerprint is not None:
+        return body.dataset_fingerprint
+    legacy = body.metrics.get("dataset_fingerprint") if isinstance(body, CompleteIn) else None
+    return legacy[:FINGERPRINT_LENGTH] if isinstance(legacy, str) and legacy else None
 
 
 @router.post("/{trial_id}/complete", response_model=TrialOut)
@@ -111,18 +124,10 @@ def complete(
 ) -> TrialOut:
     """Report the score. Sending the same report again answers the same (idempotent);
     a different second result is refused with 409."""
-    trial, first = store.complete(trial_id, body.worker_id, body.value, body.metrics)
-    fingerprint = body.metrics.get("dataset_fingerprint")
-    _after_report(
-        request,
-        store,
-        queue,
-        trial,
-        first,
-        "complete",
-        background,
-        fingerprint if isinstance(fingerprint, str) else None,
+    trial, first = store.complete(
+        trial_id, body.worker_id, body.value, body.metrics, _fingerprint(body)
     )
+    _after_report(request, queue, trial, first, "complete", background)
     return trial_out(trial)
 
 
@@ -138,8 +143,10 @@ def fail(
 ) -> TrialOut:
     """End the trial INFEASIBLE (cannot be built: counts as the worst score), FAILED
     (``error``: left out of the history) or PRUNED. Idempotent like complete."""
-    trial, first = store.fail(trial_id, body.worker_id, body.kind, body.reason, body.value)
-    _after_report(request, store, queue, trial, first, body.kind, background)
+    trial, first = store.fail(
+        trial_id, body.worker_id, body.kind, body.reason, body.value, _fingerprint(body)
+    )
+    _after_report(request, queue, trial, first, body.kind, background)
     return trial_out(trial)
 
 

@@ -8,10 +8,9 @@ from fastapi import APIRouter, BackgroundTasks, Request
 from fastapi.responses import Response
 from sqlalchemy import select
 
-from ..errors import ErrorBody
-from ..models import Study, Worker
-from ..schemas import ClaimOut, Lease, StudyBrief, WorkerOut, WorkerRegister
-from .deps import (
+from protocol.wire import ClaimOut, Lease, StudyBrief, WorkerOut, WorkerRegister
+
+from ..deps import (
     IdList,
     QueueDep,
     Reader,
@@ -20,7 +19,10 @@ from .deps import (
     WorkerId,
     WorkerRole,
 )
-from .views import trial_out
+from ..errors import ErrorBody
+from ..models import Study, Worker
+from ..studies import evaluator_options
+from ..views import trial_out
 
 router = APIRouter(
     prefix="/api/v1/workers",
@@ -84,7 +86,7 @@ def claim(
             dataset=st.dataset,
             dataset_fingerprint=st.dataset_fingerprint,
             evaluator=st.evaluator,
-            evaluator_options=st.evaluator_options,
+            evaluator_options=evaluator_options(st),
             seed=st.seed,
         ),
         lease=Lease(expires_at=trial.lease_expires_at, seconds=store.lease_seconds),

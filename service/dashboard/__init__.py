@@ -1,9 +1,20 @@
-"""The results dashboard served by the coordinator (DESIGN.md sections 1 and 6).
+"""The results dashboard served by the coordinator (docs/design.md sections 1 and 6).
 
 Pages (``routes``): ``/`` studies, ``/studies/{id}``, ``/studies/{id}/trials/{n}``,
-``/workers``; their data comes from ``queries`` (one function per chart or table), which
-``service.api.results`` also serves as JSON under ``/api/v1``. Static files: ``/static/``
-(this package's CSS and JS) and ``/static/plotly.min.js`` (from the plotly package).
+``/workers``. Their data comes from the query modules (one function per chart or table),
+which ``service.api.results`` also serves as JSON under ``/api/v1``:
+
+- ``study_queries``: the studies overview, a study's summary, history and parallel
+  coordinates, one trial's detail;
+- ``importance``: random-forest parameter importance (JSON only; the page's chart);
+- ``worker_queries``: the workers' status;
+- ``columns``: the COMPLETE trials column by column and the result cache (shared by
+  parallel and importance); ``common``: filters and helpers the others share;
+- ``schemas``: the response models.
+
+Static files: ``/static/`` (this package's CSS and JS) and ``/static/plotly.min.js``
+(from the plotly package). ``install_dashboard`` is called by ``service.app``. Nothing
+here imports ``service.api``.
 """
 
 from __future__ import annotations

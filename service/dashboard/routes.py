@@ -2,9 +2,10 @@
 
 Pages are rendered server-side (Jinja2, autoescape on: every user-given string such as a
 study name or a failure reason is escaped) from the query functions in
-``service.dashboard.queries``; the charts are drawn in the browser by plotly.js (served
-from the installed ``plotly`` package, no CDN) from the JSON routes in
-``service.api.results``, which call the same functions.
+``service.dashboard.study_queries`` and ``service.dashboard.worker_queries``; the charts
+are drawn in the browser by plotly.js (served from the installed ``plotly`` package, no
+CDN) from the JSON routes in ``service.api.results``, which call the same functions.
+Installed on the app by ``service.dashboard.install_dashboard``.
 
 Auth (reader role): a bearer header, or the ``archsearch_token`` cookie, or nothing under
 ``open_reads``. Opening any page with ``?token=<token>`` checks the token, stores it in
@@ -32,10 +33,11 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader
 
-from ..api.deps import SessionDep, require
+from ..deps import SessionDep, require
 from ..errors import Forbidden, NotFound, Unauthorized
 from ..models import Role
-from . import queries
+from . import study_queries, worker_queries
+from .common import as_utc
 
 HERE = Path(__file__).parent
 COOKIE = "archsearch_token"
@@ -71,7 +73,7 @@ def fmt_score(value: float | None) -> str:
 
 def fmt_time(value: datetime | None) -> str:
     """``YYYY-MM-DD HH:MM:SS`` in UTC; an en dash for none."""
-    value = queries.as_utc(value)
+    value = as_utc(value)
     return "\u2013" if value is None else value.strftime("%Y-%m-%d %H:%M:%S")
 
 
@@ -174,7 +176,7 @@ def index(
     request: Request, _: PageReader, session: SessionDep, partial: Partial = False
 ) -> HTMLResponse:
     """Studies: name, state, progress, best score, started, workers busy."""
-    data = queries.overview(session)
+    data = study_queries.overview(session)
     return render(
         request, "_index_live.html" if partial else "index.html", data=data, version=_version(data)
     )
@@ -190,7 +192,7 @@ def study_page(
 ) -> HTMLResponse:
     """One study: charts (best so far, scores by state, parallel coordinates, parameter
     importance), counts by state, leaderboard, failures with reasons."""
-    data = _or_404(queries.summary, session, study_id)
+    data = _or_404(study_queries.summary, session, study_id)
     return render(
         request, "_study_live.html" if partial else "study.html", s=data, version=_version(data)
     )
@@ -211,7 +213,7 @@ def trial_page(
 ) -> HTMLResponse:
     """One trial: parameters, architecture, intermediate values, timings, worker, attempts,
     reason."""
-    data = _or_404(queries.trial_detail, session, study_id, number)
+    data = _or_404(study_queries.trial_detail, session, study_id, number)
     return render(
         request,
         "_trial_live.html" if partial else "trial.html",
@@ -226,7 +228,7 @@ def workers_page(
     request: Request, _: PageReader, session: SessionDep, partial: Partial = False
 ) -> HTMLResponse:
     """Workers: alive or not, device, current trial, last heartbeat, trials done."""
-    data = queries.workers_status(session, request.app.state.settings.lease_seconds)
+    data = worker_queries.workers_status(session, request.app.state.settings.lease_seconds)
     return render(
         request,
         "_workers_live.html" if partial else "workers.html",

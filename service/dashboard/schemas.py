@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
+from protocol.wire import TrialOut, UtcDatetime
+
 from ..models import StudyState, TrialState
-from ..schemas import TrialOut, UtcDatetime
 
 
 class HistoryPoint(BaseModel):

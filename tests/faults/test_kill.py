@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from archsearch.launch import start_coordinator, stop_coordinator
 from client import Client
-from service.launch import start_coordinator, stop_coordinator
 from service.models import Role, TrialState
-from tests.service.conftest import ADMIN_TOKEN, FG11_STUDY, db_trials, make_token, migrate
+from tests.helpers.coordinator import ADMIN_TOKEN, FG11_STUDY, db_trials, make_token, migrate
 from tests.workers.fake_worker import spawn
 
 pytestmark = pytest.mark.slow

@@ -13,10 +13,10 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from archsearch.launch import start_coordinator, stop_coordinator
 from client import ApiError, Client
-from service.launch import start_coordinator, stop_coordinator
 from service.models import Role
-from tests.service.conftest import ADMIN_TOKEN, FG11_STUDY, make_token, migrate
+from tests.helpers.coordinator import ADMIN_TOKEN, FG11_STUDY, make_token, migrate
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 
 from service.app import create_app
 from service.config import Settings
-from tests.service.conftest import ADMIN_TOKEN, migrate
+from tests.helpers.coordinator import ADMIN_TOKEN, migrate
 
 pytestmark = pytest.mark.slow
 

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
+from archsearch.launch import LiveCoordinator, start_coordinator, stop_coordinator
 from client import Client
-from service.launch import LiveCoordinator, start_coordinator, stop_coordinator
-from tests.service.conftest import ADMIN_TOKEN, migrate
+from tests.helpers.coordinator import ADMIN_TOKEN, migrate
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")

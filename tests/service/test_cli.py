@@ -9,7 +9,7 @@ import json
 from typer.testing import CliRunner
 
 from client import ApiError, Client
-from service.cli import app
+from archsearch.cli import app
 from tests.service.conftest import ADMIN_TOKEN, migrate
 
 runner = CliRunner()

@@ -15,7 +15,7 @@ import pytest
 
 from client import Client
 from service.db import make_engine, session_factory
-from service.launch import start_coordinator, stop_coordinator
+from archsearch.launch import start_coordinator, stop_coordinator
 from service.models import Role, Study, StudyState, TrialState
 from tests.service.conftest import ADMIN_TOKEN, FG11_STUDY, db_trials, make_token, migrate
 

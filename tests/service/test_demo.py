@@ -25,7 +25,7 @@ def demo_cmd(data_dir: Path, *extra: str) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "service",
+        "archsearch",
         "demo",
         "--no-serve",
         "--data-dir",
@@ -46,7 +46,7 @@ def children_of_demo(data_dir: Path) -> list[int]:
             cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
         except OSError:
             continue
-        if str(data_dir) in cmd and "service" in cmd:
+        if str(data_dir) in cmd and "archsearch" in cmd:
             pids.append(int(entry.name))
     return pids
 

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.config import Settings
-from service.launch import free_port
+from archsearch.launch import free_port
 
 
 def test_healthz_ok(db_url):
@@ -44,7 +44,7 @@ def test_healthz_503_when_sqlite_file_cannot_be_opened(tmp_path):
 
 def _serve(env: dict[str, str], port: int) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "service", "serve", "--port", str(port)],
+        [sys.executable, "-m", "archsearch", "serve", "--port", str(port)],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -54,7 +54,7 @@ def _serve(env: dict[str, str], port: int) -> subprocess.Popen:
 
 def test_serve_after_db_upgrade_answers_healthz_over_http(db_url):
     env = {**os.environ, "ARCHSEARCH_DATABASE_URL": db_url}
-    subprocess.run([sys.executable, "-m", "service", "db", "upgrade"], env=env, check=True)
+    subprocess.run([sys.executable, "-m", "archsearch", "db", "upgrade"], env=env, check=True)
     port = free_port()
     proc = _serve(env, port)
     try:

@@ -8,7 +8,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect
 from typer.testing import CliRunner
 
-from service.cli import app
+from archsearch.cli import app
 from service.db import make_engine
 from service.migrate import alembic_config, current_revision, head_revision, upgrade
 from service.models import Base

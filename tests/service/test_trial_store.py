@@ -7,13 +7,14 @@ import time
 from collections import Counter
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from service.db import make_engine, session_factory
 from service.errors import Conflict, NotFound
-from service.models import Study, StudyState, Trial, TrialState, Worker
+from service.models import StudyState, Trial, TrialState
 from service.trial_store import NewTrial, TrialStore
-from tests.service.conftest import migrate
+from tests.helpers.coordinator import migrate
+from tests.helpers.store import add_study, add_worker, expire_leases
 
 
 @pytest.fixture
@@ -22,48 +23,6 @@ def store(db_url):
     engine = make_engine(db_url)
     yield TrialStore(session_factory(engine), lease_seconds=30, max_attempts=2)
     engine.dispose()
-
-
-def add_study(store: TrialStore, n: int, *, state: StudyState = StudyState.RUNNING) -> int:
-    with store.transaction() as s:
-        study = Study(
-            name="t",
-            state=state,
-            space={},
-            dataset="builtin:digits",
-            evaluator="screen",
-            evaluator_options={},
-            algorithm="random",
-            algorithm_options={},
-            max_trials=n,
-            max_parallel=n,
-            top_k=0,
-            seed=0,
-        )
-        s.add(study)
-        s.flush()
-        store.add_trials(
-            s, study.id, [NewTrial(params={"i": i}, config_hash=f"h{i}") for i in range(n)]
-        )
-        return study.id
-
-
-def add_worker(store: TrialStore, name: str = "w") -> int:
-    with store.transaction() as s:
-        w = Worker(name=name)
-        s.add(w)
-        s.flush()
-        return w.id
-
-
-def expire_leases(store: TrialStore) -> None:
-    """Move every lease into the past (what waiting out the lease would do, minus the wait)."""
-    with store.transaction() as s:
-        s.execute(
-            update(Trial)
-            .where(Trial.state == TrialState.RUNNING)
-            .values(lease_expires_at=Trial.created_at)
-        )
 
 
 def test_numbers_are_sequential_and_duplicates_skipped(store):
@@ -227,9 +186,23 @@ def test_release_returns_trial_to_queue_at_once(store):
     released = store.release(t.id, w1)
     assert released.state == TrialState.WAITING and released.worker_id is None
     t2 = store.claim(w2)
-    assert t2 is not None and t2.id == t.id and t2.attempt == 1
+    # A release uses up an attempt: a trial every worker gives back must not circle.
+    assert t2 is not None and t2.id == t.id and t2.attempt == 2
     with pytest.raises(Conflict):
         store.release(t.id, w1)
+
+
+def test_release_on_the_last_attempt_fails_the_trial(store):
+    add_study(store, 1)
+    w1, w2 = add_worker(store), add_worker(store, "w2")
+    t = store.claim(w1)
+    store.release(t.id, w1)
+    t = store.claim(w2)
+    assert t.attempt == store.max_attempts == 2
+    failed = store.release(t.id, w2)
+    assert failed.state == TrialState.FAILED and failed.worker_id == w2
+    assert failed.reason == "released by its worker on all 2 attempts"
+    assert store.claim(w1) is None
 
 
 def test_threads_never_claim_one_trial_twice(store):

@@ -14,7 +14,7 @@ import pytest
 
 from client import Client
 from search_space import InfeasibleArchitecture
-from service.launch import start_coordinator, stop_coordinator
+from archsearch.launch import start_coordinator, stop_coordinator
 from service.models import Role
 from tests.service.conftest import ADMIN_TOKEN, FG11_STUDY, make_token, migrate
 from tests.workers.fake_worker import FakeResult, fake_evaluate, fake_load, spawn

@@ -1,8 +1,10 @@
 """workers.datasets: every scheme, the splits, the fingerprint, and every bad input.
 
-Files from ``../shared/data`` (the CIFAR-10 JPEG zip, the AT&T faces) and the Debian
-Fashion-MNIST package are optional: tests that need them skip with the reason; the parsers
-themselves are always exercised on tiny files the tests write.
+The parsers are exercised on tiny files the tests write, and on real images from the
+committed fixtures (tests/data: 600 CIFAR-10 JPEGs, 100 AT&T faces). The Debian
+Fashion-MNIST package and ../shared/data (to check that the fixtures are what
+tests/data/make_fixtures.py makes of it) come through fixtures that skip with the reason,
+or fail under ARCHSEARCH_REQUIRE_DATA=1 (CI).
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ import pytest
 from PIL import Image
 
 from search_space.dataset_uri import DatasetURIError, check_dataset_location
-from tests.workers.lfw_fixture import att_faces_zip, build_lfw_tree
+from tests.data import make_fixtures
+from tests.helpers.data import ATT_FACES_MINI_ZIP, CIFAR10_MINI_ZIP
+from tests.workers.lfw_fixture import build_lfw_tree
 from workers.datasets import (
     Dataset,
     DatasetCache,
@@ -30,10 +34,6 @@ from workers.datasets import (
     safe_unpickle,
     search_split,
 )
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-CIFAR_ZIP = REPO_ROOT.parent / "shared" / "data" / "cifar10-jpeg.zip"
-FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
 def pil_gray(rgb: np.ndarray) -> np.ndarray:
@@ -275,20 +275,33 @@ def test_imagefolder_layout_errors(tmp_path: Path) -> None:
         load_dataset(f"imagefolder:{not_zip}", color="gray")
 
 
-def test_shared_cifar_zip_subset() -> None:
-    if not CIFAR_ZIP.is_file():
-        pytest.skip(f"{CIFAR_ZIP} is absent (a clone without ../shared/data)")
-    ds = load_dataset(
-        f"imagefolder:{CIFAR_ZIP}", color="rgb", max_per_class={"train": 200, "test": 50}
-    )
+def test_cifar10_jpeg_zip_fixture() -> None:
+    """The committed 600-image cut of cifar10-jpeg.zip, same layout: ``cifar10/`` wrapping
+    ``{train,test}/<class>/NNNN.jpg``."""
+    assert check_dataset_location(f"imagefolder:{CIFAR10_MINI_ZIP}") is None
+    ds = load_dataset(f"imagefolder:{CIFAR10_MINI_ZIP}", color="rgb")
     assert ds.classes == (
         "airplane", "automobile", "bird", "cat", "deer",
         "dog", "frog", "horse", "ship", "truck",
     )  # fmt: skip
-    assert ds.x.shape == (2500, 3, 32, 32)
-    assert np.bincount(ds.y[~ds.is_test]).tolist() == [200] * 10
-    assert np.bincount(ds.y[ds.is_test]).tolist() == [50] * 10
+    assert ds.x.shape == (600, 3, 32, 32)
+    assert np.bincount(ds.y[~ds.is_test]).tolist() == [30] * 10
+    assert np.bincount(ds.y[ds.is_test]).tolist() == [30] * 10
     assert 40 < ds.x.mean() < 200  # real photographs, not blank
+    sub = load_dataset(
+        f"imagefolder:{CIFAR10_MINI_ZIP}", color="gray", max_per_class={"train": 20, "test": 5}
+    )
+    assert sub.x.shape == (250, 1, 32, 32)
+    assert np.bincount(sub.y[sub.is_test]).tolist() == [5] * 10
+
+
+def test_committed_fixtures_are_what_make_fixtures_makes(shared_data) -> None:
+    """tests/data/*.zip are exactly what tests/data/make_fixtures.py makes of the shared
+    zips (which it checks by SHA-256): the fixtures document how they were made."""
+    data_dir = shared_data("cifar10-jpeg.zip").parent
+    shared_data("att-faces.zip")
+    assert make_fixtures.make_cifar(data_dir) == CIFAR10_MINI_ZIP.read_bytes()
+    assert make_fixtures.make_att(data_dir) == ATT_FACES_MINI_ZIP.read_bytes()
 
 
 # ======================================================================================
@@ -426,10 +439,10 @@ def test_idx_bad_files(tmp_path: Path) -> None:
         load_dataset(f"idx:{root}", color="gray")
 
 
-def test_fashion_mnist_from_the_debian_package() -> None:
-    if not FASHION_DIR.is_dir():
-        pytest.skip(f"{FASHION_DIR} absent: apt-get install dataset-fashion-mnist to run this")
-    ds = load_dataset(f"idx:{FASHION_DIR}", color="gray", max_per_class={"train": 50, "test": 10})
+def test_fashion_mnist_from_the_debian_package(fashion_mnist_dir: Path) -> None:
+    ds = load_dataset(
+        f"idx:{fashion_mnist_dir}", color="gray", max_per_class={"train": 50, "test": 10}
+    )
     assert ds.x.shape == (600, 1, 28, 28) and len(ds.classes) == 10
     assert int(ds.is_test.sum()) == 100
 
@@ -563,10 +576,8 @@ def test_cifar10_bad_layout(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def att_lfw(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    zip_path = att_faces_zip()
-    if zip_path is None:
-        pytest.skip("../shared/data/att-faces.zip is absent (a clone without ../shared)")
-    return build_lfw_tree(zip_path, tmp_path_factory.mktemp("lfw"))
+    """An LFW-layout tree of the committed AT&T faces (10 people x 10 images)."""
+    return build_lfw_tree(ATT_FACES_MINI_ZIP, tmp_path_factory.mktemp("lfw"), people=10)
 
 
 def test_lfw_from_att_faces(att_lfw: Path) -> None:
@@ -575,7 +586,7 @@ def test_lfw_from_att_faces(att_lfw: Path) -> None:
     n = len(ds.y)
     assert ds.x.shape == (n, 1, 112, 92) and ds.x.dtype == np.uint8
     assert not ds.is_test.any()
-    assert set(ds.classes) <= {f"Person_{k:02d}" for k in range(1, 41)}
+    assert set(ds.classes) <= {f"Person_{k:02d}" for k in range(1, 11)}
     p = ds.pairs
     assert p.dev_train.shape == (40, 2) and p.dev_train_same.tolist() == [True] * 20 + [False] * 20
     assert p.dev_test.shape == (20, 2) and p.dev_test_same.sum() == 10
@@ -733,12 +744,6 @@ def test_check_dataset_location(tmp_path: Path) -> None:
         check_dataset_location(f"lfw:{lfw}")
     with pytest.raises(DatasetURIError, match="not a directory"):
         check_dataset_location(f"cifar10:{good}")
-
-
-def test_check_dataset_location_on_the_shared_cifar_zip() -> None:
-    if not CIFAR_ZIP.is_file():
-        pytest.skip(f"{CIFAR_ZIP} is absent (a clone without ../shared/data)")
-    assert check_dataset_location(f"imagefolder:{CIFAR_ZIP}") is None
 
 
 def test_corrupt_image_in_zip_names_the_member(tmp_path: Path) -> None:

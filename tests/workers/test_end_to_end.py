@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from archsearch.launch import start_coordinator, stop_coordinator
 from client import ApiError, Client
 from search_space.arch import Activation, Architecture, FBCorr, Layer, LNorm, LPool
-from service.launch import start_coordinator, stop_coordinator
 from service.models import Role
-from tests.service.conftest import ADMIN_TOKEN, make_token, migrate
+from tests.helpers.coordinator import ADMIN_TOKEN, make_token, migrate
 from workers.daemon import WorkerConfig, WorkerDaemon
 from workers.datasets import load_dataset
 from workers.evaluators import evaluate
@@ -43,7 +43,7 @@ def spawn_worker(base_url: str, token: str, data_dir: Path) -> subprocess.Popen:
         [
             sys.executable,
             "-m",
-            "service",
+            "archsearch",
             "worker",
             "--coordinator",
             base_url,

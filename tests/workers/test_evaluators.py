@@ -8,7 +8,8 @@ measured on this CPU and set with a wide margin below what was seen:
 * train, 2 epochs (lr 1e-2, batch 32, dropout 0.2): 0.75 then 0.82 -> bound 0.5;
 * pairs on digits-as-people (same-class pairs vs. different-class pairs, chance = 0.5):
   View 1 0.79, View 2 0.77 +- 0.018 (5 folds) -> bound 0.65;
-* pairs on an LFW-layout tree of the AT&T faces: see that test.
+* pairs on an LFW-layout tree of the AT&T faces, and screen on CIFAR-10 JPEGs (the
+  committed fixtures of tests/data, and the full ../shared/data): see those tests.
 
 Each test is about a second on a shared 2-core CPU.
 """
@@ -37,9 +38,11 @@ from search_space.arch import (
     Readout,
     TrainSettings,
 )
+from tests.helpers.data import ATT_FACES_MINI_ZIP, CIFAR10_MINI_ZIP
+from tests.workers.lfw_fixture import build_lfw_tree
 from workers import evaluators as ev
 from workers.datasets import Dataset, Pairs, load_dataset, search_split
-from workers.evaluators import DeadlineExceeded, EvalResult, Pruned, Stopped, evaluate
+from workers.evaluators import EvalResult, Pruned, Stopped, TimedOut, evaluate
 
 
 def small_arch(
@@ -150,7 +153,7 @@ def test_tick_stop_interrupts_feature_extraction(digits: Dataset, monkeypatch) -
 
 
 def test_deadline_in_the_past_raises(digits: Dataset) -> None:
-    with pytest.raises(DeadlineExceeded):
+    with pytest.raises(TimedOut):
         evaluate("screen", small_arch(), digits, deadline=time.monotonic() - 1)
 
 
@@ -205,7 +208,9 @@ def test_oom_in_training_shrinks_the_micro_batch(digits: Dataset, monkeypatch) -
     arch = small_arch(train=TrainSettings(lr=1e-2, batch_size=32))
     result = evaluate("train", arch, digits, epochs=1, batch_size=1000)
     assert result.metrics["micro_batch_size"] == 8 and result.metrics["batch_size"] == 32
-    assert result.value > 0.2
+    # Measured 0.714 (validation, 287 digits; seeds 1, 2: 0.728, 0.767), the same value as
+    # without the OOMs; chance is 0.1.
+    assert result.value > 0.6
 
 
 def test_is_oom_recognises_runtime_errors() -> None:
@@ -270,7 +275,9 @@ def test_train_final_scores_the_test_split_once(digits: Dataset) -> None:
     assert result.metrics["n_scored"] == int(digits.is_test.sum())
     assert result.metrics["n_fit"] == int((~digits.is_test).sum())
     assert len(calls) == 1 and calls[0][1] == result.metrics["train_accuracy"]
-    assert result.value > 0.3
+    # Measured 0.788 on the 359 test digits after one epoch (seeds 1, 2: 0.783, 0.819);
+    # chance is 0.1.
+    assert result.value > 0.7
 
 
 # -- pairs ------------------------------------------------------------------------------
@@ -336,27 +343,58 @@ def test_pair_features_formulas() -> None:
     torch.testing.assert_close(got, torch.tensor([expected]))
 
 
-# -- LFW layout built from the AT&T faces ----------------------------------------------
-ATT_ZIP = Path(__file__).resolve().parents[3] / "shared" / "data" / "att-faces.zip"
+# -- real images: the committed fixtures of tests/data, and the full ../shared/data ----
+def test_screen_on_the_cifar10_fixture_beats_chance() -> None:
+    """An FG11-like one-layer model (lnorm -> 64 5x5 filters, relu -> pool 5 p2 -> lnorm)
+    fit on the fixture's 300 train JPEGs, scored on its 300 test JPEGs (final=True).
 
-
-def test_lfw_tree_from_att_faces_beats_chance(tmp_path: Path) -> None:
-    fixture = pytest.importorskip(
-        "tests.workers.lfw_fixture",
-        reason="tests/workers/lfw_fixture.py (build_lfw_tree) is not there",
+    Measured 0.333 (chance 0.10; filter seeds 1 and 2 gave 0.230 and 0.357, the search
+    split's 60 validation images 0.28). The bound 0.25 is for seed 0, with room for
+    another JPEG decoder or BLAS; 300 scored images put one standard error near 0.027.
+    """
+    ds = load_dataset(f"imagefolder:{CIFAR10_MINI_ZIP}", color="rgb")
+    relu = Activation(0.0, math.inf)
+    arch = Architecture(
+        input_size=32,
+        input_channels=3,
+        lnorm0=LNorm(3, False, 1.0, 1.0),
+        layers=(Layer(FBCorr(64, 5), relu, LPool(5, 2.0, 2), LNorm(3, False, 1.0, 1.0)),),
+        seed=0,
     )
-    if not ATT_ZIP.exists():
-        pytest.skip(f"{ATT_ZIP} is absent (a clone without ../shared/data): LFW pairs test skipped")
+    result = evaluate("screen", arch, ds, final=True, seed=0)
+    assert result.metrics["n_fit"] == 300 and result.metrics["n_scored"] == 300
+    assert result.value >= 0.25, result.value
+
+
+def test_lfw_tree_from_the_att_faces_fixture_beats_chance(tmp_path: Path) -> None:
+    # The committed 10 people x 10 faces (112x92 -> 64x64); View 1: 100 + 100 training
+    # pairs (6 people), 50 + 50 test pairs (the other 4); View 2: 2 folds of 40 + 40 pairs
+    # over disjoint people. Measured at 32 px, ridge: View 1 0.88, View 2 0.825 (folds
+    # .80 .85); other pair-drawing seeds gave 0.71 / 0.744 and 0.76 / 0.869. Chance is 0.5
+    # -> bound 0.75 for both (seed 0).
+    root = build_lfw_tree(
+        ATT_FACES_MINI_ZIP, tmp_path / "lfw", people=10, dev_train=100, dev_test=50,
+        folds=2, per_fold=40,
+    )  # fmt: skip
+    ds = load_dataset(f"lfw:{root}", color="gray", size=64)
+    view1 = evaluate("pairs", small_arch(size=32), ds)
+    assert view1.metrics["n_scored"] == 100 and view1.value >= 0.75, view1.metrics
+    view2 = evaluate("pairs", small_arch(size=32), ds, final=True)
+    assert len(view2.metrics["folds"]) == 2 and view2.value >= 0.75, view2.metrics
+
+
+def test_lfw_tree_from_all_att_faces_beats_chance(tmp_path: Path, shared_data) -> None:
     # 40 people x 10 faces (112x92 -> 64x64); View 1: 200 training pairs (people 1-24),
     # 100 test pairs (people 25-40); View 2: 4 folds of 50 pairs over disjoint people.
     # Measured at 32 px, ridge: View 1 0.79, View 2 0.835 (folds .90 .80 .80 .84); chance
-    # is 0.5 -> bound 0.65 for both.
-    root = fixture.build_lfw_tree(
-        ATT_ZIP, tmp_path / "lfw", dev_train=100, dev_test=50, folds=4, per_fold=25
-    )
+    # is 0.5 -> bound 0.72 for both.
+    root = build_lfw_tree(
+        shared_data("att-faces.zip"), tmp_path / "lfw", dev_train=100, dev_test=50, folds=4,
+        per_fold=25,
+    )  # fmt: skip
     ds = load_dataset(f"lfw:{root}", color="gray", size=64)
     assert ds.pairs is not None
     view1 = evaluate("pairs", small_arch(size=32), ds)
-    assert view1.metrics["n_scored"] == 100 and view1.value >= 0.65, view1.metrics
+    assert view1.metrics["n_scored"] == 100 and view1.value >= 0.72, view1.metrics
     view2 = evaluate("pairs", small_arch(size=32), ds, final=True)
-    assert len(view2.metrics["folds"]) == 4 and view2.value >= 0.65, view2.metrics
+    assert len(view2.metrics["folds"]) == 4 and view2.value >= 0.72, view2.metrics

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from protocol.wire import StudyOut, TrialOut
 from search_space import Architecture
 
-from ..models import Study, Trial
-from ..schemas import StudyOut, TrialOut
-from ..studies import StudyStats
+from .models import Study, Trial
+from .studies import StudyStats
 
 
 def trial_out(trial: Trial) -> TrialOut:
@@ -39,4 +39,7 @@ def study_out(study: Study, stats: StudyStats) -> StudyOut:
         counts=stats.counts,
         best_value=stats.best_value,
         infeasible_rate=stats.infeasible_rate,
+        search_done=stats.search_done,
+        finals=stats.finals,
+        finals_done=stats.finals_done,
     )

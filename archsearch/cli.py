@@ -5,12 +5,10 @@ Exit codes: 0 success, 1 a runtime failure with a one-line reason on stderr, 2 b
 
 from __future__ import annotations
 
-import sys
-
 import typer
 from pydantic import ValidationError
 
-from . import __version__
+from service import __version__
 
 app = typer.Typer(
     help="archsearch: architecture search for Pinto & Cox style convnets.",
@@ -28,7 +26,7 @@ app.add_typer(spaces_app, name="spaces")
 
 
 def _settings(**overrides: object):  # -> Settings; imported lazily to keep --help fast
-    from .config import Settings
+    from service.config import Settings
 
     try:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})
@@ -58,8 +56,8 @@ def db_upgrade(
     """Create or migrate the schema (SQLite file or PostgreSQL) to the latest revision."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from .db import engine_from_settings
-    from .migrate import current_revision, upgrade
+    from service.db import engine_from_settings
+    from service.migrate import current_revision, upgrade
 
     settings = _settings(database_url=database_url)
     engine = engine_from_settings(settings)
@@ -87,9 +85,9 @@ def serve(
     import uvicorn
     from sqlalchemy.exc import SQLAlchemyError
 
-    from .app import create_app
-    from .db import engine_from_settings
-    from .migrate import current_revision, head_revision, upgrade
+    from service.app import create_app
+    from service.db import engine_from_settings
+    from service.migrate import current_revision, head_revision, upgrade
 
     settings = _settings(host=host, port=port, database_url=database_url)
     engine = engine_from_settings(settings)
@@ -125,9 +123,9 @@ def token_create(
     """Create a bearer token in the database and print it (it is stored hashed only)."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from .auth import create_token
-    from .db import engine_from_settings, session_factory, session_scope
-    from .models import Role
+    from service.auth import create_token
+    from service.db import engine_from_settings, session_factory, session_scope
+    from service.models import Role
 
     try:
         role_value = Role(role)
@@ -174,6 +172,10 @@ def _call(coordinator: str, token: str | None, fn):  # type: ignore[no-untyped-d
 def _print_json(data: object) -> None:
     import json
 
+    from pydantic import BaseModel
+
+    if isinstance(data, BaseModel):
+        data = data.model_dump(mode="json")
     typer.echo(json.dumps(data, indent=2, sort_keys=True))
 
 
@@ -224,10 +226,10 @@ def study_list(coordinator: str = CoordinatorOpt, token: str = TokenOpt) -> None
     studies = _call(coordinator, token, lambda c: c.studies())
     typer.echo(f"{'id':>4}  {'state':9} {'done':>11}  {'best':>8}  name")
     for s in studies:
-        done = sum(n for k, n in s["counts"].items() if k not in ("WAITING", "RUNNING"))
-        best = "-" if s["best_value"] is None else f"{s['best_value']:.4f}"
+        best = "-" if s.best_value is None else f"{s.best_value:.4f}"
         typer.echo(
-            f"{s['id']:>4}  {s['state']:9} {done:>5}/{s['max_trials']:<5}  {best:>8}  {s['name']}"
+            f"{s.id:>4}  {s.state.value:9} {s.search_done:>5}/{s.max_trials:<5}  {best:>8}  "
+            f"{s.name}"
         )
 
 
@@ -248,8 +250,8 @@ def study_best(
     trials = _call(coordinator, token, lambda c: c.best(study_id, k))
     typer.echo(f"{'#':>5}  {'value':>8}  {'test':>8}  architecture")
     for t in trials:
-        test = "-" if t["test_value"] is None else f"{t['test_value']:.4f}"
-        typer.echo(f"{t['number']:>5}  {t['value']:>8.4f}  {test:>8}  {t['arch_summary']}")
+        test = "-" if t.test_value is None else f"{t.test_value:.4f}"
+        typer.echo(f"{t.number:>5}  {t.value or 0:>8.4f}  {test:>8}  {t.arch_summary}")
 
 
 @study_app.command("export")
@@ -336,7 +338,7 @@ def demo(
     """Run archsearch end to end here: coordinator + workers + a TPE study + leaderboard."""
     from pathlib import Path
 
-    from .demo import DemoOptions, default_data_dir, reset_data_dir, run_demo
+    from archsearch.demo import DemoOptions, default_data_dir, reset_data_dir, run_demo
 
     path = Path(data_dir) if data_dir else default_data_dir()
     if not keep:
@@ -385,7 +387,3 @@ def spaces_show(
         typer.echo(f"features: {report.n_features}, MFLOP/image: {report.flops / 1e6:.1f}")
     except InfeasibleArchitecture as exc:
         typer.echo(f"INFEASIBLE: {exc.reason}")
-
-
-def main() -> None:  # pragma: no cover - console entry point
-    sys.exit(app())

@@ -6,7 +6,6 @@ wait for a coordinator to answer and how to take it down without leaving orphans
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import socket
@@ -14,8 +13,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,7 +58,7 @@ def start_coordinator(
     quiet: bool = True,
     die_with_parent_process: bool = False,
 ) -> LiveCoordinator:
-    """Run ``python -m service serve`` and wait until ``/healthz`` answers 200.
+    """Run ``python -m archsearch serve`` and wait until ``/healthz`` answers 200.
 
     The schema must already be migrated. Raises ``RuntimeError`` with the child's
     stderr when it exits early, or when it does not answer within ``timeout`` seconds
@@ -81,7 +78,7 @@ def start_coordinator(
     log_path = Path(tempfile.mkstemp(prefix=f"archsearch-coordinator-{port}-", suffix=".log")[1])
     with log_path.open("w") as log_file:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "service", "serve", "--port", str(port)],
+            [sys.executable, "-m", "archsearch", "serve", "--port", str(port)],
             env=child_env,
             stdout=subprocess.DEVNULL if quiet else None,
             stderr=log_file,
@@ -115,27 +112,3 @@ def stop_coordinator(live: LiveCoordinator, timeout: float = 15.0) -> None:
     except subprocess.TimeoutExpired:
         live.process.kill()
         live.process.wait()
-
-
-@contextlib.contextmanager
-def temporary_postgres_database(admin_url: str, prefix: str = "archsearch_tmp") -> Iterator[str]:
-    """Create an empty database next to ``admin_url``'s, yield its URL, drop it after.
-
-    For tests and benchmarks: every run gets a database of its own. Raises
-    ``sqlalchemy.exc.OperationalError`` when the server cannot be reached.
-    """
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        try:
-            yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-        finally:
-            with admin.connect() as conn:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        admin.dispose()

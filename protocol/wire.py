@@ -1,5 +1,7 @@
-"""Request and response models of the REST API (v1). The OpenAPI document is built from
-these, so they are the contract: every field carries its rule."""
+"""Request and response bodies of the REST API (v1): the contract between coordinator,
+workers and the client. The OpenAPI document is built from these; every field carries its
+rule. Changing a body means adding a field; old clients keep working or get a clear 422.
+"""
 
 from __future__ import annotations
 
@@ -16,10 +18,20 @@ from pydantic import (
     model_validator,
 )
 
-from .models import StudyState, TrialState
+from .datasets import DATASET_URI_HELP, DATASET_URI_PATTERN
+from .options import (
+    AlgorithmName,
+    AlgorithmOptions,
+    EvaluatorName,
+    EvaluatorOptions,
+    StrictModel,
+)
+from .states import StudyState, TrialSource, TrialState
 
 MAX_NAME = 200
 MAX_REASON = 20_000
+MAX_ID = 2**63 - 1
+FINGERPRINT_LENGTH = 64
 
 
 def _finite(value: float) -> float:
@@ -39,58 +51,9 @@ def _as_utc(value: datetime | None) -> str | None:
 
 FiniteFloat = Annotated[float, AfterValidator(_finite)]
 UtcDatetime = Annotated[datetime, PlainSerializer(_as_utc, return_type=str)]
-StrictModel = ConfigDict(extra="forbid")
-
-EvaluatorName = Literal["screen", "train", "pairs"]
-AlgorithmName = Literal["tpe", "random", "grid"]
 
 
 # -- studies ------------------------------------------------------------------------
-class AlgorithmOptions(BaseModel):
-    """TPE settings; the defaults follow Bergstra, Yamins & Cox (ICML 2013)."""
-
-    model_config = StrictModel
-    n_startup_jobs: int = Field(20, ge=1, le=10_000)
-    gamma: float = Field(0.25, gt=0, lt=1)
-    n_ei_candidates: int = Field(24, ge=1, le=10_000)
-    linear_forgetting: int = Field(
-        25,
-        ge=1,
-        le=100_000,
-        description="hyperopt's TPE fixes this at 25; other values are refused at study creation",
-    )
-
-
-class EvaluatorOptions(BaseModel):
-    """How a worker scores a candidate. Unknown keys are refused."""
-
-    model_config = StrictModel
-    color: Literal["gray", "rgb"] | None = Field(
-        None,
-        description="Image channels fed to the model; default per dataset (gray for "
-        "builtin, lfw; rgb for cifar10, imagefolder).",
-    )
-    max_features: int = Field(100_000, ge=1, le=10_000_000)
-    readout: Literal["ridge", "logistic", "svm"] | None = None
-    epochs: int = Field(2, ge=1, le=1000, description="train protocol budget")
-    validation_fraction: float = Field(0.2, gt=0, lt=1)
-    trial_timeout_seconds: float = Field(3600, gt=0)
-    filter_seed: int = Field(42, ge=0, le=2**31 - 1)
-    max_per_class: int | dict[Literal["train", "test"], int] | None = Field(
-        None,
-        description="Screen on a class-balanced subset: at most this many images per "
-        'class (an int for both splits, or {"train": n, "test": m}).',
-    )
-
-    @model_validator(mode="after")
-    def _positive_caps(self) -> EvaluatorOptions:
-        caps = self.max_per_class
-        values = caps.values() if isinstance(caps, dict) else [caps] if caps else []
-        if any(v < 1 for v in values):
-            raise ValueError("max_per_class values must be >= 1")
-        return self
-
-
 class StudyCreate(BaseModel):
     model_config = StrictModel
     name: str = Field(min_length=1, max_length=MAX_NAME)
@@ -98,11 +61,7 @@ class StudyCreate(BaseModel):
         "pinto-cox", description="A built-in space name or a space document (JSON)."
     )
     dataset: str = Field(
-        min_length=1,
-        max_length=4096,
-        pattern=r"^(builtin|imagefolder|npz|idx|cifar10|lfw):.+",
-        description="Dataset URI: builtin:mnist5k, builtin:digits, imagefolder:PATH, "
-        "npz:PATH, idx:DIR, cifar10:DIR, lfw:DIR.",
+        min_length=1, max_length=4096, pattern=DATASET_URI_PATTERN, description=DATASET_URI_HELP
     )
     evaluator: EvaluatorName = "screen"
     evaluator_options: EvaluatorOptions = Field(default_factory=EvaluatorOptions)
@@ -138,6 +97,15 @@ class StudyOut(BaseModel):
     counts: dict[str, int] = Field(description="Trials by state.")
     best_value: float | None
     infeasible_rate: float | None = Field(description="INFEASIBLE / finished trials.")
+    search_done: int = Field(0, description="Search trials (not finals) that have finished.")
+    finals: int = Field(0, description="Final (test split) evaluations queued in all.")
+    finals_done: int = Field(0, description="Final evaluations that have finished.")
+
+    def is_over(self) -> bool:
+        """Nothing of this study will run any more."""
+        return self.state == StudyState.FINISHED or (
+            self.state == StudyState.STOPPED and self.finals_done >= self.finals
+        )
 
 
 class StudyList(BaseModel):
@@ -151,7 +119,7 @@ class TrialOut(BaseModel):
     study_id: int
     number: int
     state: TrialState
-    source: str = Field(description="suggested | user | final (a test-split re-score)")
+    source: TrialSource = Field(description="suggested | user | final (a test-split re-score)")
     final_of_id: int | None = Field(None, description="For a final trial: the trial re-scored")
     params: dict[str, Any]
     arch: dict[str, Any] | None
@@ -169,6 +137,10 @@ class TrialOut(BaseModel):
     created_at: UtcDatetime
     started_at: UtcDatetime | None
     finished_at: UtcDatetime | None
+
+    @property
+    def is_final(self) -> bool:
+        return self.source == TrialSource.FINAL
 
 
 class TrialPage(BaseModel):
@@ -213,14 +185,15 @@ class WorkerOut(BaseModel):
 
 
 class StudyBrief(BaseModel):
-    """What a worker needs to evaluate a claimed trial."""
+    """What a worker needs to evaluate a claimed trial. ``evaluator_options`` has every
+    default filled in and ``color`` resolved by the coordinator."""
 
     id: int
     name: str
     dataset: str
     dataset_fingerprint: str | None
-    evaluator: str
-    evaluator_options: dict[str, Any]
+    evaluator: EvaluatorName
+    evaluator_options: EvaluatorOptions
     seed: int
 
 
@@ -237,7 +210,7 @@ class ClaimOut(BaseModel):
 
 class WorkerReport(BaseModel):
     model_config = StrictModel
-    worker_id: int = Field(ge=1, le=2**63 - 1)
+    worker_id: int = Field(ge=1, le=MAX_ID)
 
 
 class HeartbeatIn(WorkerReport):
@@ -250,12 +223,23 @@ class HeartbeatOut(BaseModel):
     lease_expires_at: UtcDatetime
 
 
-class CompleteIn(WorkerReport):
+class _DataReport(WorkerReport):
+    dataset_fingerprint: str | None = Field(
+        None,
+        min_length=1,
+        max_length=FINGERPRINT_LENGTH,
+        pattern=r"^[0-9a-f]+$",
+        description="Content hash of the data the worker loaded; the study keeps the first "
+        "one reported, and workers whose data differ refuse its trials.",
+    )
+
+
+class CompleteIn(_DataReport):
     value: FiniteFloat
     metrics: dict[str, Any] = Field(default_factory=dict)
 
 
-class FailIn(WorkerReport):
+class FailIn(_DataReport):
     kind: Literal["infeasible", "error", "pruned"]
     reason: str = Field(min_length=1, max_length=MAX_REASON)
     value: FiniteFloat | None = None
@@ -265,7 +249,7 @@ class ReleaseIn(WorkerReport):
     pass
 
 
-# -- spaces / health -----------------------------------------------------------------
+# -- spaces ---------------------------------------------------------------------------
 class SpaceSummary(BaseModel):
     name: str
     description: str

@@ -23,15 +23,15 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
+from archsearch.launch import LiveCoordinator, die_with_parent, start_coordinator, stop_coordinator
 from client import Client
-
-from .auth import create_token
-from .db import make_engine, session_factory, session_scope
-from .launch import LiveCoordinator, die_with_parent, start_coordinator, stop_coordinator
-from .migrate import upgrade
-from .models import Role
+from protocol.wire import StudyOut
+from service.auth import create_token
+from service.db import make_engine, session_factory, session_scope
+from service.migrate import upgrade
+from service.models import Role
 
 # Screening on a class-balanced subset keeps every trial to seconds on a laptop CPU.
 DEMO_SUBSET = {"train": 150, "test": 50}
@@ -113,14 +113,14 @@ class Demo:
                     [
                         sys.executable,
                         "-m",
-                        "service",
+                        "archsearch",
                         "worker",
                         "--coordinator",
                         self.coordinator.base_url,
                         "--token",
                         worker_token,
                         "--studies",
-                        str(study["id"]),
+                        str(study.id),
                         "--device",
                         "auto",
                         "--data-dir",
@@ -138,29 +138,25 @@ class Demo:
                 )
             )
         self.say(f"workers    {self.o.workers} (logs in {logs})")
-        return client, study["id"]
+        return client, study.id
 
     # -- watch ------------------------------------------------------------------------
-    def watch(self, client: Client, study_id: int) -> dict[str, Any]:
+    def watch(self, client: Client, study_id: int) -> StudyOut:
         started = time.monotonic()
         tty = self.o.out.isatty()
         last_line = last_state = ""
         while True:
             study = client.study(study_id)
-            counts = study["counts"]
-            done = sum(n for s, n in counts.items() if s not in ("WAITING", "RUNNING"))
-            finals = [t for t in client.trials(study_id) if t["source"] == "final"]
-            finals_done = sum(1 for t in finals if t["state"] not in ("WAITING", "RUNNING"))
-            search_done = done - finals_done
+            finals, finals_done = study.finals, study.finals_done
             elapsed = time.monotonic() - started
-            total = self.o.trials + max(len(finals), min(self.o.top_k, self.o.trials))
-            progress = search_done + finals_done
+            total = self.o.trials + max(finals, min(self.o.top_k, self.o.trials))
+            progress = study.search_done + finals_done
             eta = elapsed / progress * (total - progress) if progress else float("nan")
-            best = study["best_value"]
+            best = study.best_value
             phase = "final test evaluation" if finals else "search"
             state = (
-                f"{_bar(progress, total)} {search_done}/{self.o.trials} trials"
-                f"{f', {finals_done}/{len(finals)} final' if finals else ''} | best "
+                f"{_bar(progress, total)} {study.search_done}/{self.o.trials} trials"
+                f"{f', {finals_done}/{finals} final' if finals else ''} | best "
                 f"{'-' if best is None else f'{best:.4f}'} | {phase}"
             )
             line = f"{state} | elapsed {_clock(elapsed)} | ETA {_clock(eta)}"
@@ -170,7 +166,7 @@ class Demo:
             elif state != last_state:  # a log file gets a line per change
                 self.say(line)
             last_state = state
-            if study["state"] == "finished":
+            if study.is_over():
                 if tty:
                     self.say()
                 return study
@@ -185,12 +181,12 @@ class Demo:
         self.say()
         self.say(
             f"Leaderboard (validation accuracy; test accuracy from the final "
-            f"evaluation). infeasible rate {study['infeasible_rate'] or 0:.0%}"
+            f"evaluation). infeasible rate {study.infeasible_rate or 0:.0%}"
         )
         self.say(f"{'#':>4}  {'val':>6}  {'test':>6}  architecture")
         for t in best:
-            test = "-" if t["test_value"] is None else f"{t['test_value']:.4f}"
-            self.say(f"{t['number']:>4}  {t['value']:.4f}  {test:>6}  {t['arch_summary']}")
+            test = "-" if t.test_value is None else f"{t.test_value:.4f}"
+            self.say(f"{t.number:>4}  {t.value or 0:.4f}  {test:>6}  {t.arch_summary}")
         assert self.coordinator is not None
         self.say()
         self.say(f"database   {self.db_path}")

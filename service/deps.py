@@ -9,12 +9,12 @@ from fastapi import Cookie, Depends, Header, Path, Query, Request
 from pydantic import Field
 from sqlalchemy.orm import Session
 
-from ..auth import authorize
-from ..config import Settings
-from ..db import close_quietly
-from ..models import Role
-from ..suggestion_queue import SuggestionQueue
-from ..trial_store import TrialStore
+from .auth import authorize
+from .config import Settings
+from .db import close_quietly
+from .models import Role
+from .suggestion_queue import SuggestionQueue
+from .trial_store import TrialStore
 
 
 def get_settings(request: Request) -> Settings:

@@ -1,0 +1,5 @@
+"""``python -m archsearch`` is the ``archsearch`` command."""
+
+from .cli import app
+
+app(prog_name="archsearch")

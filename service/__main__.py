@@ -1,5 +1,0 @@
-"""``python -m service`` is the ``archsearch`` command."""
-
-from .cli import app
-
-app(prog_name="archsearch")

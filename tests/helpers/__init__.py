@@ -1,0 +1,4 @@
+"""Helpers shared by the tests (plain functions and classes; the fixtures stay in the
+conftest files): ``postgres`` (throwaway databases), ``coordinator`` (migrations, tokens,
+an in-process API), ``data`` (where the image data lives, and skip-or-fail when absent).
+"""
