@@ -137,14 +137,14 @@ def archsearch_runs(backend: str, workers: tuple[int, ...], n_trials: int) -> li
                 def worker(i: int, lat: list[float], n_workers: int = n_workers) -> int:
                     n = 0
                     with Client(live.base_url, token) as c:
-                        wid = c.register_worker(f"bench-{n_workers}-{i}")["id"]
+                        wid = c.register_worker(f"bench-{n_workers}-{i}").id
                         while True:
                             t0 = time.perf_counter()
                             got = c.claim(wid)
                             lat.append(time.perf_counter() - t0)
                             if got is None:
                                 return n
-                            c.complete(got["trial"]["id"], wid, 0.5)
+                            c.complete(got.trial.id, wid, 0.5)
                             n += 1
 
                 seconds, lats, done, errors = _drive(n_workers, worker)

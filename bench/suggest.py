@@ -134,7 +134,7 @@ def claim_latency(n_history: int, claims: int = 60) -> tuple[float, float]:
         lat: list[float] = []
         try:
             with Client(live.base_url, token) as c:
-                wid = c.register_worker("bench")["id"]
+                wid = c.register_worker("bench").id
                 deadline = time.monotonic() + 120
                 while len(lat) < claims and time.monotonic() < deadline:
                     t0 = time.perf_counter()
@@ -143,7 +143,7 @@ def claim_latency(n_history: int, claims: int = 60) -> tuple[float, float]:
                         time.sleep(0.05)
                         continue
                     lat.append(time.perf_counter() - t0)
-                    c.complete(got["trial"]["id"], wid, 0.5)
+                    c.complete(got.trial.id, wid, 0.5)
         finally:
             stop_coordinator(live)
     lat.sort()

@@ -85,6 +85,9 @@ class StudyOut(BaseModel):
     space_name: str | None
     space: dict[str, Any]
     dataset: str
+    dataset_fingerprint: str | None = Field(
+        None, description="Content hash of the data the first report was computed on."
+    )
     evaluator: str
     evaluator_options: dict[str, Any]
     algorithm: str

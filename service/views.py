@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from protocol.wire import StudyOut, TrialOut
 from search_space import Architecture
 
@@ -9,13 +11,20 @@ from .models import Study, Trial
 from .studies import StudyStats
 
 
+def arch_summary(arch: dict[str, Any] | None) -> str | None:
+    """The one-line architecture summary shown everywhere (API, dashboard), or ``None``
+    for a missing or unreadable architecture."""
+    if arch is None:
+        return None
+    try:
+        return Architecture.from_dict(arch).summary()
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def trial_out(trial: Trial) -> TrialOut:
     out = TrialOut.model_validate(trial)
-    if trial.arch is not None:
-        try:
-            out.arch_summary = Architecture.from_dict(trial.arch).summary()
-        except ValueError:
-            out.arch_summary = None
+    out.arch_summary = arch_summary(trial.arch)
     return out
 
 
@@ -27,6 +36,7 @@ def study_out(study: Study, stats: StudyStats) -> StudyOut:
         space_name=study.space_name,
         space=study.space,
         dataset=study.dataset,
+        dataset_fingerprint=study.dataset_fingerprint,
         evaluator=study.evaluator,
         evaluator_options=study.evaluator_options,
         algorithm=study.algorithm,

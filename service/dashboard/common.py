@@ -2,8 +2,8 @@
 
 Holds the state groups and the search/final filters (:data:`FINISHED`, :data:`FAILURES`,
 :data:`IS_SEARCH`, :data:`IS_FINAL`), datetime normalising (:func:`as_utc`,
-:func:`seconds_between`), the architecture line (:func:`arch_summary`) and the text of a
-choice option (:func:`option_text`, :func:`space_of`).
+:func:`seconds_between`), the architecture line (:func:`arch_summary`, re-exported from
+``service.views``) and the text of a choice option (:func:`option_text`, :func:`space_of`).
 
 Called by ``columns``, ``importance``, ``study_queries`` and ``worker_queries`` of this
 package, and by ``routes`` (``as_utc`` for the time filter of the templates).
@@ -18,15 +18,18 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from search_space import Architecture, ParamInfo, Space
+from search_space import ParamInfo, Space
 
 from .. import studies as studies_mod
-from ..models import Study, Trial, TrialState
+from ..lifecycle import IS_FINAL
+from ..models import Study, TrialState
+from ..views import arch_summary
 
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAILED, TrialState.INFEASIBLE)
+FINISHED = TrialState.finished()
 FAILURES = (TrialState.FAILED, TrialState.INFEASIBLE)
-IS_SEARCH = Trial.source != "final"
-IS_FINAL = Trial.source == "final"
+IS_SEARCH = ~IS_FINAL
+
+__all__ = ["FAILURES", "FINISHED", "IS_FINAL", "IS_SEARCH", "arch_summary"]
 
 
 def as_utc(value: datetime | None) -> datetime | None:
@@ -40,16 +43,6 @@ def seconds_between(later: datetime | None, earlier: datetime | None) -> float |
     """``later - earlier`` in seconds, or ``None`` if either is missing."""
     a, b = as_utc(later), as_utc(earlier)
     return None if a is None or b is None else (a - b).total_seconds()
-
-
-def arch_summary(arch: dict[str, Any] | None) -> str | None:
-    """The one-line architecture summary (as ``TrialOut.arch_summary``), or ``None``."""
-    if arch is None:
-        return None
-    try:
-        return Architecture.from_dict(arch).summary()
-    except (ValueError, KeyError, TypeError):
-        return None
 
 
 def option_text(option: Any) -> str:

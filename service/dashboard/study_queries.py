@@ -25,6 +25,7 @@ from search_space import Space
 
 from .. import studies as studies_mod
 from ..errors import NotFound
+from ..lifecycle import top_trials
 from ..models import Trial, TrialState, Worker
 from ..views import trial_out
 from .columns import complete_columns
@@ -128,12 +129,7 @@ def summary(
     ):
         (finals if is_final else counts)[TrialState(state).value] += n
     done, best, busy = _done_and_best(session, [study_id])
-    top = session.execute(
-        select(Trial.number, Trial.value, Trial.test_value, Trial.arch, Trial.worker_id)
-        .where(Trial.study_id == study_id, IS_SEARCH, Trial.state == TrialState.COMPLETE)
-        .order_by(Trial.value.desc(), Trial.number)
-        .limit(leaders)
-    ).all()
+    top = session.scalars(top_trials(study_id, leaders)).all()
     recent = session.execute(
         select(Trial.number, Trial.state, Trial.reason, Trial.finished_at)
         .where(Trial.study_id == study_id, IS_SEARCH, Trial.state.in_(FAILURES))

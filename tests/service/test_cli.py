@@ -23,7 +23,7 @@ def test_token_create_makes_a_working_worker_token(live, db_url):
     token = result.output.strip().splitlines()[-1]
     assert token.startswith("as_") and len(token) > 30
     with Client(live.base_url, token) as c:
-        assert c.register_worker("gpu01")["id"] >= 1
+        assert c.register_worker("gpu01").id >= 1
         try:
             c.create_study(name="x", dataset="builtin:digits")
             raise AssertionError("a worker token created a study")
@@ -67,14 +67,14 @@ def test_study_commands_end_to_end(live, monkeypatch):
     sid = study["id"]
     assert study["name"] == "cli study" and study["dataset"] == "builtin:mnist5k"
     with Client(live.base_url, ADMIN_TOKEN) as c:
-        wid = c.register_worker("cli-test")["id"]
+        wid = c.register_worker("cli-test").id
         values = []
         while (got := c.claim(wid)) is not None:
-            if got["trial"]["source"] == "final":  # the test-split re-score of the best
-                c.complete(got["trial"]["id"], wid, 0.25)
+            if got.trial.source == "final":  # the test-split re-score of the best
+                c.complete(got.trial.id, wid, 0.25)
                 continue
             values.append(0.5 + 0.1 * len(values))
-            c.complete(got["trial"]["id"], wid, values[-1])
+            c.complete(got.trial.id, wid, values[-1])
     listed = runner.invoke(app, ["study", "list"])
     assert listed.exit_code == 0
     line = next(row for row in listed.output.splitlines() if "cli study" in row)

@@ -38,7 +38,7 @@ def work_until_empty(
     clients = [Client(u, token, timeout=60) for u in base_urls]
     done: list[int] = []
     try:
-        wid = clients[0].register_worker(name)["id"]
+        wid = clients[0].register_worker(name).id
         deadline = time.monotonic() + deadline_s
         i = 0
         while time.monotonic() < deadline:
@@ -46,13 +46,13 @@ def work_until_empty(
             i += 1
             got = c.claim(wid, [study_id])
             if got is None:
-                if not wait_for_finish or c.study(study_id)["state"] == "finished":
+                if not wait_for_finish or c.study(study_id).state == "finished":
                     return done
                 time.sleep(0.05)
                 continue
-            tid = got["trial"]["id"]
+            tid = got.trial.id
             c.heartbeat(tid, wid, step=0, value=0.0)
-            c.complete(tid, wid, value=float(got["trial"]["number"]), metrics={"by": name})
+            c.complete(tid, wid, value=float(got.trial.number), metrics={"by": name})
             done.append(tid)
         raise TimeoutError(f"{name} still had work after {deadline_s} s")
     finally:
@@ -120,9 +120,9 @@ def test_16_threads_and_4_processes_complete_500_trials_exactly_once(live, db_ur
             top_k=0,
             **FG11_STUDY,
         )
-    sid = study["id"]
-    claimable = study["counts"].get("WAITING", 0)
-    assert claimable + study["counts"].get("INFEASIBLE", 0) == 500
+    sid = study.id
+    claimable = study.counts.get("WAITING", 0)
+    assert claimable + study.counts.get("INFEASIBLE", 0) == 500
     assert claimable > 300  # most of fg11 at 200x200 can be built
 
     claimed = run_workers([live.base_url], token, sid, 16, 4, tmp_path)
@@ -138,7 +138,7 @@ def test_16_threads_and_4_processes_complete_500_trials_exactly_once(live, db_ur
     assert all(r.value == float(r.number) for r in rows if r.state == TrialState.COMPLETE)
     assert all(r.attempt == 1 for r in rows)
     with Client(live.base_url, ADMIN_TOKEN) as admin:
-        assert admin.study(sid)["state"] == "finished"
+        assert admin.study(sid).state == "finished"
 
 
 @pytest.mark.postgres
@@ -157,7 +157,7 @@ def test_two_coordinators_on_one_postgres(postgres_url, tmp_path):
                 top_k=0,
                 **FG11_STUDY,
             )
-        sid = study["id"]
+        sid = study.id
         claimed = run_workers([a.base_url, b.base_url], token, sid, 8, 2, tmp_path, wait=True)
     finally:
         stop_coordinator(a)
@@ -194,17 +194,17 @@ def test_coordinator_reaper_loop_returns_lost_trials(db_url):
                 max_parallel=1,
                 top_k=0,
                 **FG11_STUDY,
-            )["id"]
-            wid = w.register_worker("vanishing")["id"]
+            ).id
+            wid = w.register_worker("vanishing").id
             got = w.claim(wid)
             if got is None:
                 pytest.skip("the single sampled fg11 config was infeasible")
-            number = got["trial"]["number"]
+            number = got.trial.number
             deadline = time.monotonic() + 10
-            while admin.trial(sid, number)["state"] != "WAITING":
+            while admin.trial(sid, number).state != "WAITING":
                 assert time.monotonic() < deadline, "reaper did not return the trial"
                 time.sleep(0.2)
-            assert admin.trial(sid, number)["attempt"] == 2
+            assert admin.trial(sid, number).attempt == 2
     finally:
         stop_coordinator(live)
 

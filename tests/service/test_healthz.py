@@ -6,20 +6,28 @@ import os
 import subprocess
 import sys
 import time
+from importlib.metadata import version
 
 import httpx
 from fastapi.testclient import TestClient
 
+from archsearch.launch import free_port
+from service import __version__
 from service.app import create_app
 from service.config import Settings
-from archsearch.launch import free_port
 
 
 def test_healthz_ok(db_url):
     with TestClient(create_app(Settings(database_url=db_url))) as client:
         r = client.get("/healthz")
     assert r.status_code == 200
-    assert r.json()["status"] == "ok" and r.json()["db"] == "ok"
+    assert r.json() == {"status": "ok", "db": "ok", "version": __version__}
+
+
+def test_service_version_is_the_package_version() -> None:
+    """service.__version__ (what /healthz and `archsearch --version` say) is the version of
+    the archsearch distribution pip installed from pyproject.toml: the two cannot drift."""
+    assert __version__ == version("archsearch")
 
 
 def test_healthz_503_when_postgres_unreachable():
@@ -68,7 +76,7 @@ def test_serve_after_db_upgrade_answers_healthz_over_http(db_url):
                 assert time.monotonic() < deadline, "coordinator did not start in 30 s"
                 time.sleep(0.2)
         assert r.status_code == 200
-        assert r.json() == {"status": "ok", "db": "ok", "version": r.json()["version"]}
+        assert r.json() == {"status": "ok", "db": "ok", "version": __version__}
     finally:
         proc.terminate()
         proc.wait(timeout=15)

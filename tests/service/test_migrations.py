@@ -15,7 +15,7 @@ from service.models import Base
 
 
 def test_head_revision_has_readable_id():
-    assert head_revision() == "0001_initial"
+    assert head_revision() == "0002_study_finishing"
 
 
 def test_upgrade_to_head_matches_models(db_url):
@@ -56,10 +56,10 @@ def test_cli_db_upgrade_is_idempotent(db_url, monkeypatch):
     runner = CliRunner()
     first = runner.invoke(app, ["db", "upgrade"])
     assert first.exit_code == 0, first.output
-    assert "(empty) -> 0001_initial" in first.output
+    assert "(empty) -> 0002_study_finishing" in first.output
     second = runner.invoke(app, ["db", "upgrade"])
     assert second.exit_code == 0, second.output
-    assert "0001_initial -> 0001_initial" in second.output
+    assert "0002_study_finishing -> 0002_study_finishing" in second.output
 
 
 @pytest.mark.postgres
@@ -68,3 +68,36 @@ def test_cli_db_upgrade_reports_unreachable_database(monkeypatch):
     result = CliRunner().invoke(app, ["db", "upgrade"])
     assert result.exit_code == 1
     assert "cannot migrate" in result.output
+
+
+def test_study_state_constraint_follows_the_enum_up_and_down(db_url):
+    """0002 lets a study be 'finishing' (and still refuses unknown states); its downgrade
+    turns a finishing study back into a running one, which reconcile then moves on."""
+    from alembic import command
+    from sqlalchemy import text
+    from sqlalchemy.exc import IntegrityError
+
+    insert = text(
+        "INSERT INTO studies (name, state, space, dataset, evaluator, evaluator_options, "
+        "algorithm, algorithm_options, max_trials, max_parallel, top_k, seed) VALUES "
+        "('m', :state, '{}', 'builtin:digits', 'screen', '{}', 'tpe', '{}', 1, 1, 1, 0)"
+    )
+    engine = make_engine(db_url)
+    try:
+        upgrade(engine)
+        with engine.begin() as conn:
+            conn.execute(insert, {"state": "finishing"})
+        with pytest.raises(IntegrityError), engine.begin() as conn:
+            conn.execute(insert, {"state": "bogus"})
+        cfg = alembic_config()
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, "0001_initial")
+        with engine.begin() as conn:
+            assert conn.execute(text("SELECT state FROM studies")).scalars().all() == ["running"]
+        with pytest.raises(IntegrityError), engine.begin() as conn:
+            conn.execute(insert, {"state": "finishing"})
+        upgrade(engine)
+        assert current_revision(engine) == "0002_study_finishing"
+    finally:
+        engine.dispose()

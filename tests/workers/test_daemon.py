@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from client import Client
-from search_space import InfeasibleArchitecture
 from archsearch.launch import start_coordinator, stop_coordinator
+from client import Client
+from protocol import TrialOut
+from search_space import InfeasibleArchitecture
 from service.models import Role
-from tests.service.conftest import ADMIN_TOKEN, FG11_STUDY, make_token, migrate
+from tests.helpers.coordinator import ADMIN_TOKEN, FG11_STUDY, make_token, migrate
 from tests.workers.fake_worker import FakeResult, fake_evaluate, fake_load, spawn
 from workers.daemon import WorkerConfig, WorkerDaemon
 from workers.spool import Spool, SpoolEntry
@@ -67,25 +68,23 @@ def test_spool_roundtrip_and_corrupt_files(tmp_path):
 def test_daemon_runs_study_and_final_evaluation(coordinator, tmp_path):
     live, _, token = coordinator
     with Client(live.base_url, ADMIN_TOKEN) as admin:
-        sid = admin.create_study(name="d", max_trials=5, max_parallel=2, top_k=2, **FG11_STUDY)[
-            "id"
-        ]
+        sid = admin.create_study(name="d", max_trials=5, max_parallel=2, top_k=2, **FG11_STUDY).id
         daemon = daemon_for(live.base_url, token, tmp_path)
         done = daemon.run()
         study = admin.study(sid)
         trials = list(admin.trials(sid))
-    assert study["state"] == "finished"
-    search = [t for t in trials if t["source"] != "final"]
-    finals = [t for t in trials if t["source"] == "final"]
-    n_complete = sum(1 for t in search if t["state"] == "COMPLETE")
+    assert study.state == "finished"
+    search = [t for t in trials if t.source != "final"]
+    finals = [t for t in trials if t.source == "final"]
+    n_complete = sum(1 for t in search if t.state == "COMPLETE")
     assert len(search) == 5 and len(finals) == min(2, n_complete)
     assert done == n_complete + len(finals)
-    assert all(
-        t["metrics"]["dataset_fingerprint"] == "f" * 64 for t in search if t["state"] == "COMPLETE"
-    )
-    best = sorted((t for t in search if t["state"] == "COMPLETE"), key=lambda t: -t["value"])
+    # The fingerprint travels in its own report field; the study keeps the first one.
+    assert study.dataset_fingerprint == "f" * 64
+    assert all("dataset_fingerprint" not in t.metrics for t in search)
+    best = sorted((t for t in search if t.state == "COMPLETE"), key=lambda t: -t.value)
     for t in best[:2]:
-        assert t["test_value"] == pytest.approx(t["value"] + 0.5)
+        assert t.test_value == pytest.approx(t.value + 0.5)
     assert daemon.spool.pending() == []
 
 
@@ -102,18 +101,16 @@ def test_infeasible_and_crash_are_reported_with_reasons(coordinator, tmp_path):
         return FakeResult(0.3, {})
 
     with Client(live.base_url, ADMIN_TOKEN) as admin:
-        sid = admin.create_study(name="d", max_trials=3, max_parallel=1, top_k=0, **FG11_STUDY)[
-            "id"
-        ]
+        sid = admin.create_study(name="d", max_trials=3, max_parallel=1, top_k=0, **FG11_STUDY).id
         daemon_for(live.base_url, token, tmp_path, evaluate=evaluate).run()
-        trials = {t["number"]: t for t in admin.trials(sid)}
-    states = sorted(t["state"] for t in trials.values())
+        trials = {t.number: t for t in admin.trials(sid)}
+    states = sorted(t.state for t in trials.values())
     assert states.count("COMPLETE") >= 1
-    infeasible = [t for t in trials.values() if t["reason"] and "out of memory" in t["reason"]]
-    assert infeasible and infeasible[0]["state"] == "INFEASIBLE"
-    failed = [t for t in trials.values() if t["state"] == "FAILED"]
-    assert failed and "RuntimeError: something broke deep inside" in failed[0]["reason"]
-    assert "Traceback" in failed[0]["reason"] or "line" in failed[0]["reason"]
+    infeasible = [t for t in trials.values() if t.reason and "out of memory" in t.reason]
+    assert infeasible and infeasible[0].state == "INFEASIBLE"
+    failed = [t for t in trials.values() if t.state == "FAILED"]
+    assert failed and "RuntimeError: something broke deep inside" in failed[0].reason
+    assert "Traceback" in failed[0].reason or "line" in failed[0].reason
 
 
 def _wait_for(predicate, timeout: float = 30, what: str = "condition"):
@@ -126,16 +123,14 @@ def _wait_for(predicate, timeout: float = 30, what: str = "condition"):
         time.sleep(0.1)
 
 
-def _running(admin: Client, sid: int) -> dict | None:
-    return next((t for t in admin.trials(sid) if t["state"] == "RUNNING"), None)
+def _running(admin: Client, sid: int) -> TrialOut | None:
+    return next((t for t in admin.trials(sid) if t.state == "RUNNING"), None)
 
 
 def test_sigterm_releases_the_trial_at_once(coordinator, tmp_path):
     live, _, token = coordinator
     with Client(live.base_url, ADMIN_TOKEN) as admin:
-        sid = admin.create_study(name="d", max_trials=1, max_parallel=1, top_k=0, **FG11_STUDY)[
-            "id"
-        ]
+        sid = admin.create_study(name="d", max_trials=1, max_parallel=1, top_k=0, **FG11_STUDY).id
         proc = spawn(live.base_url, token, tmp_path / "w", sleep=60)
         running = _wait_for(lambda: _running(admin, sid), what="the worker to claim")
         t0 = time.monotonic()
@@ -143,9 +138,11 @@ def test_sigterm_releases_the_trial_at_once(coordinator, tmp_path):
         out, _ = proc.communicate(timeout=30)
         assert proc.returncode == 0, out
         assert time.monotonic() - t0 < 10
-        trial = admin.trial(sid, running["number"])
-    assert trial["state"] == "WAITING" and trial["worker_id"] is None
-    assert trial["attempt"] == 1  # released, not lost: no attempt was spent
+        trial = admin.trial(sid, running.number)
+    assert trial.state == "WAITING" and trial.worker_id is None
+    # Released at once (no lease to wait out); the release counts as an attempt, so a
+    # trial that every worker gives back ends FAILED instead of circling for ever.
+    assert trial.attempt == 2
     assert "released" in out
 
 
@@ -153,9 +150,7 @@ def test_sigterm_releases_the_trial_at_once(coordinator, tmp_path):
 def test_kill_9_mid_trial_another_worker_finishes_it_once(coordinator, tmp_path):
     live, _, token = coordinator
     with Client(live.base_url, ADMIN_TOKEN) as admin:
-        sid = admin.create_study(name="d", max_trials=1, max_parallel=1, top_k=0, **FG11_STUDY)[
-            "id"
-        ]
+        sid = admin.create_study(name="d", max_trials=1, max_parallel=1, top_k=0, **FG11_STUDY).id
         victim = spawn(live.base_url, token, tmp_path / "a", sleep=60)
         running = _wait_for(lambda: _running(admin, sid), what="the worker to claim")
         os.kill(victim.pid, signal.SIGKILL)
@@ -165,14 +160,14 @@ def test_kill_9_mid_trial_another_worker_finishes_it_once(coordinator, tmp_path)
         thread = threading.Thread(target=daemon.run)
         thread.start()
         _wait_for(
-            lambda: admin.study(sid)["state"] == "finished", timeout=60, what="the study to finish"
+            lambda: admin.study(sid).state == "finished", timeout=60, what="the study to finish"
         )
         daemon.stop_event.set()
         thread.join(timeout=30)
-        trial = admin.trial(sid, running["number"])
+        trial = admin.trial(sid, running.number)
         trials = list(admin.trials(sid))
-    assert trial["state"] == "COMPLETE" and trial["attempt"] == 2
-    assert trial["worker_id"] == daemon.worker_id
+    assert trial.state == "COMPLETE" and trial.attempt == 2
+    assert trial.worker_id == daemon.worker_id
     assert len(trials) == 1 and daemon.done == 1
 
 
@@ -186,9 +181,7 @@ def test_spool_delivers_a_result_finished_while_the_coordinator_was_down(sqlite_
     lease = {"ARCHSEARCH_LEASE_SECONDS": "60"}
     live = start_coordinator(url, admin_token=ADMIN_TOKEN, env=lease)
     with Client(live.base_url, ADMIN_TOKEN) as admin:
-        sid = admin.create_study(name="d", max_trials=1, max_parallel=1, top_k=0, **FG11_STUDY)[
-            "id"
-        ]
+        sid = admin.create_study(name="d", max_trials=1, max_parallel=1, top_k=0, **FG11_STUDY).id
     gate = threading.Event()
     finished = threading.Event()
 
@@ -212,33 +205,57 @@ def test_spool_delivers_a_result_finished_while_the_coordinator_was_down(sqlite_
     try:
         with Client(restarted.base_url, ADMIN_TOKEN) as admin:
             _wait_for(
-                lambda: admin.trial(sid, running["number"])["state"] == "COMPLETE",
+                lambda: admin.trial(sid, running.number).state == "COMPLETE",
                 timeout=60,
                 what="the spooled result to arrive",
             )
-            trial = admin.trial(sid, running["number"])
+            trial = admin.trial(sid, running.number)
         thread.join(timeout=30)
     finally:
         stop_coordinator(restarted)
-    assert trial["value"] == 0.42 and trial["attempt"] == 1
+    assert trial.value == 0.42 and trial.attempt == 1
     assert daemon.spool.pending() == []
 
 
 def test_worker_with_different_data_gives_the_trial_back(coordinator, tmp_path):
     live, _, token = coordinator
     with Client(live.base_url, ADMIN_TOKEN) as admin:
-        sid = admin.create_study(name="d", max_trials=3, max_parallel=1, top_k=0, **FG11_STUDY)[
-            "id"
-        ]
+        sid = admin.create_study(name="d", max_trials=3, max_parallel=1, top_k=0, **FG11_STUDY).id
         # The first worker's data define the study's fingerprint.
         daemon_for(live.base_url, token, tmp_path / "a", max_trials=1).run()
         assert (
-            admin.study(sid)["counts"].get("COMPLETE", 0)
-            + admin.study(sid)["counts"].get("INFEASIBLE", 0)
+            admin.study(sid).counts.get("COMPLETE", 0)
+            + admin.study(sid).counts.get("INFEASIBLE", 0)
             >= 1
         )
         other = daemon_for(live.base_url, token, tmp_path / "b", load_data=fake_load("0" * 64))
         assert other.run() == 0
         trials = list(admin.trials(sid))
-    assert not any(t["state"] == "RUNNING" for t in trials)
+    assert not any(t.state == "RUNNING" for t in trials)
     assert other._excluded == {sid}
+
+
+def test_a_trial_past_its_timeout_fails_with_a_timeout_reason(coordinator, tmp_path):
+    """A real FG11 model on real digits cannot be screened in 1 s on a CPU: the
+    evaluator's deadline check stops it, and the report says it was a timeout."""
+    from workers.datasets import DatasetCache
+    from workers.evaluators import evaluate
+
+    live, _, token = coordinator
+    with Client(live.base_url, ADMIN_TOKEN) as admin:
+        study = dict(
+            FG11_STUDY, evaluator_options={"max_features": 10_000_000, "trial_timeout_seconds": 1}
+        )
+        sid = admin.create_study(name="slow", max_trials=1, max_parallel=1, top_k=0, **study).id
+        daemon = daemon_for(
+            live.base_url, token, tmp_path, evaluate=evaluate, load_data=DatasetCache().get
+        )
+        started = time.monotonic()
+        daemon.run()
+        took = time.monotonic() - started
+        (trial,) = list(admin.trials(sid))
+    assert trial.state == "FAILED"
+    assert trial.reason == "timed out after 1 s (trial_timeout_seconds)"
+    # Loading digits and building the model come first; the deadline is then honoured
+    # at the next batch, not at the end of the evaluation.
+    assert took < 30, f"the daemon took {took:.1f} s"
