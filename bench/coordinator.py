@@ -120,8 +120,8 @@ def _queue(url: str, study_id: int, n: int) -> None:
 
 def archsearch_runs(backend: str, workers: tuple[int, ...], n_trials: int) -> list[Outcome]:
     """One coordinator process (uvicorn); for each N, N HTTP clients in threads."""
-    from client import Client
     from archsearch.launch import start_coordinator, stop_coordinator
+    from client import Client
 
     outcomes = []
     with database(backend) as url:

@@ -4,7 +4,7 @@ Two models, run through :func:`workers.evaluators.extract_features` (the code pa
 ``screen`` and ``pairs`` protocols: uint8 batch -> device -> preprocess -> model, features
 kept on the device):
 
-* ``fg11-ht-l3-1st`` at 200x200 gray (DESIGN.md section 2; 4.57 GFLOP and 25,600 features
+* ``fg11-ht-l3-1st`` at 200x200 gray (docs/design.md section 2; 4.57 GFLOP and 25,600 features
   per image);
 * a 1-layer Pinto & Cox model at 32x32 RGB (CIFAR-sized): lnorm0 3 | 64 x 5x5 filters,
   ReLU, lpool 5 p=2 stride 2, lnorm 3 -> 9 x 9 x 64 = 5,184 features.

@@ -118,9 +118,9 @@ def optuna_tpe(space: Any, hist: list[Any], repeats: int) -> float:
 def claim_latency(n_history: int, claims: int = 60) -> tuple[float, float]:
     """p50 / p99 claim latency (ms, client side) on a study with ``n_history`` finished
     trials and a TPE study's queue being refilled in the background after each report."""
+    from archsearch.launch import start_coordinator, stop_coordinator
     from client import Client
     from search_space import get_space
-    from archsearch.launch import start_coordinator, stop_coordinator
 
     space = get_space("fg11")
     with tempfile.TemporaryDirectory() as d:

@@ -1,7 +1,7 @@
 """A candidate architecture as data: frozen dataclasses, JSON round-trip, content hash,
 and the shape walk that decides feasibility before any tensor exists.
 
-The model family is DESIGN.md section 2: layer 0 is an ``lnorm`` of the input, every
+The model family is docs/design.md section 2: layer 0 is an ``lnorm`` of the input, every
 layer l >= 1 is ``fbcorr -> activation -> lpool -> lnorm``, all in "valid" mode, and the
 features are flattened in (H, W, C) order.  Nothing here imports torch.
 """

@@ -1,4 +1,4 @@
-"""The built-in search spaces of DESIGN.md section 3, as space documents.
+"""The built-in search spaces of docs/design.md section 3, as space documents.
 
 * ``fg11``: the Cox & Pinto (FG 2011) grid, 3 layers at 200x200.
 * ``pinto-cox`` (the default): the same grids with depth in {1, 2, 3}, each depth with
@@ -58,7 +58,7 @@ def _fg11_lnorm0() -> dict[str, Any]:
 _SCREEN_READOUT = {"kind": "ridge", "l2": None}  # l2 chosen on the training split
 
 # fg11: the grid of Cox & Pinto, "Beyond simple features: a large-scale feature search
-# approach to unconstrained face recognition" (FG 2011), as DESIGN.md section 3 lists it;
+# approach to unconstrained face recognition" (FG 2011), as docs/design.md section 3 lists it;
 # 200x200 inputs as there (the HT-L3-1st preset is a point of it, see preset_raw).
 FG11: dict[str, Any] = {
     "name": "fg11",
@@ -148,7 +148,7 @@ def _bergstra13_layer() -> dict[str, Any]:
 BERGSTRA13_INPUT_SIZES = {1: [32, 48, 64], 2: [64, 96, 128], 3: [128, 160, 200]}
 
 # bergstra13: Bergstra, Yamins & Cox, "Making a science of model search" (ICML 2013),
-# the continuous relaxation of the same family that TPE searched; ranges as DESIGN.md
+# the continuous relaxation of the same family that TPE searched; ranges as docs/design.md
 # section 3.  The table gives no law for the lnorm stretch: we use the threshold's.
 BERGSTRA13: dict[str, Any] = {
     "name": "bergstra13",

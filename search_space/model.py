@@ -1,4 +1,4 @@
-"""An :class:`~search_space.arch.Architecture` as a torch module (DESIGN.md section 2).
+"""An :class:`~search_space.arch.Architecture` as a torch module (docs/design.md section 2).
 
 Read top to bottom:
 

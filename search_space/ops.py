@@ -1,4 +1,4 @@
-"""The four operations of the model family (DESIGN.md section 2) as batched torch modules.
+"""The four operations of the model family (docs/design.md section 2) as batched torch modules.
 
 Layout is ``(N, C, H, W)`` everywhere; every op works in "valid" mode (a ``k x k`` window
 shrinks a side by ``k - 1``; a strided pool keeps every ``stride``-th window). No op loops

@@ -1,6 +1,6 @@
 """Named architectures from the literature, as :class:`Architecture` values.
 
-``fg11-ht-l3-1st`` is the "HT-L3-1st" model of Cox & Pinto (FG 2011), DESIGN.md section 2:
+``fg11-ht-l3-1st`` is the "HT-L3-1st" model of Cox & Pinto (FG 2011), docs/design.md section 2:
 at 200x200 it gives 10 x 10 x 256 = 25,600 features.
 """
 

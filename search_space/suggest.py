@@ -12,7 +12,7 @@ distinct from each other and from every configuration of the history that is not
 Fewer than ``n`` come back only when no new configuration could be found: the space is
 (nearly) exhausted, e.g. a finished grid.  Equal arguments give equal results.
 
-How each history state counts (DESIGN.md section 3):
+How each history state counts (docs/design.md section 3):
 
 * ``COMPLETE``: observed, loss = ``-value`` (higher value = better, e.g. accuracy).
 * ``PRUNED``: stopped early; its last reported value counts as a completed loss (it is

@@ -140,7 +140,7 @@ class TrialStore:
         """Add ``new`` to the study in the caller's transaction; skip known configurations.
 
         A configuration whose ``config_hash`` is already in the study is not added
-        twice (DESIGN.md: a duplicate config is not evaluated twice). Returns the rows
+        twice (docs/design.md: a duplicate config is not evaluated twice). Returns the rows
         added, numbered after the study's last trial.
         """
         if not new:

@@ -61,6 +61,7 @@ def shared_data() -> Callable[[str], Path]:
     images use the committed fixtures instead (``data.CIFAR10_MINI_ZIP``, ...)."""
 
     def find(name: str) -> Path:
+        __tracebackhide__ = True
         return data.require(data.SHARED_DATA / name, "a checkout without ../shared/data")
 
     return find

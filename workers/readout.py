@@ -1,4 +1,4 @@
-"""Linear readouts fitted on the device, in torch (DESIGN.md section 4).
+"""Linear readouts fitted on the device, in torch (docs/design.md section 4).
 
 Three classifiers on a feature matrix ``X`` ``(n, d)`` (any floating dtype, any device):
 

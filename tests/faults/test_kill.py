@@ -16,11 +16,12 @@ import pytest
 
 from archsearch.launch import start_coordinator, stop_coordinator
 from client import Client
+from protocol import StudyOut
 from service.models import Role, TrialState
 from tests.helpers.coordinator import ADMIN_TOKEN, FG11_STUDY, db_trials, make_token, migrate
 from tests.workers.fake_worker import spawn
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -28,13 +29,13 @@ def spawn_worker(base_url: str, token: str, data_dir: Path, sleep: float):
     return spawn(base_url, token, data_dir, sleep, idle_exit=3, output=False)
 
 
-def wait_finished(admin: Client, sid: int, timeout: float) -> dict:
+def wait_finished(admin: Client, sid: int, timeout: float) -> StudyOut:
     deadline = time.monotonic() + timeout
     while True:
         study = admin.study(sid)
-        if study["state"] == "finished":
+        if study.state == "finished":
             return study
-        assert time.monotonic() < deadline, f"study not finished: {study['counts']}"
+        assert time.monotonic() < deadline, f"study not finished: {study.counts}"
         time.sleep(0.5)
 
 
@@ -57,12 +58,12 @@ def test_random_kill_9_of_workers_during_a_100_trial_study(sqlite_url, tmp_path)
         with Client(live.base_url, ADMIN_TOKEN) as admin:
             sid = admin.create_study(
                 name="chaos", max_trials=100, max_parallel=8, top_k=0, **FG11_STUDY
-            )["id"]
+            ).id
             for i in range(4):
                 workers.append(spawn_worker(live.base_url, token, tmp_path / f"w{i}", 0.3))
             deadline = time.monotonic() + 240
-            while admin.study(sid)["state"] != "finished":
-                assert time.monotonic() < deadline, admin.study(sid)["counts"]
+            while admin.study(sid).state != "finished":
+                assert time.monotonic() < deadline, admin.study(sid).counts
                 time.sleep(rng.uniform(0.5, 1.5))
                 if kills < 12:
                     victim = rng.randrange(len(workers))
@@ -89,7 +90,7 @@ def test_random_kill_9_of_workers_during_a_100_trial_study(sqlite_url, tmp_path)
     assert len({t.number for t in trials}) == 100
     states = Counter(t.state for t in trials)
     assert states[TrialState.COMPLETE] + states[TrialState.INFEASIBLE] == 100, states
-    assert sum(study["counts"].values()) == 100
+    assert sum(study.counts.values()) == 100
     # Trials whose worker died were retried: their attempt count shows it.
     assert any(t.attempt > 1 for t in trials)
     assert all(t.value is not None for t in trials if t.state == TrialState.COMPLETE)
@@ -105,7 +106,7 @@ def test_kill_9_of_the_coordinator_and_restart(db_url, tmp_path):
         with Client(live.base_url, ADMIN_TOKEN) as admin:
             sid = admin.create_study(
                 name="restart", max_trials=30, max_parallel=4, top_k=0, **FG11_STUDY
-            )["id"]
+            ).id
         workers = [spawn_worker(live.base_url, token, tmp_path / f"w{i}", 0.4) for i in range(3)]
         time.sleep(3)
         os.kill(live.process.pid, signal.SIGKILL)
@@ -120,7 +121,7 @@ def test_kill_9_of_the_coordinator_and_restart(db_url, tmp_path):
             w.wait()
         stop_coordinator(live)
     trials = db_trials(db_url, sid)
-    assert len(trials) == 30 and sum(study["counts"].values()) == 30
+    assert len(trials) == 30 and sum(study.counts.values()) == 30
     states = Counter(t.state for t in trials)
     assert states[TrialState.COMPLETE] + states[TrialState.INFEASIBLE] == 30, states
     # Nothing was lost and nothing re-run: no lease expired (30 s), so every trial

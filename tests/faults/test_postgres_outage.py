@@ -15,10 +15,11 @@ from sqlalchemy.engine import make_url
 
 from archsearch.launch import start_coordinator, stop_coordinator
 from client import ApiError, Client
+from service import __version__
 from service.models import Role
 from tests.helpers.coordinator import ADMIN_TOKEN, FG11_STUDY, make_token, migrate
 
-pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.postgres]
 
 
 def terminate_backends(url: str) -> int:
@@ -56,7 +57,7 @@ def test_connections_killed_under_load(postgres_url):
                 max_parallel=400,
                 top_k=0,
                 **FG11_STUDY,
-            )["id"]
+            ).id
 
         def worker(i: int) -> None:
             with Client(live.base_url, token) as c:
@@ -64,13 +65,13 @@ def test_connections_killed_under_load(postgres_url):
                 while not stop.is_set():
                     try:
                         if wid is None:
-                            wid = c.register_worker(f"w{i}")["id"]
+                            wid = c.register_worker(f"w{i}").id
                         got = c.claim(wid)
                         if got is None:
                             return
-                        c.complete(got["trial"]["id"], wid, 0.5)
+                        c.complete(got.trial.id, wid, 0.5)
                         with lock:
-                            completed.append(got["trial"]["id"])
+                            completed.append(got.trial.id)
                             statuses[200] += 1
                     except ApiError as exc:
                         with lock:
@@ -95,7 +96,7 @@ def test_connections_killed_under_load(postgres_url):
         assert httpx.get(f"{live.base_url}/healthz").json() == {
             "status": "ok",
             "db": "ok",
-            "version": httpx.get(f"{live.base_url}/healthz").json()["version"],
+            "version": __version__,
         }
         with Client(live.base_url, ADMIN_TOKEN) as admin:
             study = admin.study(sid)
@@ -107,7 +108,7 @@ def test_connections_killed_under_load(postgres_url):
     assert set(statuses) <= {200, 409, 503}, statuses
     done = Counter(completed)
     assert max(done.values()) == 1
-    by_state = Counter(t["state"] for t in trials)
+    by_state = Counter(t.state for t in trials)
     # Every claimable trial ended COMPLETE exactly once, none stayed RUNNING or WAITING.
     assert by_state["COMPLETE"] + by_state["INFEASIBLE"] == 400, by_state
-    assert study["state"] == "finished"
+    assert study.state == "finished"

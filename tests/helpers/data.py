@@ -35,6 +35,7 @@ skipped: set[str] = set()  # paths a test was skipped for (for the terminal summ
 def require(path: Path, hint: str) -> Path:
     """``path`` when it exists; else skip the calling test with the reason, or fail it
     under ARCHSEARCH_REQUIRE_DATA=1. ``hint`` says how one gets the data."""
+    __tracebackhide__ = True  # report the test (or fixture) that asked, not this line
     if path.exists():
         return path
     reason = f"{path} is absent ({hint})"

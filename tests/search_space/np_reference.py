@@ -1,4 +1,4 @@
-"""float64 NumPy references of the model family, written straight from DESIGN.md section 2.
+"""float64 NumPy references of the model family, written straight from docs/design.md section 2.
 
 Deliberately naive: explicit loops over output windows, one image at a time, in (C, H, W)
 float64. They share no code with ``search_space.ops`` (no pooling or conv primitives, no
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-EPS = 1e-4  # DESIGN.md: divisor epsilon of lnorm
+EPS = 1e-4  # docs/design.md: divisor epsilon of lnorm
 
 
 def fbcorr(x: np.ndarray, filters: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -85,7 +85,7 @@ SMALL_B = Architecture(
 
 
 def filters_of(arch: Architecture) -> list[np.ndarray]:
-    """The filters DESIGN.md prescribes: make_filters(n, fs, depth_in, arch.seed) per layer."""
+    """The filters docs/design.md prescribes: make_filters(n, fs, depth_in, arch.seed) per layer."""
     out, depth = [], arch.input_channels
     for layer in arch.layers:
         out.append(ops.make_filters(layer.fbcorr.n_filters, layer.fbcorr.size, depth, arch.seed))

@@ -1,4 +1,4 @@
-"""The four ops against float64 NumPy references of DESIGN.md section 2's formulas.
+"""The four ops against float64 NumPy references of docs/design.md section 2's formulas.
 
 Tolerance: float32 result within 1e-5 of the float64 reference, measured element by element
 relative to the element's *magnitude* (see ``np_reference``): ``|a - e| <= 1e-5 * mag``,

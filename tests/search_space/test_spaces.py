@@ -155,7 +155,7 @@ def test_pinto_cox_depths_are_equally_likely_and_reachable():
     sigma = math.sqrt(n * (1 / 3) * (2 / 3))
     for d in (1, 2, 3):
         assert abs(depths[d] - n / 3) < 4 * sigma, depths  # binomial, 4 sigma
-    # the input size per depth makes every depth mostly feasible (DESIGN.md section 3)
+    # the input size per depth makes every depth mostly feasible (docs/design.md section 3)
     feasible = Counter()
     for raw in raws[:1500]:
         arch = space.to_arch(raw)

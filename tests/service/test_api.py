@@ -1,4 +1,4 @@
-"""The REST contract (DESIGN.md section 6): answers, error bodies, auth, on both backends."""
+"""The REST contract (docs/design.md section 6): answers, error bodies, auth, on both backends."""
 
 from __future__ import annotations
 
@@ -516,3 +516,79 @@ def test_suggestions_from_a_process_pool(api_factory):
     api = api_factory(suggest_processes=1)
     study = api.new_study(algorithm="tpe", max_trials=6, max_parallel=3)
     assert study["counts"].get("WAITING", 0) == 3
+
+
+def _claimed(api, **study):
+    sid = api.new_study(**study)["id"]
+    w = api.new_worker()
+    r = api.client.post(f"/api/v1/workers/{w}/claim", headers=api.worker)
+    assert r.status_code == 200, r.text
+    return sid, w, r.json()
+
+
+def test_claim_brief_carries_resolved_evaluator_options(api):
+    """The worker gets every option with its default, and the color decided for it."""
+    _, _, body = _claimed(api, evaluator_options={"epochs": 3})
+    options = body["study"]["evaluator_options"]
+    assert options["epochs"] == 3 and options["color"] == "gray"  # builtin:digits
+    assert options["trial_timeout_seconds"] == 3600 and options["max_features"] == 100_000
+
+
+def test_dataset_fingerprint_is_its_own_report_field(api):
+    sid, w, body = _claimed(api, max_trials=2, max_parallel=2)
+    tid = body["trial"]["id"]
+    r = api.client.post(
+        f"/api/v1/trials/{tid}/complete",
+        json={"worker_id": w, "value": 0.5, "dataset_fingerprint": "ab" * 32},
+        headers=api.worker,
+    )
+    assert r.status_code == 200 and "dataset_fingerprint" not in r.json()["metrics"]
+    study = api.client.get(f"/api/v1/studies/{sid}", headers=api.reader).json()
+    assert study["dataset_fingerprint"] == "ab" * 32
+    claim = api.client.post(f"/api/v1/workers/{w}/claim", headers=api.worker).json()
+    assert claim["study"]["dataset_fingerprint"] == "ab" * 32
+
+
+def test_a_fingerprint_in_metrics_from_an_older_worker_still_counts(api):
+    sid, w, body = _claimed(api)
+    r = api.client.post(
+        f"/api/v1/trials/{body['trial']['id']}/complete",
+        json={"worker_id": w, "value": 0.5, "metrics": {"dataset_fingerprint": "cd" * 32}},
+        headers=api.worker,
+    )
+    assert r.status_code == 200
+    study = api.client.get(f"/api/v1/studies/{sid}", headers=api.reader).json()
+    assert study["dataset_fingerprint"] == "cd" * 32
+
+
+@pytest.mark.parametrize("fingerprint", ["", "XYZ", "a" * 65, 12])
+def test_a_malformed_fingerprint_is_422(api, fingerprint):
+    _, w, body = _claimed(api)
+    r = api.client.post(
+        f"/api/v1/trials/{body['trial']['id']}/fail",
+        json={"worker_id": w, "kind": "error", "reason": "x", "dataset_fingerprint": fingerprint},
+        headers=api.worker,
+    )
+    assert r.status_code == 422 and error_of(r)["field"] == "dataset_fingerprint"
+
+
+def test_study_progress_counts_search_and_finals_apart(api):
+    sid, w, body = _claimed(api, max_trials=1, max_parallel=1, top_k=1)
+    api.client.post(
+        f"/api/v1/trials/{body['trial']['id']}/complete",
+        json={"worker_id": w, "value": 0.5},
+        headers=api.worker,
+    )
+    study = api.client.get(f"/api/v1/studies/{sid}", headers=api.reader).json()
+    assert study["state"] == "finishing"
+    assert (study["search_done"], study["finals"], study["finals_done"]) == (1, 1, 0)
+    final = api.client.post(f"/api/v1/workers/{w}/claim", headers=api.worker).json()["trial"]
+    api.client.post(
+        f"/api/v1/trials/{final['id']}/complete",
+        json={"worker_id": w, "value": 0.6},
+        headers=api.worker,
+    )
+    study = api.client.get(f"/api/v1/studies/{sid}", headers=api.reader).json()
+    assert study["state"] == "finished" and study["finals_done"] == 1
+    stop = api.client.patch(f"/api/v1/studies/{sid}", json={"state": "running"}, headers=api.admin)
+    assert stop.status_code == 409 and error_of(stop)["field"] == "state"

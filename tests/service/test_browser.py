@@ -24,8 +24,10 @@ import pytest
 
 from archsearch.launch import LiveCoordinator, start_coordinator, stop_coordinator
 from client import Client
+from protocol import TrialOut
 from tests.helpers.coordinator import ADMIN_TOKEN, migrate
 
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 REQUIRE = os.environ.get("ARCHSEARCH_REQUIRE_BROWSER", "") not in ("", "0", "false")
@@ -96,7 +98,7 @@ def coordinator(sqlite_url) -> Iterator[LiveCoordinator]:
         stop_coordinator(live)
 
 
-def fill(c: Client) -> tuple[int, int, int, dict]:
+def fill(c: Client) -> tuple[int, int, int, TrialOut]:
     """A study with COMPLETE, FAILED and INFEASIBLE trials and intermediate values;
     returns ``(study id, worker id, number of a trial with intermediate values, the
     trial left RUNNING)``."""
@@ -109,24 +111,24 @@ def fill(c: Client) -> tuple[int, int, int, dict]:
         max_parallel=4,
         top_k=0,
     )
-    wid = c.register_worker("gpu01", host="node1", device="cuda:0")["id"]
+    wid = c.register_worker("gpu01", host="node1", device="cuda:0").id
     scored = None
     for k in range(1, 100):
         got = c.claim(wid)
         assert got is not None, "the study ran out of trials"
-        trial = got["trial"]
+        trial = got.trial
         if k == 20:
-            return study["id"], wid, scored, trial
+            return study.id, wid, scored, trial
         value = 0.3 + 0.5 * ((k * 37) % 17) / 17
         for step in (1, 2, 3):
-            c.heartbeat(trial["id"], wid, step=step, value=value * step / 3)
+            c.heartbeat(trial.id, wid, step=step, value=value * step / 3)
         if k % 6 == 0:
-            c.fail(trial["id"], wid, "error", "CUDA out of memory <b>really</b>")
+            c.fail(trial.id, wid, "error", "CUDA out of memory <b>really</b>")
         elif k % 7 == 0:
-            c.fail(trial["id"], wid, "infeasible", "L2 lnorm: a 9x9 window does not fit")
+            c.fail(trial.id, wid, "infeasible", "L2 lnorm: a 9x9 window does not fit")
         else:
-            c.complete(trial["id"], wid, value)
-            scored = scored or trial["number"]
+            c.complete(trial.id, wid, value)
+            scored = scored or trial.number
     raise AssertionError("unreachable")
 
 
@@ -168,7 +170,7 @@ def test_every_page_renders_in_chromium(driver, coordinator, tmp_path):
         assert bars, "the importance bars did not draw"
 
         # The live refresh: a new best score shows up without a reload.
-        c.complete(running["id"], wid, 0.999)
+        c.complete(running.id, wid, 0.999)
         WebDriverWait(driver, 20).until(
             lambda d: d.find_element(By.ID, "best-value").text == "0.999"
         )

@@ -8,8 +8,8 @@ import json
 
 from typer.testing import CliRunner
 
-from client import ApiError, Client
 from archsearch.cli import app
+from client import ApiError, Client
 from tests.service.conftest import ADMIN_TOKEN, migrate
 
 runner = CliRunner()

@@ -13,9 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from archsearch.launch import start_coordinator, stop_coordinator
 from client import Client
 from service.db import make_engine, session_factory
-from archsearch.launch import start_coordinator, stop_coordinator
 from service.models import Role, Study, StudyState, TrialState
 from tests.service.conftest import ADMIN_TOKEN, FG11_STUDY, db_trials, make_token, migrate
 

@@ -17,7 +17,7 @@ from service.db import make_engine, session_factory
 from service.migrate import current_revision, head_revision
 from service.models import Trial, TrialState
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -58,7 +58,7 @@ def test_demo_runs_a_study_and_prints_the_leaderboard(tmp_path):
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=400,
+        timeout=240,  # measured 47-90 s on 2 shared cores; below the 300 s test timeout
     )
     out = result.stdout
     assert result.returncode == 0, out + result.stderr
@@ -67,7 +67,9 @@ def test_demo_runs_a_study_and_prints_the_leaderboard(tmp_path):
     rows = [r for r in board if r.strip() and r.split()[0].isdigit()]
     assert rows, out
     val, test = rows[0].split()[1:3]
-    assert 0.2 < float(val) <= 1.0 and 0.2 < float(test) <= 1.0  # digits: chance is 0.1
+    # digits, chance 0.1. The demo is seeded: three runs gave the same leaderboard, best
+    # 0.951 validation / 0.958 test (the other rows 0.937 / 0.942, 0.892 / 0.911).
+    assert 0.88 < float(val) <= 1.0 and 0.88 < float(test) <= 1.0, out
     assert "dashboard  http://127.0.0.1:" in out
     assert children_of_demo(data) == []
 

@@ -247,7 +247,12 @@ def test_racing_last_reports_never_leave_the_study_running(store):
         barrier = threading.Barrier(2)
         errors: list[BaseException] = []
 
-        def report(worker: int, trial_id: int) -> None:
+        def report(
+            worker: int,
+            trial_id: int,
+            barrier: threading.Barrier = barrier,
+            errors: list[BaseException] = errors,
+        ) -> None:
             try:
                 barrier.wait()
                 store.complete(trial_id, worker, 0.5, {})

@@ -1,6 +1,7 @@
 """Real convnets scored on real images, through the real system: coordinator (uvicorn on a
 loopback port), `archsearch worker` processes, the screen / train protocols, CIFAR-10 JPEGs
-from ../shared, and bad datasets ending as clear errors."""
+from ../shared/data (the ``shared_data`` fixture: skipped without it, failed in CI), and bad
+datasets ending as clear errors."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from PIL import Image
 
 from archsearch.launch import start_coordinator, stop_coordinator
 from client import ApiError, Client
+from protocol import StudyOut
 from search_space.arch import Activation, Architecture, FBCorr, Layer, LNorm, LPool
 from service.models import Role
 from tests.helpers.coordinator import ADMIN_TOKEN, make_token, migrate
@@ -26,8 +28,10 @@ from workers.evaluators import evaluate
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
-CIFAR_ZIP = ROOT.parent / "shared" / "data" / "cifar10-jpeg.zip"
 SUBSET = {"train": 60, "test": 20}
+# The TPE study took 108 s on 2 shared cores: it may wait for STUDY_WAIT, and the test may
+# run that plus the workers' shutdown (up to 60 s each) before pytest-timeout stops it.
+STUDY_WAIT = 300
 
 
 @pytest.fixture
@@ -63,14 +67,16 @@ def spawn_worker(base_url: str, token: str, data_dir: Path) -> subprocess.Popen:
     )
 
 
-def wait_finished(admin: Client, sid: int, timeout: float) -> dict:
+def wait_finished(admin: Client, sid: int, timeout: float) -> StudyOut:
     deadline = time.monotonic() + timeout
-    while (study := admin.study(sid))["state"] != "finished":
-        assert time.monotonic() < deadline, study["counts"]
+    while (study := admin.study(sid)).state != "finished":
+        assert time.monotonic() < deadline, study.counts
         time.sleep(1)
     return study
 
 
+@pytest.mark.e2e
+@pytest.mark.timeout(STUDY_WAIT + 2 * 60 + 60)
 def test_tpe_study_on_mnist5k_with_two_worker_processes(system, tmp_path):
     live, token = system
     with Client(live.base_url, ADMIN_TOKEN) as admin:
@@ -84,31 +90,32 @@ def test_tpe_study_on_mnist5k_with_two_worker_processes(system, tmp_path):
             max_parallel=2,
             top_k=3,
             evaluator_options={"max_per_class": SUBSET},
-        )["id"]
+        ).id
         workers = [spawn_worker(live.base_url, token, tmp_path / f"w{i}") for i in range(2)]
         try:
-            study = wait_finished(admin, sid, timeout=600)
+            study = wait_finished(admin, sid, timeout=STUDY_WAIT)
         finally:
             logs = []
             for w in workers:
                 w.terminate()
                 logs.append(w.communicate(timeout=60)[0])
         trials = list(admin.trials(sid))
-    search = [t for t in trials if t["source"] != "final"]
+    search = [t for t in trials if t.source != "final"]
     assert len(search) == 12
-    assert {t["state"] for t in search} <= {"COMPLETE", "INFEASIBLE"}, logs
-    values = [t["value"] for t in search if t["state"] == "COMPLETE"]
+    assert {t.state for t in search} <= {"COMPLETE", "INFEASIBLE"}, logs
+    values = [t.value for t in search if t.state == "COMPLETE"]
     assert len(values) >= 6
     # Validation accuracy on 10 digit classes: chance is 0.1.
     assert statistics.median(values) > 0.6 and min(values) > 0.15, values
-    best = sorted((t for t in search if t["state"] == "COMPLETE"), key=lambda t: -t["value"])
+    best = sorted((t for t in search if t.state == "COMPLETE"), key=lambda t: -t.value)
     for t in best[:3]:
-        assert t["test_value"] is not None and t["test_value"] > 0.5
-    assert study["best_value"] == max(values)
+        assert t.test_value is not None and t.test_value > 0.5
+    assert study.best_value == max(values)
     # Every worker logged one line per trial it ran (id, architecture, score, seconds).
     assert any("score=" in log and "px" in log for log in logs), logs
 
 
+@pytest.mark.e2e
 def test_train_protocol_reports_every_epoch(system, tmp_path):
     live, token = system
     with Client(live.base_url, ADMIN_TOKEN) as admin:
@@ -141,7 +148,7 @@ def test_train_protocol_reports_every_epoch(system, tmp_path):
             max_parallel=1,
             top_k=0,
             evaluator_options={"max_per_class": SUBSET, "epochs": 2},
-        )["id"]
+        ).id
         daemon = WorkerDaemon(
             WorkerConfig(
                 coordinator=live.base_url,
@@ -154,28 +161,31 @@ def test_train_protocol_reports_every_epoch(system, tmp_path):
         )
         thread = threading.Thread(target=daemon.run)
         thread.start()
-        wait_finished(admin, sid, timeout=300)
-        thread.join(timeout=60)
-        trials = [t for t in admin.trials(sid) if t["state"] == "COMPLETE"]
+        # One trial, measured 3.5 s: both waits together stay far below the 300 s timeout.
+        wait_finished(admin, sid, timeout=120)
+        thread.join(timeout=30)
+        trials = [t for t in admin.trials(sid) if t.state == "COMPLETE"]
     assert trials
     for t in trials:
-        steps = [step for step, _ in t["intermediate"]]
-        assert steps == [1, 2], t["intermediate"]
-        assert t["value"] > 0.5  # chance 0.1; two epochs on 480 images
+        steps = [step for step, _ in t.intermediate]
+        assert steps == [1, 2], t.intermediate
+        assert t.value > 0.5  # chance 0.1; two epochs on 480 images
 
 
-def test_cifar10_jpeg_subset_screen_beats_chance():
+def test_cifar10_jpeg_subset_screen_beats_chance(shared_data):
     """An FG11-like one-layer model (lnorm -> 64 5x5 filters, relu -> pool 5 p2 -> lnorm)
-    on a class-balanced CIFAR-10 subset: 2,000 fit / 500 validation images.
+    on a class-balanced CIFAR-10 subset of the full shared zip: 2,000 fit / 500 validation
+    images (tests/workers/test_evaluators.py does the same on the committed 600 images).
 
-    Measured 0.434 on this machine (chance 0.10); the bound 0.30 leaves room for another
-    JPEG decoder build (the zip is JPEG quality 75, not lossless: close to, not identical
-    with, the official CIFAR-10 pixels).
+    Measured 0.434 on this machine (chance 0.10; filter seeds 1 and 2: 0.444, 0.444). The
+    bound 0.38 leaves about two standard errors (500 images) for another JPEG decoder
+    build (the zip is JPEG quality 75, not lossless: close to, not identical with, the
+    official CIFAR-10 pixels) or BLAS.
     """
-    if not CIFAR_ZIP.is_file():
-        pytest.skip(f"{CIFAR_ZIP} is absent (a clone without ../shared/data)")
     ds = load_dataset(
-        f"imagefolder:{CIFAR_ZIP}", color="rgb", max_per_class={"train": 250, "test": 50}
+        f"imagefolder:{shared_data('cifar10-jpeg.zip')}",
+        color="rgb",
+        max_per_class={"train": 250, "test": 50},
     )
     relu = Activation(0.0, math.inf)
     arch = Architecture(
@@ -186,7 +196,7 @@ def test_cifar10_jpeg_subset_screen_beats_chance():
     )
     result = evaluate("screen", arch, ds, validation_fraction=0.2, seed=0)
     assert result.metrics["n_scored"] == 500 and result.metrics["n_fit"] == 2000
-    assert result.value >= 0.30, result.value
+    assert result.value >= 0.38, result.value
 
 
 def _make_imagefolder(root: Path, corrupt: bool) -> Path:
@@ -201,6 +211,7 @@ def _make_imagefolder(root: Path, corrupt: bool) -> Path:
     return root
 
 
+@pytest.mark.e2e
 def test_bad_datasets_get_clear_errors(system, tmp_path):
     live, token = system
     common = {
@@ -239,8 +250,8 @@ def test_bad_datasets_get_clear_errors(system, tmp_path):
         )
         daemon.run()
         reasons = {
-            sid: [t["reason"] for t in admin.trials(sid) if t["state"] == "FAILED"]
-            for sid in (s1["id"], s2["id"])
+            sid: [t.reason for t in admin.trials(sid) if t.state == "FAILED"]
+            for sid in (s1.id, s2.id)
         }
-    assert reasons[s1["id"]] and "broken.png" in reasons[s1["id"]][0]
-    assert reasons[s2["id"]] and "/no/such/dir does not exist" in reasons[s2["id"]][0]
+    assert reasons[s1.id] and "broken.png" in reasons[s1.id][0]
+    assert reasons[s2.id] and "/no/such/dir does not exist" in reasons[s2.id][0]

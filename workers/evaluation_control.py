@@ -1,0 +1,151 @@
+"""How an evaluation is steered and how its result is shaped, shared by the protocols.
+
+Holds (re-exported by :mod:`workers.evaluators`, whose docstring is the contract;
+docs/design.md section 4):
+
+* :class:`EvalResult`, and the callback types :data:`Report` / :data:`Tick`;
+* ``_Control``: the deadline (:class:`~workers.outcomes.TimedOut`), the progress heartbeat
+  and the ``prune`` / ``stop`` answers (:class:`~workers.outcomes.Pruned`,
+  :class:`~workers.outcomes.Stopped`), checked by every protocol before every batch / step
+  and at every intermediate report;
+* out-of-memory handling: :func:`is_oom`, ``_oom_is_infeasible`` (a stage with no batch size
+  becomes ``InfeasibleArchitecture``), ``_oom_at_one`` (the error when halving reached
+  batch size 1), ``_free`` / ``_sync`` (CUDA cache and timing barriers);
+* JSON safety of metrics: ``_num`` (NaN/inf -> None) and ``_json_safe``.
+
+Nothing here touches data or models; it imports only torch, NumPy, ``search_space.arch``
+and :mod:`workers.outcomes`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from search_space.arch import InfeasibleArchitecture
+
+from .outcomes import Pruned, Stopped, TimedOut
+
+__all__ = ["EvalResult", "Report", "Tick", "is_oom"]
+
+Report = Callable[[int, float], str]
+Tick = Callable[[], str]
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """``value``: the score (an accuracy in [0, 1]); ``metrics``: JSON-safe details."""
+
+    value: float
+    metrics: dict[str, Any]
+
+
+# -- control: heartbeats, prune / stop, deadline ---------------------------------------
+class _Control:
+    def __init__(self, report: Report | None, tick: Tick | None, deadline: float | None) -> None:
+        self._report = report
+        self._tick = tick
+        self._deadline = deadline
+        self.last_value: float | None = None
+        self.reports: list[list[float]] = []
+
+    def _check_deadline(self) -> None:
+        if self._deadline is not None and time.monotonic() > self._deadline:
+            raise TimedOut("the evaluation ran past its deadline")
+
+    def _obey(self, action: str | None, where: str) -> None:
+        if action in (None, "continue"):
+            return
+        if action == "prune":
+            raise Pruned(f"pruned {where}", self.last_value)
+        if action == "stop":
+            raise Stopped(f"stopped {where}")
+        raise ValueError(f"heartbeat action must be continue, prune or stop; got {action!r}")
+
+    def tick(self) -> None:
+        self._check_deadline()
+        if self._tick is not None:
+            self._obey(self._tick(), "during the evaluation")
+
+    def report(self, step: int, value: float) -> None:
+        self._check_deadline()
+        self.last_value = float(value)
+        self.reports.append([int(step), _num(value)])
+        if self._report is not None:
+            self._obey(self._report(int(step), float(value)), f"at step {step}")
+
+
+# -- out of memory ---------------------------------------------------------------------
+def is_oom(exc: BaseException) -> bool:
+    """True for CUDA OOM and for allocator failures reported as ``RuntimeError``."""
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    msg = str(exc).lower()
+    return isinstance(exc, RuntimeError) and (
+        "out of memory" in msg or "can't allocate memory" in msg
+    )
+
+
+def _free(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+@contextmanager
+def _oom_is_infeasible(device: torch.device, what: str) -> Iterator[None]:
+    """Turn an out-of-memory error in a stage that has no batch size into INFEASIBLE."""
+    try:
+        yield
+    except Exception as exc:
+        if not is_oom(exc):
+            raise
+        _free(device)
+        raise InfeasibleArchitecture(
+            f"out of memory {what} on {device}: {_first_line(exc)}"
+        ) from exc
+
+
+def _oom_at_one(device: torch.device, what: str, exc: BaseException) -> InfeasibleArchitecture:
+    return InfeasibleArchitecture(
+        f"out of memory at batch size 1 on {device} ({what}): {_first_line(exc)}"
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# -- JSON-safe metrics -----------------------------------------------------------------
+def _num(v: float | None) -> float | None:
+    """A JSON-safe float: NaN/inf -> None."""
+    if v is None:
+        return None
+    f = float(v)
+    return f if math.isfinite(f) else None
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, bool | str) or obj is None:
+        return obj
+    if isinstance(obj, int | np.integer):
+        return int(obj)
+    if isinstance(obj, float | np.floating):
+        return _num(float(obj))
+    return str(obj)

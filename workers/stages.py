@@ -1,0 +1,164 @@
+"""The stages the protocols share: batch sizes, feature extraction, splits, the readout fit.
+
+Holds (docs/design.md section 4; the contract is in :mod:`workers.evaluators`):
+
+* :func:`default_batch_size`: a batch size whose working set fits the device;
+* :func:`extract_features`: batched feature extraction on the device, halving the batch
+  size on out of memory down to 1 (then ``InfeasibleArchitecture``), with ``tick()``
+  before every batch; ``_extract_timed`` wraps it for a protocol (heartbeat through
+  ``_Control``, a finiteness check, throughput metrics);
+* ``_splits``: the search train / validation split or the non-test / test split;
+  ``_labels``: the labels of some rows as a device tensor;
+* ``_fit_readout``: :func:`workers.readout.select_and_fit` with out of memory turned into
+  ``InfeasibleArchitecture``.
+
+Used by :mod:`workers.screen`, :mod:`workers.train` and :mod:`workers.pairs`, and by
+``bench/evaluator.py`` (through the re-export in :mod:`workers.evaluators`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from search_space.arch import InfeasibleArchitecture, ShapeReport
+from search_space.model import FeatureExtractor, preprocess
+
+from . import readout as ro
+from .evaluation_control import _Control, _free, _oom_at_one, _oom_is_infeasible, _sync, is_oom
+
+if TYPE_CHECKING:
+    from .datasets import Dataset
+
+__all__ = ["default_batch_size", "extract_features"]
+
+
+# -- batching --------------------------------------------------------------------------
+def default_batch_size(report: ShapeReport, device: torch.device | str) -> int:
+    """A batch size whose working set fits: ~6 float32 copies of the largest map per image
+    within 30% of the free GPU memory (cap 512), or within 512 MiB on a CPU (cap 64)."""
+    device = torch.device(device)
+    per_image = max(1, 6 * report.activation_bytes)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        budget, cap = int(0.3 * free), 512
+    else:
+        budget, cap = 512 << 20, 64
+    return int(max(1, min(cap, budget // per_image)))
+
+
+def extract_features(
+    model: FeatureExtractor,
+    images: np.ndarray,
+    index: np.ndarray,
+    *,
+    device: torch.device | str,
+    batch_size: int,
+    tick: Callable[[], None] | None = None,
+) -> tuple[torch.Tensor, int, int]:
+    """Features of ``images[index]`` as ``(len(index), n_features)`` float32 on ``device``.
+
+    ``images``: ``(N, C, H, W)`` uint8 (or any dtype :func:`preprocess` takes), kept where
+    it is; each batch is copied to the device, preprocessed and run under
+    ``torch.inference_mode``. ``tick()`` is called before every batch. On out of memory
+    the batch size is halved and the same batch retried; at batch size 1 it raises
+    ``InfeasibleArchitecture``. Returns ``(features, batch size used at the end, number of
+    halvings)``.
+    """
+    device = torch.device(device)
+    arch = model.arch
+    n = len(index)
+    with _oom_is_infeasible(device, f"holding the {n} x {model.n_features} feature matrix"):
+        out = torch.empty((n, model.n_features), dtype=torch.float32, device=device)
+    bs, halvings, i = max(1, int(batch_size)), 0, 0
+    model.eval()
+    while i < n:
+        if tick is not None:
+            tick()
+        j = min(n, i + bs)
+        try:
+            xb = torch.from_numpy(np.ascontiguousarray(images[index[i:j]])).to(device)
+            with torch.inference_mode():
+                fb = model(preprocess(xb, arch))
+            out[i:j] = fb
+            del xb, fb
+        except Exception as exc:
+            if not is_oom(exc):
+                raise
+            _free(device)
+            if bs == 1:
+                raise _oom_at_one(device, "feature extraction", exc) from exc
+            bs, halvings = max(1, bs // 2), halvings + 1
+            continue
+        i = j
+    return out, bs, halvings
+
+
+def _extract_timed(
+    model: FeatureExtractor,
+    ds: Dataset,
+    index: np.ndarray,
+    device: torch.device,
+    batch_size: int,
+    control: _Control,
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    t0 = time.perf_counter()
+    feats, bs, halvings = extract_features(
+        model, ds.x, index, device=device, batch_size=batch_size, tick=control.tick
+    )
+    _sync(device)
+    seconds = time.perf_counter() - t0
+    with _oom_is_infeasible(device, "checking the features"):
+        finite = bool(torch.isfinite(feats).all())
+    if not finite:
+        raise InfeasibleArchitecture(
+            "the features are not finite (NaN or inf): the architecture is numerically "
+            "unusable on these data"
+        )
+    n = len(index)
+    flops = model.report.flops
+    return feats, {
+        "n_images": n,
+        "batch_size": bs,
+        "oom_halvings": halvings,
+        "extract_seconds": seconds,
+        "images_per_s": n / seconds if seconds > 0 else None,
+        "flops_per_image": flops,
+        "gflops_per_s": flops * n / seconds / 1e9 if seconds > 0 else None,
+    }
+
+
+# -- splits, labels, readout -----------------------------------------------------------
+def _splits(
+    ds: Dataset, final: bool, validation_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """``(fit_idx, score_idx, split name)``: search train/validation, or non-test/test."""
+    if final:
+        fit_idx = np.flatnonzero(~np.asarray(ds.is_test, dtype=bool))
+        score_idx = np.flatnonzero(np.asarray(ds.is_test, dtype=bool))
+        if score_idx.size == 0:
+            raise ValueError(f"{ds.uri} has no test images: a final evaluation needs them")
+        return fit_idx, score_idx, "test"
+    from .datasets import search_split
+
+    train_idx, val_idx = search_split(ds, validation_fraction, seed)
+    if len(val_idx) == 0:
+        raise ValueError(
+            f"the validation split of {ds.uri} is empty (validation_fraction={validation_fraction})"
+        )
+    return np.asarray(train_idx), np.asarray(val_idx), "validation"
+
+
+def _labels(ds: Dataset, idx: np.ndarray, device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(ds.y)[idx].astype(np.int64)).to(device)
+
+
+def _fit_readout(
+    X: torch.Tensor, y: torch.Tensor, kind: str, l2: float | None, seed: int, device: torch.device
+) -> ro.LinearClassifier:
+    with _oom_is_infeasible(device, f"fitting the {kind} readout on {tuple(X.shape)} features"):
+        return ro.select_and_fit(X, y, kind, l2, seed)
