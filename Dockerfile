@@ -10,7 +10,7 @@ ARG TORCH_INDEX="https://download.pytorch.org/whl/cpu"
 WORKDIR /app
 RUN pip install --no-cache-dir --index-url "${TORCH_INDEX}" "${TORCH_SPEC}"
 
-COPY pyproject.toml README.md alembic.ini ./
+COPY pyproject.toml README.md alembic.ini constraints.txt ./
 COPY search_space search_space
 COPY service service
 COPY workers workers
@@ -18,7 +18,7 @@ COPY client client
 COPY protocol protocol
 COPY archsearch archsearch
 COPY migrations migrations
-RUN pip install --no-cache-dir .
+RUN pip install --no-cache-dir -c constraints.txt .
 
 ENV ARCHSEARCH_HOST=0.0.0.0 \
     ARCHSEARCH_PORT=8000 \

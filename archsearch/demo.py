@@ -100,7 +100,7 @@ class Demo:
             evaluator_options={"max_per_class": DEMO_SUBSET},
         )
         self.say(
-            f"study      #{study['id']} {self.o.space} on {self.o.dataset}, TPE, "
+            f"study      #{study.id} {self.o.space} on {self.o.dataset}, TPE, "
             f"{self.o.trials} trials, screen evaluator "
             f"({DEMO_SUBSET['train']}+{DEMO_SUBSET['test']} images per class)"
         )

@@ -12,17 +12,7 @@ from fastapi.testclient import TestClient
 from archsearch.launch import LiveCoordinator, start_coordinator, stop_coordinator
 from service.config import Settings
 from service.models import Role
-
-# FG11_STUDY and db_trials are not used here: re-exported only until the test modules
-# that still import them from this conftest import tests.helpers.coordinator instead.
-from tests.helpers.coordinator import (  # noqa: F401
-    ADMIN_TOKEN,
-    FG11_STUDY,
-    Api,
-    db_trials,
-    make_token,
-    migrate,
-)
+from tests.helpers.coordinator import ADMIN_TOKEN, Api, make_token, migrate
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from archsearch.cli import app
 from client import ApiError, Client
-from tests.service.conftest import ADMIN_TOKEN, migrate
+from tests.helpers.coordinator import ADMIN_TOKEN, migrate
 
 runner = CliRunner()
 

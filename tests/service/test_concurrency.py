@@ -17,7 +17,7 @@ from archsearch.launch import start_coordinator, stop_coordinator
 from client import Client
 from service.db import make_engine, session_factory
 from service.models import Role, Study, StudyState, TrialState
-from tests.service.conftest import ADMIN_TOKEN, FG11_STUDY, db_trials, make_token, migrate
+from tests.helpers.coordinator import ADMIN_TOKEN, FG11_STUDY, db_trials, make_token, migrate
 
 pytestmark = pytest.mark.slow
 

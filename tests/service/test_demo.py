@@ -90,6 +90,8 @@ def test_ctrl_c_leaves_no_orphans_and_a_usable_database(tmp_path):
         lines.append(line)
         if "trials" in line and "[" in line:
             break
+        if not line:  # the demo ended before any trial ran: fail now, with its output
+            pytest.fail(f"the demo exited with {proc.wait()}: {''.join(lines)}")
     time.sleep(3)
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=60)

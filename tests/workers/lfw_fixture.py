@@ -20,14 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-ATT_FACES_ZIP = REPO_ROOT.parent / "shared" / "data" / "att-faces.zip"
 ATT_SHAPE = (112, 92)  # H, W
-
-
-def att_faces_zip() -> Path | None:
-    """The shared AT&T faces zip, or None where this checkout has no ``../shared``."""
-    return ATT_FACES_ZIP if ATT_FACES_ZIP.is_file() else None
 
 
 def person_name(k: int) -> str:

@@ -41,6 +41,7 @@ from search_space.arch import (
 from tests.helpers.data import ATT_FACES_MINI_ZIP, CIFAR10_MINI_ZIP
 from tests.workers.lfw_fixture import build_lfw_tree
 from workers import evaluators as ev
+from workers import pairs, screen, train
 from workers.datasets import Dataset, Pairs, load_dataset, search_split
 from workers.evaluators import EvalResult, Pruned, Stopped, TimedOut, evaluate
 
@@ -162,7 +163,9 @@ def test_infeasible_architecture_raises_before_any_work(digits: Dataset, monkeyp
     def no_build(*a, **k):
         raise AssertionError("a model was built for an infeasible architecture")
 
-    monkeypatch.setattr(ev, "build_model", no_build)
+    # Each protocol module builds its model itself: patch every one of them.
+    for protocol_module in (screen, train, pairs):
+        monkeypatch.setattr(protocol_module, "build_model", no_build)
     tiny = dataclasses.replace(small_arch(), input_size=6)  # 6 -> 4 -> 2 -> pool 3 fails
     with pytest.raises(InfeasibleArchitecture, match="does not fit"):
         evaluate("screen", tiny, digits)
