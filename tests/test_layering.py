@@ -83,3 +83,17 @@ def test_protocol_loads_without_the_server_or_torch():
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == ""
+
+
+def test_dashboard_does_not_import_the_api_package():
+    """service.api serves the dashboard's data as JSON, so it imports service.dashboard;
+    the other direction would be a cycle (shared code lives in service.views/deps)."""
+    broken = []
+    for path in sorted((ROOT / "service" / "dashboard").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                absolute = node.level == 0 and (node.module or "").startswith("service.api")
+                relative = node.level == 2 and (node.module or "").split(".")[0] == "api"
+                if absolute or relative:
+                    broken.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert not broken, broken

@@ -80,13 +80,10 @@ def test_a_silent_worker_on_the_last_trial_does_not_hang_the_study(db_url):
     assert len(lost) == 1 and "lease expired" in (lost[0].reason or "")
 
 
-def _kill_and_restart(live, db_url: str):
-    os.kill(live.process.pid, signal.SIGKILL)
-    live.process.wait()
-    return start_coordinator(db_url, admin_token=ADMIN_TOKEN, port=live.port)
+def _both_trials_reported_then_kill_9(db_url: str) -> tuple[int, int, str, int]:
+    """A coordinator whose two-trial study got both reports, then killed with -9.
 
-
-def test_kill_9_right_after_the_last_report_then_restart(db_url):
+    Returns ``(study id, worker id, worker token, port)``."""
     migrate(db_url)
     token = make_token(db_url, Role.WORKER)
     live = start_coordinator(db_url, admin_token=ADMIN_TOKEN)
@@ -97,48 +94,49 @@ def test_kill_9_right_after_the_last_report_then_restart(db_url):
             for value in (0.4, 0.6):
                 got = w.claim(wid, [sid])
                 w.complete(got.trial.id, wid, value)
-        live = _kill_and_restart(live, db_url)
-        with Client(live.base_url, ADMIN_TOKEN) as admin, Client(live.base_url, token) as w:
-            assert admin.study(sid).state == StudyState.FINISHING
-            final = w.claim(wid, [sid])
-            assert final is not None and final.trial.is_final
-            w.complete(final.trial.id, wid, 0.7)
-            assert admin.study(sid).state == StudyState.FINISHED
-            assert [t.test_value for t in admin.best(sid, k=2)] == [0.7, None]
+    finally:
+        os.kill(live.process.pid, signal.SIGKILL)
+        live.process.wait()
+    return sid, wid, token, live.port
+
+
+def _final_runs_and_study_finishes(base_url: str, token: str, sid: int, wid: int) -> None:
+    with Client(base_url, ADMIN_TOKEN) as admin, Client(base_url, token) as w:
+        final = w.claim(wid, [sid])
+        assert final is not None and final.trial.is_final
+        w.complete(final.trial.id, wid, 0.7)
+        assert admin.study(sid).state == StudyState.FINISHED
+        assert [t.test_value for t in admin.best(sid, k=2)] == [0.7, None]
+
+
+def test_kill_9_right_after_the_last_report_then_restart(db_url):
+    sid, wid, token, port = _both_trials_reported_then_kill_9(db_url)
+    live = start_coordinator(db_url, admin_token=ADMIN_TOKEN, port=port)
+    try:
+        with Client(live.base_url, ADMIN_TOKEN) as admin:
+            assert admin.study(sid).state == StudyState.FINISHING  # moved on with the report
+        _final_runs_and_study_finishes(live.base_url, token, sid, wid)
     finally:
         stop_coordinator(live)
 
 
 def test_restart_reconciles_a_study_left_behind(db_url):
-    migrate(db_url)
-    token = make_token(db_url, Role.WORKER)
-    live = start_coordinator(db_url, admin_token=ADMIN_TOKEN)
+    sid, wid, token, port = _both_trials_reported_then_kill_9(db_url)
+    # What a crash between the trial's end and the study's advance would have left:
+    # every trial ended, the study still running, no final queued.
+    engine = make_engine(db_url)
+    with session_factory(engine).begin() as s:
+        s.execute(delete(Trial).where(Trial.source == TrialSource.FINAL.value))
+        s.execute(update(Study).where(Study.id == sid).values(state=StudyState.RUNNING))
+    engine.dispose()
+    live = start_coordinator(db_url, admin_token=ADMIN_TOKEN, port=port)
     try:
-        with Client(live.base_url, ADMIN_TOKEN) as admin, Client(live.base_url, token) as w:
-            sid = two_trial_study(admin)
-            wid = w.register_worker("w").id
-            for value in (0.4, 0.6):
-                got = w.claim(wid, [sid])
-                w.complete(got.trial.id, wid, value)
-        os.kill(live.process.pid, signal.SIGKILL)
-        live.process.wait()
-        # What a crash between the trial's end and the study's advance would have left:
-        # every trial ended, the study still running, no final queued.
-        engine = make_engine(db_url)
-        with session_factory(engine).begin() as s:
-            s.execute(delete(Trial).where(Trial.source == TrialSource.FINAL.value))
-            s.execute(update(Study).where(Study.id == sid).values(state=StudyState.RUNNING))
-        engine.dispose()
-        live = start_coordinator(db_url, admin_token=ADMIN_TOKEN, port=live.port)
-        with Client(live.base_url, ADMIN_TOKEN) as admin, Client(live.base_url, token) as w:
+        with Client(live.base_url, ADMIN_TOKEN) as admin:
             wait_for(
                 "reconciled",
                 lambda: admin.study(sid).state == StudyState.FINISHING,
                 timeout=10,
             )
-            final = w.claim(wid, [sid])
-            assert final is not None and final.trial.is_final
-            w.complete(final.trial.id, wid, 0.7)
-            assert admin.study(sid).state == StudyState.FINISHED
+        _final_runs_and_study_finishes(live.base_url, token, sid, wid)
     finally:
         stop_coordinator(live)

@@ -11,7 +11,9 @@ from fastapi.testclient import TestClient
 
 from archsearch.launch import LiveCoordinator, start_coordinator, stop_coordinator
 from service.config import Settings
+from service.db import make_engine, session_factory
 from service.models import Role
+from service.trial_store import TrialStore
 from tests.helpers.coordinator import ADMIN_TOKEN, Api, make_token, migrate
 
 
@@ -56,3 +58,12 @@ def live(db_url) -> Iterator[LiveCoordinator]:
     coordinator = start_coordinator(db_url, admin_token=ADMIN_TOKEN)
     yield coordinator
     stop_coordinator(coordinator)
+
+
+@pytest.fixture
+def store(db_url) -> Iterator[TrialStore]:
+    """A trial store on a migrated database: 30 s leases, 2 attempts."""
+    migrate(db_url)
+    engine = make_engine(db_url)
+    yield TrialStore(session_factory(engine), lease_seconds=30, max_attempts=2)
+    engine.dispose()

@@ -14,20 +14,10 @@ import pytest
 from sqlalchemy import func, select, update
 
 from service import lifecycle
-from service.db import make_engine, session_factory
 from service.errors import Conflict
 from service.models import Study, StudyState, Trial, TrialSource, TrialState
 from service.trial_store import NewTrial, TrialStore
-from tests.helpers.coordinator import migrate
 from tests.helpers.store import add_study, add_worker, expire_leases
-
-
-@pytest.fixture
-def store(db_url):
-    migrate(db_url)
-    engine = make_engine(db_url)
-    yield TrialStore(session_factory(engine), lease_seconds=30, max_attempts=2)
-    engine.dispose()
 
 
 def state(store: TrialStore, study_id: int) -> StudyState:

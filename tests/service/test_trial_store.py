@@ -9,20 +9,10 @@ from collections import Counter
 import pytest
 from sqlalchemy import select
 
-from service.db import make_engine, session_factory
 from service.errors import Conflict, NotFound
 from service.models import StudyState, Trial, TrialState
-from service.trial_store import NewTrial, TrialStore
-from tests.helpers.coordinator import migrate
+from service.trial_store import NewTrial
 from tests.helpers.store import add_study, add_worker, expire_leases
-
-
-@pytest.fixture
-def store(db_url):
-    migrate(db_url)
-    engine = make_engine(db_url)
-    yield TrialStore(session_factory(engine), lease_seconds=30, max_attempts=2)
-    engine.dispose()
 
 
 def test_numbers_are_sequential_and_duplicates_skipped(store):
