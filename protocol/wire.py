@@ -100,6 +100,9 @@ class StudyOut(BaseModel):
     counts: dict[str, int] = Field(description="Trials by state.")
     best_value: float | None
     infeasible_rate: float | None = Field(description="INFEASIBLE / finished trials.")
+    error: str | None = Field(
+        None, description="Why the coordinator paused this study on its own, if it did."
+    )
     search_done: int = Field(0, description="Search trials (not finals) that have finished.")
     finals: int = Field(0, description="Final (test split) evaluations queued in all.")
     finals_done: int = Field(0, description="Final evaluations that have finished.")

@@ -89,6 +89,8 @@ class Study(Base):
     space: Mapped[dict[str, Any]] = mapped_column(JSON)
     dataset: Mapped[str] = mapped_column(Text)
     dataset_fingerprint: Mapped[str | None] = mapped_column(String(64))
+    # Why the coordinator paused the study on its own (a suggester error), else None.
+    error: Mapped[str | None] = mapped_column(Text)
     evaluator: Mapped[str] = mapped_column(String(32))
     evaluator_options: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     algorithm: Mapped[str] = mapped_column(String(32))
@@ -112,6 +114,10 @@ class Worker(Base):
     name: Mapped[str] = mapped_column(String(200))
     host: Mapped[str | None] = mapped_column(String(255))
     device: Mapped[str | None] = mapped_column(String(100))
+    # The worker token that registered this worker: only that token may act for it.
+    token_id: Mapped[int | None] = mapped_column(
+        ForeignKey("api_tokens.id", ondelete="SET NULL"), index=True
+    )
     registered_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now()
     )

@@ -49,6 +49,7 @@ def study_out(study: Study, stats: StudyStats) -> StudyOut:
         counts=stats.counts,
         best_value=stats.best_value,
         infeasible_rate=stats.infeasible_rate,
+        error=study.error,
         search_done=stats.search_done,
         finals=stats.finals,
         finals_done=stats.finals_done,
