@@ -80,8 +80,36 @@ def serve(
     upgrade_schema: bool = typer.Option(
         False, "--upgrade", help="Run `db upgrade` first if the schema is not at head."
     ),
+    keep_alive: int = typer.Option(
+        5, min=1, max=300, help="Close an idle keep-alive connection after this many seconds."
+    ),
+    header_timeout: float = typer.Option(
+        10.0,
+        min=0.5,
+        max=300.0,
+        help="Close a connection whose request line and headers are not complete this many "
+        "seconds after it opened or after its previous answer (slow-header clients).",
+    ),
+    max_header_bytes: int = typer.Option(
+        16_384,
+        min=4096,
+        max=1_048_576,
+        help="Largest request line + headers (h11 incomplete-event limit); more is 400.",
+    ),
+    limit_concurrency: int = typer.Option(
+        1000,
+        min=1,
+        help="Connections and in-flight requests at once; beyond it new requests get 503.",
+    ),
 ) -> None:
-    """Run the coordinator (REST API) with uvicorn."""
+    """Run the coordinator (REST API) with uvicorn (h11).
+
+    Connections are bounded: an idle keep-alive connection closes after --keep-alive
+    seconds, one that does not finish its request headers within --header-timeout seconds
+    is closed, headers are limited to --max-header-bytes, at most --limit-concurrency
+    connections/requests at once. Bodies are limited by ARCHSEARCH_MAX_BODY_BYTES (413),
+    and API writes are authenticated before their body is read.
+    """
     import uvicorn
     from sqlalchemy.exc import SQLAlchemyError
 
@@ -110,8 +138,67 @@ def serve(
         err=True,
     )
     uvicorn.run(
-        create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        http=header_timeout_protocol(header_timeout),
+        timeout_keep_alive=keep_alive,
+        h11_max_incomplete_event_size=max_header_bytes,
+        limit_concurrency=limit_concurrency,
     )
+
+
+def header_timeout_protocol(seconds: float) -> type:
+    """uvicorn's h11 protocol, plus a deadline for each request's line and headers.
+
+    uvicorn times out idle keep-alive connections but not a connection that opens and
+    then trickles its headers (or sends nothing): such a connection is closed once
+    ``seconds`` pass without a complete request head, counted from the connection or from
+    the previous answer. The body is bounded by the size limit, not by this timer.
+    """
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderTimeoutH11Protocol(H11Protocol):
+        _head_timer = None
+        _heads_seen = 0
+
+        def connection_made(self, transport) -> None:  # type: ignore[no-untyped-def]
+            super().connection_made(transport)
+            self._arm()
+
+        def _arm(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+            self._head_timer = self.loop.call_later(seconds, self._expired, self._heads_seen)
+
+        def _expired(self, heads_seen: int) -> None:
+            self._head_timer = None
+            waiting = self.cycle is None or self.cycle.response_complete
+            if heads_seen == self._heads_seen and waiting and not self.transport.is_closing():
+                self.transport.close()
+
+        def handle_events(self) -> None:
+            cycle = self.cycle
+            super().handle_events()
+            if self.cycle is not cycle:  # a complete request head arrived
+                self._heads_seen += 1
+                if self._head_timer is not None:
+                    self._head_timer.cancel()
+                    self._head_timer = None
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._arm()
+
+        def connection_lost(self, exc) -> None:  # type: ignore[no-untyped-def]
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+            super().connection_lost(exc)
+
+    return HeaderTimeoutH11Protocol
 
 
 @token_app.command("create")
@@ -143,6 +230,72 @@ def token_create(
     finally:
         engine.dispose()
     typer.echo(token)
+
+
+@token_app.command("list")
+def token_list(
+    database_url: str = typer.Option(None, help="Overrides ARCHSEARCH_DATABASE_URL."),
+) -> None:
+    """One line per token: id, name, role, created, revoked (the tokens are not shown:
+    only their hashes are stored). The bootstrap ARCHSEARCH_ADMIN_TOKEN has no row."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from service.auth import list_tokens
+    from service.db import engine_from_settings, session_factory, session_scope
+
+    engine = engine_from_settings(_settings(database_url=database_url))
+    try:
+        with session_scope(session_factory(engine)) as s:
+            rows = [
+                (t.id, t.name, t.role.value, _when(t.created_at), _when(t.revoked_at))
+                for t in list_tokens(s)
+            ]
+    except SQLAlchemyError as exc:
+        raise _fail(f"cannot read the tokens: {exc.orig or exc} (ran `db upgrade`?)") from None
+    finally:
+        engine.dispose()
+    typer.echo(f"{'id':>4}  {'role':7} {'created':20} {'revoked':20} name")
+    for tid, name, role, created, revoked in rows:
+        typer.echo(f"{tid:>4}  {role:7} {created:20} {revoked or '-':20} {name}")
+
+
+@token_app.command("revoke")
+def token_revoke(
+    token: str = typer.Argument(..., metavar="ID|NAME", help="Token id or (unique) name."),
+    database_url: str = typer.Option(None, help="Overrides ARCHSEARCH_DATABASE_URL."),
+) -> None:
+    """Revoke a token: it gets 401 from then on. Worker actions (claim, heartbeat,
+    reports) refuse it at once; other routes of a running coordinator may honour their
+    cached check for up to 10 seconds."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from service.auth import revoke_token
+    from service.db import engine_from_settings, session_factory, session_scope
+    from service.errors import NotFound
+
+    engine = engine_from_settings(_settings(database_url=database_url))
+    try:
+        with session_scope(session_factory(engine)) as s:
+            row = revoke_token(s, token)
+            line = f"revoked token {row.id} ({row.name}, {row.role.value}) at "
+            line += _when(row.revoked_at)
+    except NotFound as exc:
+        raise _fail(exc.message) from None
+    except SQLAlchemyError as exc:
+        raise _fail(f"cannot revoke the token: {exc.orig or exc} (ran `db upgrade`?)") from None
+    finally:
+        engine.dispose()
+    typer.echo(line)
+
+
+def _when(value: object) -> str:
+    from datetime import datetime
+
+    if value is None:
+        return ""
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    return str(value)[:19]
 
 
 # -- talking to a coordinator -----------------------------------------------------------

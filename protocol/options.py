@@ -10,11 +10,25 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .datasets import Color, default_color
 
 StrictModel = ConfigDict(extra="forbid")
+
+# Cost ceilings per image, checked by ``search_space.arch.validate`` before a trial starts
+# (a candidate above one is INFEASIBLE, never run). Measured with ``arch.walk`` on 10,000
+# draws per built-in space (gray and RGB), candidates within the feature cap: pinto-cox
+# <= 6 GFLOP and 6 MiB, fg11 <= 13.5 GFLOP and 9.4 MiB, bergstra13 99th percentile 31
+# GFLOP / 26 MiB, max 118 GFLOP / 36 MiB; the fg11-ht-l3-1st preset at 200 px is 4.57
+# GFLOP and 8.8 MiB. 200 GFLOP is ~1.7x the largest sensible draw (and ~40x the preset)
+# while refusing the hundreds-of-TFLOP candidates a custom space can reach; 2048 MiB for
+# the largest float32 map keeps batch size 1 (~6 copies of it) within a 16 GB GPU.
+DEFAULT_MAX_GFLOPS_PER_IMAGE = 200.0
+DEFAULT_MAX_ACTIVATION_MB_PER_IMAGE = 2048.0
+# The search split holds out a stratified validation fraction of every class, which
+# needs >= 2 non-test images per class; the test split can be capped at 1.
+MIN_TRAIN_PER_CLASS = 2
 
 EvaluatorName = Literal["screen", "train", "pairs"]
 AlgorithmName = Literal["tpe", "random", "grid"]
@@ -47,6 +61,20 @@ class EvaluatorOptions(BaseModel):
         "before a worker sees the study.",
     )
     max_features: int = Field(100_000, ge=1, le=10_000_000)
+    max_gflops_per_image: float = Field(
+        DEFAULT_MAX_GFLOPS_PER_IMAGE,
+        gt=0,
+        le=1e9,
+        description="A candidate needing more GFLOP (1 multiply-add = 2 FLOP) per image is "
+        "INFEASIBLE before it starts.",
+    )
+    max_activation_mb_per_image: float = Field(
+        DEFAULT_MAX_ACTIVATION_MB_PER_IMAGE,
+        gt=0,
+        le=1e9,
+        description="A candidate whose largest float32 feature map takes more MiB per "
+        "image is INFEASIBLE before it starts.",
+    )
     readout: ReadoutName | None = Field(
         None,
         description="Linear readout of screen and pairs; default: the architecture's own "
@@ -59,16 +87,30 @@ class EvaluatorOptions(BaseModel):
     max_per_class: int | dict[Literal["train", "test"], int] | None = Field(
         None,
         description="Screen on a class-balanced subset: at most this many images per "
-        'class (an int for both splits, or {"train": n, "test": m}).',
+        'class (an int for both splits, or {"train": n, "test": m}). The train cap must be '
+        ">= 2 (the validation split takes at least one image of every class), the test "
+        "cap >= 1.",
     )
 
-    @model_validator(mode="after")
-    def _positive_caps(self) -> EvaluatorOptions:
-        caps = self.max_per_class
-        values = caps.values() if isinstance(caps, dict) else [caps] if caps else []
-        if any(v < 1 for v in values):
-            raise ValueError("max_per_class values must be >= 1")
-        return self
+    @field_validator("max_per_class")
+    @classmethod
+    def _workable_caps(cls, caps: int | dict[str, int] | None) -> int | dict[str, int] | None:
+        if caps is None:
+            return caps
+        if isinstance(caps, dict):
+            train, test = caps.get("train"), caps.get("test")
+        else:
+            train, test = caps, caps
+        if train is not None and train < MIN_TRAIN_PER_CLASS:
+            raise ValueError(
+                f"the train cap must be >= {MIN_TRAIN_PER_CLASS}, got {train}: the search "
+                "split holds out a stratified validation part of every class, so each "
+                "class needs at least 2 non-test images (1 would leave the validation "
+                "split empty and fail every trial)"
+            )
+        if test is not None and test < 1:
+            raise ValueError(f"the test cap must be >= 1, got {test}")
+        return caps
 
     @classmethod
     def for_study(cls, stored: dict[str, Any], dataset: str) -> EvaluatorOptions:

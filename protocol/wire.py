@@ -49,18 +49,62 @@ def _as_utc(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat()
 
 
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain a NUL byte (\\u0000)")
+    return value
+
+
+def _path(parts: list[str | int]) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts).lstrip(".")
+
+
+def _storable(value: Any) -> Any:
+    """Walks a free-form JSON value (params, metrics, a space document): every string,
+    key included, free of NUL bytes and every number finite, so that both database
+    backends store it (PostgreSQL refuses NUL in text and NaN / infinities in JSON).
+    Iterative, so a deeply nested document cannot exhaust the stack here."""
+    stack: list[tuple[Any, list[str | int]]] = [(value, [])]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                raise ValueError(f"{_path(where) or 'value'}: a NUL byte (\\u0000) is refused")
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                raise ValueError(
+                    f"{_path(where) or 'value'}: {item} is refused (numbers must be finite)"
+                )
+        elif isinstance(item, dict):
+            for key, sub in item.items():
+                if isinstance(key, str) and "\x00" in key:
+                    where_key = _path(where) or "top level"
+                    raise ValueError(f"{where_key}: key {key!r} has a NUL byte (\\u0000)")
+                stack.append((sub, [*where, key]))
+        elif isinstance(item, list | tuple):
+            stack.extend((sub, [*where, i]) for i, sub in enumerate(item))
+    return value
+
+
 FiniteFloat = Annotated[float, AfterValidator(_finite)]
+# Every string of a request body: PostgreSQL text cannot hold NUL (SQLite can), so both
+# backends get the same 422 instead of one of them a 500.
+Text = Annotated[str, AfterValidator(_no_nul)]
+# A free-form JSON object of a request body (params, metrics, a space document).
+Document = Annotated[dict[str, Any], AfterValidator(_storable)]
 UtcDatetime = Annotated[datetime, PlainSerializer(_as_utc, return_type=str)]
 
 
 # -- studies ------------------------------------------------------------------------
 class StudyCreate(BaseModel):
     model_config = StrictModel
-    name: str = Field(min_length=1, max_length=MAX_NAME)
-    space: str | dict[str, Any] = Field(
-        "pinto-cox", description="A built-in space name or a space document (JSON)."
+    name: Text = Field(min_length=1, max_length=MAX_NAME, description="No NUL bytes.")
+    space: Annotated[str | dict[str, Any], AfterValidator(_storable)] = Field(
+        "pinto-cox",
+        description="A built-in space name or a space document (JSON; no NUL bytes, "
+        "finite numbers).",
     )
-    dataset: str = Field(
+    dataset: Text = Field(
         min_length=1, max_length=4096, pattern=DATASET_URI_PATTERN, description=DATASET_URI_HELP
     )
     evaluator: EvaluatorName = "screen"
@@ -162,8 +206,10 @@ class EnqueueTrial(BaseModel):
     """A user-given configuration: raw space values (``params``) or a named ``preset``."""
 
     model_config = StrictModel
-    params: dict[str, Any] | None = None
-    preset: str | None = Field(None, max_length=100)
+    params: Document | None = Field(
+        None, description="Raw space values (no NUL bytes, finite numbers)."
+    )
+    preset: Text | None = Field(None, max_length=100)
 
     @model_validator(mode="after")
     def _exactly_one(self) -> EnqueueTrial:
@@ -175,9 +221,9 @@ class EnqueueTrial(BaseModel):
 # -- workers ---------------------------------------------------------------------------
 class WorkerRegister(BaseModel):
     model_config = StrictModel
-    name: str = Field(min_length=1, max_length=MAX_NAME)
-    host: str | None = Field(None, max_length=255)
-    device: str | None = Field(None, max_length=100)
+    name: Text = Field(min_length=1, max_length=MAX_NAME, description="No NUL bytes.")
+    host: Text | None = Field(None, max_length=255)
+    device: Text | None = Field(None, max_length=100)
 
 
 class WorkerOut(BaseModel):
@@ -230,7 +276,7 @@ class HeartbeatOut(BaseModel):
 
 
 class _DataReport(WorkerReport):
-    dataset_fingerprint: str | None = Field(
+    dataset_fingerprint: Text | None = Field(
         None,
         min_length=1,
         max_length=FINGERPRINT_LENGTH,
@@ -242,12 +288,17 @@ class _DataReport(WorkerReport):
 
 class CompleteIn(_DataReport):
     value: FiniteFloat
-    metrics: dict[str, Any] = Field(default_factory=dict)
+    metrics: Document = Field(
+        default_factory=dict,
+        description="Free-form JSON object. Strings (keys too) must not contain NUL bytes "
+        "and numbers must be finite: NaN and infinities anywhere inside are refused (422), "
+        "not stored as null.",
+    )
 
 
 class FailIn(_DataReport):
     kind: Literal["infeasible", "error", "pruned"]
-    reason: str = Field(min_length=1, max_length=MAX_REASON)
+    reason: Text = Field(min_length=1, max_length=MAX_REASON, description="No NUL bytes.")
     value: FiniteFloat | None = None
 
 

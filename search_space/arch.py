@@ -15,8 +15,12 @@ import numbers
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from protocol.options import DEFAULT_MAX_ACTIVATION_MB_PER_IMAGE, DEFAULT_MAX_GFLOPS_PER_IMAGE
+
 DEFAULT_MAX_FEATURES = 100_000
 DEFAULT_MAX_PARAMS = 50_000_000
+# The cost ceilings' defaults (DEFAULT_MAX_GFLOPS_PER_IMAGE, DEFAULT_MAX_ACTIVATION_MB_
+# PER_IMAGE) are written once, with their justification, in protocol/options.py.
 READOUT_KINDS = ("ridge", "logistic", "svm")
 PREPROCESS_KINDS = ("minmax", "div255")
 
@@ -291,6 +295,16 @@ class ShapeReport:
     flops: int
     activation_bytes: int
 
+    @property
+    def gflops(self) -> float:
+        """FLOPs per image in units of 1e9."""
+        return self.flops / 1e9
+
+    @property
+    def activation_mb(self) -> float:
+        """The largest float32 map of one image in MiB (2**20 bytes)."""
+        return self.activation_bytes / 2**20
+
 
 def _valid(side: int, k: int, stride: int = 1) -> int:
     return (side - k) // stride + 1 if side >= k else 0
@@ -353,11 +367,16 @@ def validate(
     input_hw: tuple[int, int] | None = None,
     max_features: int = DEFAULT_MAX_FEATURES,
     max_params: int = DEFAULT_MAX_PARAMS,
+    max_gflops_per_image: float = DEFAULT_MAX_GFLOPS_PER_IMAGE,
+    max_activation_mb_per_image: float = DEFAULT_MAX_ACTIVATION_MB_PER_IMAGE,
 ) -> ShapeReport:
     """Check that ``arch`` can be built on ``input_hw`` (default: its own input size).
 
     Returns the :class:`ShapeReport`. Raises :class:`InfeasibleArchitecture` for a
-    vanishing feature map, too many output features or too many parameters, and
+    vanishing feature map, too many output features or too many parameters, more than
+    ``max_gflops_per_image`` GFLOP per image or a largest map above
+    ``max_activation_mb_per_image`` MiB per image (the defaults are the study options'
+    defaults, ``protocol.options.EvaluatorOptions``; ``math.inf`` disables a cap), and
     ``ValueError`` for values outside the model family (non-positive sizes, bad kinds).
     """
     _check_values(arch)
@@ -369,6 +388,17 @@ def validate(
     if report.n_params > max_params:
         raise InfeasibleArchitecture(
             f"{report.n_params} filter parameters exceed the cap of {max_params}"
+        )
+    if report.gflops > max_gflops_per_image:
+        raise InfeasibleArchitecture(
+            f"{report.gflops:.4g} GFLOP per image exceed the cost cap "
+            f"max_gflops_per_image={max_gflops_per_image:g} (evaluator_options)"
+        )
+    if report.activation_mb > max_activation_mb_per_image:
+        raise InfeasibleArchitecture(
+            f"the largest feature map takes {report.activation_mb:.4g} MiB per image, above "
+            f"the cap max_activation_mb_per_image={max_activation_mb_per_image:g} "
+            "(evaluator_options)"
         )
     return report
 

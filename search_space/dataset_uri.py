@@ -11,6 +11,7 @@ does the path exist, is the layout right; it decodes no image (stdlib + numpy on
 from __future__ import annotations
 
 import os
+import time
 import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -249,16 +250,23 @@ def _split_layout(
     return ImageFolderLayout(root=root, official_split=True, train=train, test=test)
 
 
-def list_tree(path: Path) -> tuple[list[str], list[str]]:
+class CheckBudgetExceeded(Exception):
+    """Looking at the files took longer than the caller's budget (not a dataset error)."""
+
+
+def list_tree(path: Path, *, deadline: float | None = None) -> tuple[list[str], list[str]]:
     """``(files, dirs)`` of a directory or a .zip, as ``/``-separated relative names.
 
     Hidden folders are not descended into. Raises :class:`DatasetURIError` for a file that
-    is not a zip archive, or an unreadable zip.
+    is not a zip archive, or an unreadable zip, and :class:`CheckBudgetExceeded` when a
+    directory walk is still going at ``deadline`` (a ``time.monotonic()`` value).
     """
     if path.is_dir():
         files: list[str] = []
         dirs: list[str] = []
         for here, subdirs, names in os.walk(path):
+            if deadline is not None and time.monotonic() > deadline:
+                raise CheckBudgetExceeded(f"{len(files)} files seen")
             subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
             rel = Path(here).relative_to(path).as_posix()
             rel = "" if rel == "." else rel + "/"
@@ -277,12 +285,14 @@ def list_tree(path: Path) -> tuple[list[str], list[str]]:
     return files, dirs
 
 
-def check_dataset_location(uri: str) -> str | None:
+def check_dataset_location(uri: str, *, budget_seconds: float | None = None) -> str | None:
     """Cheap check the coordinator runs when a study is created: is the data there?
 
     Returns ``None`` when the data look right, or a message when the path does not exist
     on this machine (the coordinator may simply not see the workers' disks: the caller
-    decides whether that is an error). Raises :class:`DatasetURIError` for a malformed URI
+    decides whether that is an error) or when walking it took longer than
+    ``budget_seconds`` (then the workers find out, as for a path the coordinator cannot
+    see). Raises :class:`DatasetURIError` for a malformed URI
     or for a path that exists with the wrong layout (imagefolder: class folders with images;
     npz: an archive holding x_train, y_train, x_test, y_test, no object arrays; idx: the
     four IDX files, plain or .gz; cifar10: data_batch_1..5, test_batch, batches.meta;
@@ -298,16 +308,22 @@ def check_dataset_location(uri: str) -> str | None:
             f"{uri}: {path} does not exist on the coordinator's machine; it cannot check "
             "the layout (fine if only the workers have the data at that path)"
         )
+    deadline = None if budget_seconds is None else time.monotonic() + budget_seconds
     try:
-        _check_layout(parsed.scheme, path)
+        _check_layout(parsed.scheme, path, deadline)
     except DatasetURIError as exc:
         raise DatasetURIError(f"{uri}: {exc}") from None
+    except CheckBudgetExceeded as exc:
+        return (
+            f"{uri}: layout not checked, {path} is too large to walk in "
+            f"{budget_seconds:g} s ({exc})"
+        )
     return None
 
 
-def _check_layout(scheme: str, path: Path) -> None:
+def _check_layout(scheme: str, path: Path, deadline: float | None = None) -> None:
     if scheme == "imagefolder":
-        files, dirs = list_tree(path)
+        files, dirs = list_tree(path, deadline=deadline)
         layout = imagefolder_layout(files, dirs)
         if len(layout.classes) < 2:
             raise DatasetURIError(

@@ -56,6 +56,11 @@ class SpaceError(ValueError):
         self.path = path
         self.message = message
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Picklable with its two arguments (the default would call ``cls(str(self))``):
+        # a SpaceError raised in the coordinator's suggester process must cross back.
+        return (type(self), (self.path, self.message), self.__dict__)
+
 
 # -- schema ----------------------------------------------------------------------------
 def _fmt(value: Any) -> str:

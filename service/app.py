@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor
 from multiprocessing import get_context
 from typing import Literal
 
@@ -21,7 +21,9 @@ from .api import results, spaces, studies, trials, workers
 from .auth import TokenCache
 from .config import Settings, get_settings
 from .dashboard import install_dashboard
+from .dashboard.redact import install_access_log_redaction
 from .db import check_database, engine_from_settings, session_factory
+from .deps import Reader
 from .errors import ErrorBody, install_error_handlers
 from .limits import BodySizeLimit
 from .metrics import Metrics
@@ -35,6 +37,8 @@ class Health(BaseModel):
     status: Literal["ok", "unavailable"]
     db: str
     version: str = __version__
+    # "ok", or why the suggester cannot run (its process pool cannot be created)
+    suggester: str = "ok"
 
 
 def maintenance_pass(store: TrialStore, queue: SuggestionQueue) -> None:
@@ -75,11 +79,9 @@ def create_app(settings: Settings | None = None, *, maintenance: bool = True) ->
     engine = engine_from_settings(settings)
     sessions = session_factory(engine)
 
-    executor = (
-        ProcessPoolExecutor(settings.suggest_processes, mp_context=get_context("spawn"))
-        if settings.suggest_processes
-        else None
-    )
+    def make_pool() -> Executor:
+        # the suggester's pool; also the replacement of one that broke (process killed)
+        return ProcessPoolExecutor(settings.suggest_processes, mp_context=get_context("spawn"))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -93,8 +95,7 @@ def create_app(settings: Settings | None = None, *, maintenance: bool = True) ->
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            if executor is not None:
-                executor.shutdown(wait=False, cancel_futures=True)
+            app.state.queue.close()
             engine.dispose()
 
     app = FastAPI(
@@ -111,7 +112,9 @@ def create_app(settings: Settings | None = None, *, maintenance: bool = True) ->
     app.state.store = TrialStore(
         sessions, lease_seconds=settings.lease_seconds, max_attempts=settings.max_attempts
     )
-    app.state.queue = SuggestionQueue(app.state.store, executor)
+    app.state.queue = SuggestionQueue(
+        app.state.store, executor_factory=make_pool if settings.suggest_processes else None
+    )
     app.state.metrics = Metrics(sessions)
     app.state.token_cache = TokenCache()
     install_error_handlers(app)
@@ -119,20 +122,32 @@ def create_app(settings: Settings | None = None, *, maintenance: bool = True) ->
     for module in (spaces, studies, workers, trials, results):
         app.include_router(module.router)
     install_dashboard(app)
+    # The dashboard is the one place that takes a token in a URL: keep it out of the
+    # access log (idempotent: several apps in one process install one filter).
+    install_access_log_redaction()
 
     @app.get("/healthz", response_model=Health, responses={503: {"model": Health}})
     async def healthz() -> JSONResponse | Health:
-        """``{"status": "ok", "db": "ok"}`` when the database answers, else 503 with a reason."""
+        """``{"status": "ok", "db": "ok", "suggester": "ok"}`` when the database answers
+        and the suggester can run (a broken suggester pool is replaced here), else 503
+        with the reason in ``db`` or ``suggester``."""
         reason = await run_in_threadpool(check_database, engine)
-        if reason is None:
+        suggester = await run_in_threadpool(app.state.queue.suggester_health)
+        if reason is None and suggester is None:
             return Health(status="ok", db="ok")
-        body = Health(status="unavailable", db=reason)
+        body = Health(status="unavailable", db=reason or "ok", suggester=suggester or "ok")
         return JSONResponse(body.model_dump(), status_code=503)
 
     @app.get(
-        "/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}}
+        "/metrics",
+        response_class=Response,
+        responses={
+            200: {"content": {CONTENT_TYPE_LATEST: {}}},
+            401: {"model": ErrorBody},
+            403: {"model": ErrorBody},
+        },
     )
-    async def metrics() -> Response:
+    async def metrics(_: Reader) -> Response:
         """Prometheus text format: trials by state, claims, claim latency histogram."""
         data = await run_in_threadpool(generate_latest, app.state.metrics.registry)
         return Response(data, media_type=CONTENT_TYPE_LATEST)

@@ -9,7 +9,7 @@ from fastapi import Cookie, Depends, Header, Path, Query, Request
 from pydantic import Field
 from sqlalchemy.orm import Session
 
-from .auth import authorize
+from .auth import Caller, authorize
 from .config import Settings
 from .db import close_quietly
 from .models import Role
@@ -54,7 +54,7 @@ QueueDep = Annotated[SuggestionQueue, Depends(get_queue)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def require(role: Role) -> Callable[..., Role | None]:
+def require(role: Role) -> Callable[..., Caller]:
     """A dependency that checks the bearer token for ``role``.
 
     It uses its own short session so that the request's connection is not held while
@@ -62,13 +62,16 @@ def require(role: Role) -> Callable[..., Role | None]:
     For the reader role (GET routes only, so no CSRF surface) a browser may present the
     token as the ``archsearch_token`` cookie instead (set by the dashboard's ``?token=``);
     the header wins when both are sent, and the cookie is ignored under ``open_reads``.
+    Answers the :class:`~service.auth.Caller` (role and token id: worker routes bind
+    workers to it). Writes under /api/v1 were already authenticated before their body was
+    read (:class:`service.limits.BodySizeLimit`); this is the role check proper.
     """
 
     def check(
         request: Request,
         authorization: Annotated[str | None, Header()] = None,
         archsearch_token: Annotated[str | None, Cookie(include_in_schema=False)] = None,
-    ) -> Role | None:
+    ) -> Caller:
         settings: Settings = request.app.state.settings
         cookie = archsearch_token if role == Role.READER and not settings.open_reads else None
         if not authorization and cookie:
@@ -87,6 +90,6 @@ def require(role: Role) -> Callable[..., Role | None]:
     return check
 
 
-Reader = Annotated[Role | None, Depends(require(Role.READER))]
-WorkerRole = Annotated[Role | None, Depends(require(Role.WORKER))]
-Admin = Annotated[Role | None, Depends(require(Role.ADMIN))]
+Reader = Annotated[Caller, Depends(require(Role.READER))]
+WorkerRole = Annotated[Caller, Depends(require(Role.WORKER))]
+Admin = Annotated[Caller, Depends(require(Role.ADMIN))]

@@ -12,7 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DataError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -86,6 +86,23 @@ def error_response(
     )
 
 
+# Ids are 64-bit signed integers in the database.
+MAX_ID = 2**63 - 1
+
+
+def _out_of_range(request: Request) -> tuple[int, str, str]:
+    """(status, field, message) for an integer the database cannot hold: a path id
+    cannot exist (404), a query or body number is invalid (422)."""
+    for name, value in request.path_params.items():
+        if isinstance(value, int) and not -MAX_ID - 1 <= value <= MAX_ID:
+            return 404, name, f"no such {name}: {value} is beyond 64-bit ids"
+    for name, value in request.query_params.multi_items():
+        text = value.strip().lstrip("+-")
+        if text.isdigit() and int(text) > MAX_ID:
+            return 422, name, f"{name}: {value} is beyond the 64-bit range"
+    return 422, "body", "a value does not fit the database column it is stored in"
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ArchsearchError)
     async def _domain(_req: Request, exc: ArchsearchError) -> JSONResponse:
@@ -116,6 +133,15 @@ def install_error_handlers(app: FastAPI) -> None:
         # because every write is one transaction.
         reason = str(exc.orig or exc).splitlines()[0] if str(exc.orig or exc) else "error"
         return error_response(503, "unavailable", f"database unavailable: {reason}")
+
+    # Ids beyond 64 bits on routes that take a plain ``int`` reach the driver: SQLite
+    # raises OverflowError, PostgreSQL "bigint out of range". A JSON 404/422 naming the
+    # field, never a 500.
+    @app.exception_handler(OverflowError)
+    @app.exception_handler(DataError)
+    async def _number_out_of_range(req: Request, exc: Exception) -> JSONResponse:
+        status, field, message = _out_of_range(req)
+        return error_response(status, "not_found" if status == 404 else "invalid", message, field)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_req: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -20,7 +20,8 @@
 Who calls: :class:`~service.trial_store.TrialStore` calls :func:`advance` inside the
 transaction of every terminal trial transition (complete, fail, release past the attempt
 limit, the reaper, an infeasible insertion), so a study can never miss the end of its last
-trial; the suggestion queue calls :func:`end_search` when its suggester is exhausted; the
+trial; the suggestion queue calls :func:`end_search` when its suggester is exhausted and
+:func:`suspend` when it fails for a study; the
 API calls :func:`set_state` for a user's PATCH; the coordinator's maintenance loop calls
 :func:`reconcile`, which heals any study left behind (a crash between two steps, a database
 restored from a backup). Every function here runs in the caller's write transaction and
@@ -170,8 +171,32 @@ def set_state(store: TrialStore, session: Session, study_id: int, target: str) -
     if wanted == StudyState.STOPPED:
         _queue_finals(store, session, study)
     elif wanted == StudyState.RUNNING:
+        study.error = None  # a resume clears the reason the coordinator paused it for
         advance(store, session, study_id)  # trials may all have ended while it was paused
     return study
+
+
+MAX_ERROR_CHARS = 500
+
+
+def suspend(store: TrialStore, session: Session, study_id: int, reason: str) -> StudyState | None:
+    """The coordinator pauses a study on its own: its suggester failed (a space that
+    overflows when sampled, say). ``reason`` is stored, on one line, as the study's
+    ``error``; a user's resume (PATCH running) clears it. Only a running or paused study
+    is suspended (any other is left as it is). Returns the state afterwards (``None``: no
+    such study)."""
+    study = _locked_study(session, study_id)
+    if study is None:
+        return None
+    if study.state not in (StudyState.RUNNING, StudyState.PAUSED):
+        return study.state
+    line = " ".join(str(reason).split()) or "the suggester failed"
+    if len(line) > MAX_ERROR_CHARS:
+        line = line[: MAX_ERROR_CHARS - 3] + "..."
+    log.warning("study %s: paused by the coordinator: %s", study_id, line)
+    study.error = line
+    session.flush()
+    return _set(session, study, StudyState.PAUSED)
 
 
 def reconcile(store: TrialStore) -> int:

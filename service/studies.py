@@ -31,6 +31,9 @@ from search_space.dataset_uri import DatasetURIError, check_dataset_location, pa
 from .errors import InvalidInput, NotFound
 from .models import Study, StudyState, Trial, TrialSource, TrialState
 
+# How long study creation may spend looking at a dataset's files on the coordinator.
+DATASET_CHECK_SECONDS = 2.0
+
 
 @dataclass(frozen=True)
 class StudyStats:
@@ -90,14 +93,26 @@ def evaluator_options(study: Study) -> EvaluatorOptions:
     return EvaluatorOptions.for_study(study.evaluator_options, study.dataset)
 
 
-def create_study(session: Session, body: StudyCreate) -> Study:
-    """Validate ``body`` and insert the study (caller's transaction). Fills nothing else."""
+@dataclass(frozen=True)
+class CheckedStudy:
+    """A study request that passed every check: what :func:`create_study` stores."""
+
+    body: StudyCreate
+    space_name: str | None
+    space: Space
+
+
+def check_study(body: StudyCreate) -> CheckedStudy:
+    """Every check of a new study, the file system's included. Call it OUTSIDE any write
+    transaction: a dataset check walks a directory tree (within a time budget), and on
+    SQLite a write transaction blocks every claim meanwhile. Raises :class:`InvalidInput`
+    naming the field."""
     space_name, space = resolve_space(body.space)
     try:
         parse_dataset_uri(body.dataset)
         # Where the coordinator sees the path, a wrong layout is refused now; a path it
         # cannot see may still exist on the workers (they report a FAILED trial if not).
-        check_dataset_location(body.dataset)
+        check_dataset_location(body.dataset, budget_seconds=DATASET_CHECK_SECONDS)
     except DatasetURIError as exc:
         raise InvalidInput(str(exc), field="dataset") from None
     if body.algorithm == "grid" and not space.is_discrete:
@@ -116,6 +131,15 @@ def create_study(session: Session, body: StudyCreate) -> Study:
         get_suggester(body.algorithm, **body.algorithm_options.model_dump())
     except ValueError as exc:
         raise InvalidInput(str(exc), field="algorithm_options") from None
+    return CheckedStudy(body, space_name, space)
+
+
+def create_study(session: Session, body: StudyCreate, checked: CheckedStudy | None = None) -> Study:
+    """Insert the study (caller's transaction); fills nothing else. ``checked`` is what
+    :func:`check_study` returned before the transaction began (without it the checks run
+    here, inside the transaction). Raises :class:`InvalidInput` naming the field."""
+    checked = checked or check_study(body)
+    space_name, space = checked.space_name, checked.space
     study = Study(
         name=body.name,
         state=StudyState.RUNNING,

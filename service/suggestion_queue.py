@@ -7,17 +7,29 @@ long history takes a while, and on SQLite a write transaction blocks every claim
 write transaction then re-counts under the study lock and inserts at most what is still
 missing, so two coordinator processes refilling at once never over-fill and
 ``max_trials`` is never exceeded. Duplicate configurations are skipped by the store.
+
+The suggester can fail only for one study: whatever it raises (a space whose lognormal
+overflows when sampled, say) crosses the process boundary as a plain
+:class:`SuggesterFailed`, and the study is paused with the reason
+(:func:`~service.lifecycle.suspend`). A process pool that breaks anyway (its process was
+killed) is replaced and the round retried once; a pool that breaks again on the retry
+blames the study. Only a pool that cannot be created at all is the coordinator's problem
+(:class:`~service.errors.Unavailable`, and ``/healthz`` says so).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import time
 from collections import defaultdict
-from concurrent.futures import Executor
+from collections.abc import Callable
+from concurrent.futures import BrokenExecutor, Executor
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 
 from search_space import (
     HistoryItem,
@@ -28,7 +40,7 @@ from search_space import (
 )
 
 from . import lifecycle
-from .errors import InvalidInput
+from .errors import InvalidInput, Unavailable
 from .models import Study, StudyState, Trial, TrialSource, TrialState
 from .studies import evaluator_options, space_from_document, study_space
 from .trial_store import NewTrial, TrialStore
@@ -36,6 +48,30 @@ from .trial_store import NewTrial, TrialStore
 log = logging.getLogger(__name__)
 
 MAX_ROUNDS = 8  # bounds the work when most suggestions are infeasible or duplicates
+# One suggester job asks for at most this many configurations, so that a study with a deep
+# queue takes its turn in the (shared, first-come) suggester pool in small pieces.
+CHUNK = 64
+# WAITING search trials kept per study at most, whatever its max_parallel.
+QUEUE_CAP = 1024
+# How long one study's refill may take in the maintenance pass before the next study's.
+PASS_SECONDS_PER_STUDY = 2.0
+PROBE_TIMEOUT = 60.0  # seconds a fresh pool may take to start its first process
+
+
+class SuggesterFailed(Exception):
+    """A suggestion round failed for one study. ``args`` is just the one-line reason, so
+    it pickles both ways (what crosses a process pool's boundary must, or the pool marks
+    itself broken)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def one_line(exc: BaseException) -> str:
+    """``"Type: message"`` on one line: what a study's ``error`` says."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def make_new_trial(
@@ -54,7 +90,12 @@ def make_new_trial(
     arch = space.to_arch(raw, input_channels=options.input_channels, seed=options.filter_seed)
     reason = None
     try:
-        validate(arch, max_features=options.max_features)
+        validate(
+            arch,
+            max_features=options.max_features,
+            max_gflops_per_image=options.max_gflops_per_image,
+            max_activation_mb_per_image=options.max_activation_mb_per_image,
+        )
     except InfeasibleArchitecture as exc:
         reason = exc.reason
     return NewTrial(
@@ -76,9 +117,16 @@ def run_suggester(
     n: int,
     seed: int,
 ) -> list[dict[str, Any]]:
-    """One suggestion round, from plain data (so that it can run in another process)."""
-    space = space_from_document(space_doc)
-    return get_suggester(algorithm, **options).suggest(space, history, n, seed=seed)
+    """One suggestion round, from plain data (so that it can run in another process).
+
+    Raises only :class:`SuggesterFailed` (whatever went wrong, as one line of text): an
+    exception that cannot be unpickled would break the caller's process pool.
+    """
+    try:
+        space = space_from_document(space_doc)
+        return get_suggester(algorithm, **options).suggest(space, history, n, seed=seed)
+    except Exception as exc:
+        raise SuggesterFailed(one_line(exc)) from None
 
 
 def derive_seed(study_seed: int, n_history: int, round_: int) -> int:
@@ -89,22 +137,120 @@ def derive_seed(study_seed: int, n_history: int, round_: int) -> int:
 class SuggestionQueue:
     """Keeps studies' queues full. One instance per coordinator process; thread-safe."""
 
-    def __init__(self, store: TrialStore, executor: Executor | None = None) -> None:
+    def __init__(
+        self,
+        store: TrialStore,
+        executor: Executor | None = None,
+        *,
+        executor_factory: Callable[[], Executor] | None = None,
+    ) -> None:
         """``executor``: where the suggester runs. A process pool keeps TPE (pure Python,
         holding the GIL for tens of milliseconds on a long history) from stalling the
-        claims this process answers meanwhile; ``None`` runs it in the calling thread."""
+        claims this process answers meanwhile; ``None`` runs it in the calling thread.
+        ``executor_factory`` makes a pool (the first one too, when ``executor`` is not
+        given) and the replacement of a broken one; without it a broken pool cannot be
+        replaced."""
         self.store = store
+        self._factory = executor_factory
+        if executor is None and executor_factory is not None:
+            executor = executor_factory()
         self.executor = executor
+        self.pool_error: str | None = None  # why no working pool could be made, if so
+        self._pool_lock = threading.Lock()
         self._locks: defaultdict[int, threading.Lock] = defaultdict(threading.Lock)
         self._dirty: set[int] = set()
         self._guard = threading.Lock()
 
-    def refill(self, study_id: int) -> int:
-        """Top up ``study_id``'s queue. Returns the number of trials added.
+    # -- the suggester and its pool ------------------------------------------------------
+    def _suggest(self, job: tuple[Any, ...]) -> list[dict[str, Any]]:
+        """Run one round. Raises :class:`SuggesterFailed` (the study's fault: also when
+        the pool breaks again on the retry) or :class:`Unavailable` (no pool can be made,
+        or the coordinator is stopping)."""
+        executor = self.executor
+        if executor is None:
+            return run_suggester(*job)
+        try:
+            return self._submit(executor, job)
+        except BrokenExecutor as exc:
+            log.warning("suggester pool broken (%s); replacing it and retrying once", exc)
+        executor = self._replace_pool(executor)
+        try:
+            return self._submit(executor, job)
+        except BrokenExecutor as exc:
+            self._replace_pool(executor)  # for the next study: this one is to blame
+            raise SuggesterFailed(
+                f"the suggester process died twice while proposing for this study ({exc})"
+            ) from None
+
+    def _submit(self, executor: Executor, job: tuple[Any, ...]) -> list[dict[str, Any]]:
+        try:
+            future = executor.submit(run_suggester, *job)
+        except BrokenExecutor:
+            raise  # (a RuntimeError too) the caller replaces the pool
+        except RuntimeError as exc:
+            # "cannot schedule new futures after shutdown": another thread replaced this
+            # pool (use the new one), or the coordinator is stopping.
+            current = self.executor
+            if current is executor or current is None:
+                raise Unavailable(f"the suggester pool is shut down ({exc})") from None
+            return self._submit(current, job)
+        return future.result()
+
+    def _replace_pool(self, broken: Executor) -> Executor:
+        """The working pool that replaces ``broken`` (made now, unless another thread
+        already did). Raises :class:`Unavailable` when no working pool can be made."""
+        with self._pool_lock:
+            if self.executor is not broken and self.pool_error is None:
+                return self.executor  # type: ignore[return-value]
+            if self._factory is None:
+                self.pool_error = "the suggester pool is broken and cannot be replaced"
+                raise Unavailable(self.pool_error)
+            broken.shutdown(wait=False)
+            fresh = None
+            try:
+                fresh = self._factory()
+                fresh.submit(os.getpid).result(timeout=PROBE_TIMEOUT)
+            except Exception as exc:
+                if fresh is not None:
+                    fresh.shutdown(wait=False, cancel_futures=True)
+                self.pool_error = f"the suggester pool cannot be created: {one_line(exc)}"
+                log.error("%s", self.pool_error)
+                raise Unavailable(self.pool_error) from None
+            self.executor = fresh
+            self.pool_error = None
+            log.info("suggester pool replaced")
+            return fresh
+
+    def suggester_health(self) -> str | None:
+        """``None`` when the suggester can run, else why not. A broken pool is replaced
+        here (so a health check heals it); only one that cannot be made is reported."""
+        executor = self.executor
+        if executor is None:
+            return None
+        if self.pool_error is None and not getattr(executor, "_broken", False):
+            return None
+        try:
+            self._replace_pool(executor)
+        except Unavailable as exc:
+            return exc.message
+        return None
+
+    def close(self) -> None:
+        """Shut the pool down (the coordinator is stopping)."""
+        with self._pool_lock:
+            if self.executor is not None:
+                self.executor.shutdown(wait=False, cancel_futures=True)
+
+    def refill(self, study_id: int, *, budget_seconds: float | None = None) -> int:
+        """Top up ``study_id``'s queue (to ``min(max_parallel, QUEUE_CAP)`` WAITING
+        trials), in suggester jobs of at most ``CHUNK`` configurations. Returns the number
+        of trials added. With ``budget_seconds`` it stops after the job that passes it
+        (the rest is left to later refills).
 
         Concurrent calls in one process coalesce: a call that finds a refill of the same
         study running marks it to run once more and returns 0 at once.
         """
+        deadline = None if budget_seconds is None else time.monotonic() + budget_seconds
         with self._guard:
             lock = self._locks[study_id]
             if not lock.acquire(blocking=False):
@@ -115,44 +261,54 @@ class SuggestionQueue:
             while True:
                 with self._guard:
                     self._dirty.discard(study_id)
-                added += self._refill_once(study_id)
+                added += self._refill_once(study_id, deadline)
                 with self._guard:
                     if study_id not in self._dirty:
                         break
+                if deadline is not None and time.monotonic() > deadline:
+                    break
         finally:
             lock.release()
         return added
 
-    def refill_quietly(self, study_id: int) -> None:
+    def refill_quietly(self, study_id: int, *, budget_seconds: float | None = None) -> None:
         """:meth:`refill` for background tasks: a failure is logged, never raised (the
         answer was already sent, and the periodic loop will refill later)."""
         try:
-            self.refill(study_id)
+            self.refill(study_id, budget_seconds=budget_seconds)
         except Exception:
             log.warning(
                 "refill of study %s failed; the maintenance loop retries", study_id, exc_info=True
             )
 
     def refill_all(self) -> int:
-        """Top up every running study (the periodic safety net). Returns trials added."""
+        """Top up every running study (the periodic safety net), each for at most
+        ``PASS_SECONDS_PER_STUDY`` a pass, so one deep queue cannot hold up the others.
+        Returns trials added."""
         with self.store.sessions() as s:
             ids = list(s.scalars(select(Study.id).where(Study.state == StudyState.RUNNING)))
-        return sum(self.refill(sid) for sid in ids)
+        return sum(self.refill(sid, budget_seconds=PASS_SECONDS_PER_STUDY) for sid in ids)
 
-    def _refill_once(self, study_id: int) -> int:
+    def _refill_once(self, study_id: int, deadline: float | None = None) -> int:
         added = 0
         discrete = False
-        for round_ in range(MAX_ROUNDS):
+        unproductive = 0
+        round_ = -1  # the first round is round 0 (its seed: derive_seed(..., 0))
+        while unproductive < MAX_ROUNDS:
+            round_ += 1
+            if deadline is not None and time.monotonic() > deadline:
+                return added
             with self.store.sessions() as s:
                 study = s.get(Study, study_id)
                 if study is None or study.state != StudyState.RUNNING:
                     return added
                 # Cheap checks first: most refills (one after every claim) find the queue
                 # full and must pay neither for counting nor for loading the history.
-                if _waiting(s, study_id) >= study.max_parallel:
+                depth = min(study.max_parallel, QUEUE_CAP)
+                if _waiting(s, study_id) >= depth:
                     return added
                 total, waiting = _counts(s, study_id)
-                want = min(study.max_parallel - waiting, study.max_trials - total)
+                want = min(depth - waiting, study.max_trials - total, CHUNK)
                 if want <= 0:
                     return added
                 rows = s.execute(
@@ -160,41 +316,49 @@ class SuggestionQueue:
                         Trial.study_id == study_id, ~lifecycle.IS_FINAL
                     )
                 ).all()
-            space = study_space(study)
-            discrete = space.is_discrete
-            history = [
-                HistoryItem(raw=r.params, state=TrialState(r.state).value, value=r.value)
-                for r in rows
-            ]
-            job = (
-                study.space,
-                study.algorithm,
-                study.algorithm_options,
-                history,
-                want,
-                derive_seed(study.seed, total, round_),
-            )
-            if self.executor is None:
-                raws = run_suggester(*job)
-            else:
-                raws = self.executor.submit(run_suggester, *job).result()
+            try:
+                space = study_space(study)
+                discrete = space.is_discrete
+                history = [
+                    HistoryItem(raw=r.params, state=TrialState(r.state).value, value=r.value)
+                    for r in rows
+                ]
+                job = (
+                    study.space,
+                    study.algorithm,
+                    study.algorithm_options,
+                    history,
+                    want,
+                    derive_seed(study.seed, total, round_),
+                )
+                raws = self._suggest(job)
+                new = [make_new_trial(study, space, raw) for raw in raws]
+            except (Unavailable, SQLAlchemyError):
+                raise  # not the study's fault: the refill fails, a later one retries
+            except Exception as exc:
+                # This study's space or options break the suggester: pause it, with the
+                # reason, and let every other study go on.
+                reason = exc.reason if isinstance(exc, SuggesterFailed) else one_line(exc)
+                self._suspend(study_id, f"the suggester failed: {reason}")
+                return added
             if not raws:  # grid exhausted
                 self._end_search(study_id, "the suggester has no configuration left")
                 return added
-            new = [make_new_trial(study, space, raw) for raw in raws]
             with self.store.transaction(lock_study=study_id) as s:
                 fresh = s.get(Study, study_id, populate_existing=True)
                 if fresh is None or fresh.state != StudyState.RUNNING:
                     return added
                 total, waiting_now = _counts(s, study_id)
-                room = min(fresh.max_parallel - waiting_now, fresh.max_trials - total)
+                depth = min(fresh.max_parallel, QUEUE_CAP)
+                room = min(depth - waiting_now, fresh.max_trials - total)
                 if room <= 0:
                     return added
                 rows_added = self.store.add_trials(s, study_id, new[:room])
             added += len(rows_added)
             n_waiting = sum(1 for t in rows_added if t.state == TrialState.WAITING)
-            if n_waiting >= want:
-                return added
+            # A round that queued all it asked for made progress; one of duplicates or
+            # infeasible candidates counts towards MAX_ROUNDS.
+            unproductive = 0 if n_waiting >= want else unproductive + 1
         log.info("study %s: queue not full after %d rounds", study_id, MAX_ROUNDS)
         if added == 0 and discrete:
             # Every round proposed only configurations the study already has: a small
@@ -204,6 +368,10 @@ class SuggestionQueue:
                 study_id, f"{MAX_ROUNDS} suggestion rounds proposed only configurations tried"
             )
         return added
+
+    def _suspend(self, study_id: int, reason: str) -> None:
+        with self.store.transaction(lock_study=study_id) as s:
+            lifecycle.suspend(self.store, s, study_id, reason)
 
     def _end_search(self, study_id: int, reason: str) -> None:
         with self.store.transaction(lock_study=study_id) as s:

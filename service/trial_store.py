@@ -18,6 +18,16 @@ Concurrency: a claim is one UPDATE of the first claimable row, chosen with
 Either way no trial is RUNNING for two workers, whatever the number of workers and
 coordinator processes. Reports lock the trial row before they read it.
 
+Identity: given the caller (``caller=``, the API always passes it), claim, heartbeat,
+complete, fail and release first check that the worker belongs to the caller's token
+(``workers.token_id``; see :mod:`service.auth`): another token's worker is
+:class:`~service.errors.Forbidden` (403, field ``worker_id``), and a revoked token is
+:class:`~service.errors.Unauthorized` (401) at once, in the same transaction.
+
+Scores: a reported value (complete, fail, heartbeat) must lie in the range of the study's
+evaluator (:data:`SCORE_RANGES`), else :class:`~service.errors.InvalidInput` (field
+``value``).
+
 Errors: :class:`~service.errors.NotFound` (no such trial / worker),
 :class:`~service.errors.Conflict` (lost lease, wrong worker, contradicting report) and
 :class:`~service.errors.Unavailable` (database unreachable) are raised; a lost claim
@@ -40,13 +50,22 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from . import lifecycle
+from .auth import Caller
 from .db import close_quietly, db_now_plus
-from .errors import Conflict, NotFound, Unavailable
-from .models import Study, StudyState, Trial, TrialSource, TrialState, Worker
+from .errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized, Unavailable
+from .models import ApiToken, Study, StudyState, Trial, TrialSource, TrialState, Worker
 from .studies import record_fingerprint
 
 # Study ids whose trials finished in this transaction (Session.info key).
 _ENDED = "archsearch.ended_studies"
+
+# The one table of score ranges, by study evaluator (closed intervals). Every current
+# evaluator reports an accuracy; a new evaluator must add its row here.
+SCORE_RANGES: dict[str, tuple[float, float]] = {
+    "screen": (0.0, 1.0),
+    "train": (0.0, 1.0),
+    "pairs": (0.0, 1.0),
+}
 
 
 @dataclass(frozen=True)
@@ -135,6 +154,42 @@ class TrialStore:
             raise NotFound(f"trial {trial_id} does not exist", field="trial_id")
         return trial
 
+    @staticmethod
+    def _check_owner(s: Session, worker_id: int, caller: Caller | None) -> bool:
+        """Refuse a caller acting for a worker registered by another token (403) or with a
+        revoked token (401). Returns whether the worker exists; ``caller=None`` (in-process
+        use) skips the check."""
+        row = s.execute(
+            select(Worker.token_id, ApiToken.revoked_at)
+            .outerjoin(ApiToken, ApiToken.id == Worker.token_id)
+            .where(Worker.id == worker_id)
+        ).first()
+        if row is None or caller is None:
+            return row is not None
+        if row.token_id != caller.token_id:
+            raise Forbidden(
+                f"worker {worker_id} was registered with another token; a token may act "
+                "only for the workers it registered",
+                field="worker_id",
+            )
+        if row.revoked_at is not None:
+            raise Unauthorized("unknown or revoked token", field="Authorization")
+        return True
+
+    @staticmethod
+    def _check_value(s: Session, trial: Trial, value: float | None) -> None:
+        """The value must lie in the score range of the study's evaluator (422)."""
+        if value is None:
+            return
+        evaluator = s.scalar(select(Study.evaluator).where(Study.id == trial.study_id))
+        low, high = SCORE_RANGES.get(evaluator or "", (-math.inf, math.inf))
+        if not (math.isfinite(value) and low <= value <= high):
+            raise InvalidInput(
+                f"value {value!r} is outside [{low}, {high}], the score range of the "
+                f"{evaluator} evaluator",
+                field="value",
+            )
+
     # -- queue ------------------------------------------------------------------------
     def add_trials(self, session: Session, study_id: int, new: Sequence[NewTrial]) -> list[Trial]:
         """Add ``new`` to the study in the caller's transaction; skip known configurations.
@@ -210,17 +265,19 @@ class TrialStore:
         worker_id: int,
         study_ids: Sequence[int] | None = None,
         exclude: Sequence[int] | None = None,
+        *,
+        caller: Caller | None = None,
     ) -> Trial | None:
         """Give the worker a trial: its own RUNNING one if it has one, else the next WAITING
         trial of a running study (or a final evaluation of a stopped one).
 
         The lease is (re)set to now + ``lease_seconds``. Expired leases are reaped first.
         Returns ``None`` when no running study has a WAITING trial. Raises
-        :class:`NotFound` for an unknown worker.
+        :class:`NotFound` for an unknown worker, :class:`Forbidden` for another token's.
         """
         with self.transaction() as s:
             self._reap(s)
-            if s.get(Worker, worker_id) is None:
+            if not self._check_owner(s, worker_id, caller):
                 raise NotFound(f"worker {worker_id} is not registered", field="worker_id")
             s.execute(
                 update(Worker).where(Worker.id == worker_id).values(last_seen_at=db_now_plus(0))
@@ -279,14 +336,22 @@ class TrialStore:
         return trial
 
     def heartbeat(
-        self, trial_id: int, worker_id: int, step: int | None = None, value: float | None = None
+        self,
+        trial_id: int,
+        worker_id: int,
+        step: int | None = None,
+        value: float | None = None,
+        *,
+        caller: Caller | None = None,
     ) -> Trial:
         """Extend the lease; record ``(step, value)`` as an intermediate value if given.
 
         Raises :class:`Conflict` when the worker no longer holds the trial.
         """
         with self.transaction() as s:
+            self._check_owner(s, worker_id, caller)
             trial = self._running_for(s, trial_id, worker_id, "heartbeat")
+            self._check_value(s, trial, value)
             trial.lease_expires_at = db_now_plus(self.lease_seconds)
             if value is not None:
                 trial.intermediate = [*trial.intermediate, [step, value]]
@@ -304,6 +369,8 @@ class TrialStore:
         value: float,
         metrics: dict[str, Any],
         fingerprint: str | None = None,
+        *,
+        caller: Caller | None = None,
     ) -> tuple[Trial, bool]:
         """Record the score. Returns ``(trial, first)``; ``first`` is False for a repeat.
 
@@ -316,6 +383,8 @@ class TrialStore:
             raise ValueError("value must be finite")
         with self.transaction() as s:
             trial = self._locked_trial(s, trial_id)
+            self._check_owner(s, worker_id, caller)
+            self._check_value(s, trial, value)
             if trial.state == TrialState.COMPLETE:
                 if trial.worker_id == worker_id and trial.value == value:
                     return trial, False
@@ -353,6 +422,8 @@ class TrialStore:
         reason: str,
         value: float | None = None,
         fingerprint: str | None = None,
+        *,
+        caller: Caller | None = None,
     ) -> tuple[Trial, bool]:
         """End the trial INFEASIBLE, FAILED (``error``) or PRUNED. Same contract as complete.
 
@@ -366,6 +437,8 @@ class TrialStore:
         }[kind]
         with self.transaction() as s:
             trial = self._locked_trial(s, trial_id)
+            self._check_owner(s, worker_id, caller)
+            self._check_value(s, trial, value)
             if trial.state.is_finished():
                 if trial.state == target and trial.worker_id == worker_id:
                     return trial, False
@@ -382,7 +455,7 @@ class TrialStore:
             self._finish(s, trial, fingerprint)
             return trial, True
 
-    def release(self, trial_id: int, worker_id: int) -> Trial:
+    def release(self, trial_id: int, worker_id: int, *, caller: Caller | None = None) -> Trial:
         """Give a RUNNING trial back at once (worker shutting down, data mismatch): it is
         WAITING again with ``attempt + 1``, or FAILED when that was its last attempt (a
         trial every worker gives back must not circle for ever).
@@ -390,6 +463,7 @@ class TrialStore:
         Releasing a trial the worker no longer holds raises :class:`Conflict`.
         """
         with self.transaction() as s:
+            self._check_owner(s, worker_id, caller)
             trial = self._running_for(s, trial_id, worker_id, "release")
             if trial.attempt >= self.max_attempts:
                 trial.state = TrialState.FAILED

@@ -103,3 +103,29 @@ def test_dockerfile_copies_what_exists_and_installs_the_pinned_torch():
     pinned = re.search(r'TORCH_SPEC="torch==([\d.]+)"', DOCKERFILE).group(1)
     makefile = (ROOT / "Makefile").read_text()
     assert re.search(rf"TORCH_VERSION \?= {re.escape(pinned)}\b", makefile)
+
+
+def _runs_a_worker(spec: dict) -> bool:
+    return bool(re.search(r"(^|archsearch )worker\b", " ".join(spec.get("command") or [])))
+
+
+def test_workers_get_a_worker_token_never_the_admin_token():
+    """The admin token stays with the coordinator; workers get ARCHSEARCH_TOKEN from
+    ARCHSEARCH_WORKER_TOKEN (a token made with `archsearch token create --role worker`)."""
+    workers = {n: s for n, s in COMPOSE["services"].items() if _runs_a_worker(s)}
+    assert {"worker", "worker-cpu"} <= set(workers)
+    for name, spec in workers.items():
+        assert "ADMIN_TOKEN" not in yaml.safe_dump(spec), f"{name} can see the admin token"
+        env = spec["environment"]
+        assert "ARCHSEARCH_ADMIN_TOKEN" not in env
+        assert env["ARCHSEARCH_TOKEN"] == "${ARCHSEARCH_WORKER_TOKEN:-}"
+        # No token on a command line (ps shows it), and no start without one.
+        command = " ".join(spec["command"])
+        assert "--token" not in command and "TOKEN}" not in command
+        assert 'test -n "$$ARCHSEARCH_TOKEN"' in command
+    # Only the coordinator reads the admin token.
+    for name, spec in COMPOSE["services"].items():
+        if "ADMIN_TOKEN" in yaml.safe_dump(spec):
+            assert name == "coordinator", f"{name} can see the admin token"
+    text = (ROOT / "docker-compose.yml").read_text()
+    assert "token create --role worker" in text

@@ -8,7 +8,14 @@ Contract with the coordinator (docs/design.md section 5), spoken through the typ
   coordinator answered (2xx, or a final 4xx such as a lost lease), so a coordinator outage
   loses nothing; transport errors are retried with exponential back-off and jitter;
 * SIGTERM / SIGINT: the running trial is released at once (another worker takes it without
-  waiting for the lease), then the daemon exits;
+  waiting for the lease), then the daemon exits. Python runs a signal handler only between
+  bytecodes of the main thread, which may be deep in a long torch or numpy call, so the
+  release is made by a watcher thread woken through ``signal.set_wakeup_fd`` the moment
+  the signal arrives; the main thread's handler then only unwinds;
+* a spooled report the coordinator keeps refusing (a 5xx or a 4xx other than the final
+  ones and the transient 401/403/408/429/502/503/504) is tried ``MAX_DELIVERY_ATTEMPTS``
+  times, counted on disk, then set aside as ``*.rejected`` so the worker claims again;
+  reports are sanitised before they are sent (no NUL bytes, finite numbers only);
 * a worker whose data differ from the study's fingerprint gives the trial back and stops
   claiming that study;
 * a trial past its study's ``trial_timeout_seconds`` is reported FAILED with the reason
@@ -19,6 +26,8 @@ Imports ``search_space``, ``protocol`` and ``client``, never ``service``.
 from __future__ import annotations
 
 import logging
+import math
+import os
 import random
 import signal
 import socket
@@ -26,14 +35,14 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from client import ApiError, Client
-from protocol.wire import ClaimOut, StudyBrief, TrialOut
+from protocol.wire import MAX_REASON, ClaimOut, StudyBrief, TrialOut
 from search_space import Architecture, InfeasibleArchitecture
 
 from .outcomes import Pruned, Stopped, TimedOut
@@ -43,6 +52,43 @@ log = logging.getLogger("archsearch.worker")
 
 # 4xx answers that mean "this result will never be accepted": stop retrying it.
 FINAL_REFUSALS = {400, 404, 409, 422}
+# Answers that say nothing about the report itself (auth, throttling, a coordinator or its
+# database away): retried for ever, like transport errors.
+TRANSIENT = {401, 403, 408, 429, 502, 503, 504}
+# Any other error answer to a spooled report counts; after this many it is set aside.
+MAX_DELIVERY_ATTEMPTS = 5
+
+
+def _clean(value: Any) -> Any:
+    """``value`` with NUL bytes removed from strings (keys too) and non-finite numbers
+    dropped (from objects) or nulled (in lists): what both database backends store."""
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {
+            _clean(str(k)): _clean(v)
+            for k, v in value.items()
+            if not (isinstance(v, float) and not math.isfinite(v))
+        }
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
+def sanitise(entry: SpoolEntry) -> SpoolEntry:
+    """The report as the coordinator accepts it: a non-finite score becomes an error
+    report, NUL bytes go, non-finite metric values are dropped, the reason fits."""
+    value = entry.value
+    kind, reason = entry.kind, entry.reason
+    if value is not None and not math.isfinite(value):
+        if kind == "complete":
+            kind, reason = "error", f"the evaluation returned a non-finite score ({value})"
+        value = None
+    if reason is not None:
+        reason = reason.replace("\x00", "\\x00")[:MAX_REASON] or kind
+    return replace(entry, kind=kind, value=value, reason=reason, metrics=_clean(entry.metrics))
 
 
 class WorkerStopping(BaseException):
@@ -182,18 +228,57 @@ class WorkerDaemon:
         self._excluded: set[int] = set()
         self._current: ClaimOut | None = None
         self._evaluating = False
+        # The trial given back because of a signal (by the watcher or the handler).
+        self._released_on_signal: int | None = None
+        self._signal_lock = threading.RLock()
 
     # -- signals ---------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
-        """SIGTERM/SIGINT: give the running trial back now, then unwind (main thread only)."""
+        """SIGTERM/SIGINT: give the running trial back now, then unwind (main thread only).
+
+        The C-level handler writes the signal number to a pipe at once, wherever the main
+        thread is; a watcher thread reading it releases the trial. The Python handler runs
+        when the main thread next executes bytecode, releases if the watcher has not, and
+        unwinds the evaluation."""
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(write_fd, False)
+        signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
+        threading.Thread(
+            target=self._watch_signals, args=(read_fd,), name="signal-watcher", daemon=True
+        ).start()
+
+    def _watch_signals(self, read_fd: int) -> None:
+        stopping = {int(signal.SIGTERM), int(signal.SIGINT)}
+        while True:
+            try:
+                received = os.read(read_fd, 64)
+            except OSError:
+                return
+            if not received:
+                return
+            if stopping.intersection(received):
+                log.info("signal received: releasing the running trial")
+                self.stop_event.set()
+                self._release_on_signal()
+
+    def _release_on_signal(self) -> bool:
+        """Give the running trial back once (watcher or handler, whichever comes first);
+        True when a trial was being evaluated."""
+        with self._signal_lock:
+            current = self._current
+            if not self._evaluating or current is None:
+                return False
+            if self._released_on_signal != current.trial.id:
+                self._released_on_signal = current.trial.id
+                self._release(current.trial.id)
+            return True
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         log.info("signal %s: stopping", signal.Signals(signum).name)
         self.stop_event.set()
-        if self._evaluating and self._current is not None:
-            self._release(self._current.trial.id)
+        if self._release_on_signal():
             self._evaluating = False
             raise WorkerStopping
 
@@ -243,30 +328,56 @@ class WorkerDaemon:
         for good). Stops at the first transport error (the coordinator is down)."""
         delivered = 0
         for entry in self.spool.pending():
+            sent = sanitise(entry)
             try:
-                if entry.kind == "complete":
-                    assert entry.value is not None
+                if sent.kind == "complete":
+                    assert sent.value is not None
                     self.client.complete(
-                        entry.trial_id,
-                        entry.worker_id,
-                        entry.value,
-                        entry.metrics,
-                        dataset_fingerprint=entry.dataset_fingerprint,
+                        sent.trial_id,
+                        sent.worker_id,
+                        sent.value,
+                        sent.metrics,
+                        dataset_fingerprint=sent.dataset_fingerprint,
                     )
                 else:
                     self.client.fail(
-                        entry.trial_id,
-                        entry.worker_id,
-                        entry.kind,
-                        entry.reason or entry.kind,
-                        value=entry.value,
-                        dataset_fingerprint=entry.dataset_fingerprint,
+                        sent.trial_id,
+                        sent.worker_id,
+                        sent.kind,
+                        sent.reason or sent.kind,
+                        value=sent.value,
+                        dataset_fingerprint=sent.dataset_fingerprint,
                     )
             except httpx.TransportError:
                 return delivered
             except ApiError as exc:
-                if exc.status not in FINAL_REFUSALS:
+                if exc.status in TRANSIENT:
                     return delivered
+                if exc.status not in FINAL_REFUSALS:
+                    entry = self.spool.count_attempt(entry)
+                    if entry.attempts < MAX_DELIVERY_ATTEMPTS:
+                        log.warning(
+                            "trial %s: the %s report was refused (%s), attempt %s of %s",
+                            entry.trial_id,
+                            entry.kind,
+                            exc,
+                            entry.attempts,
+                            MAX_DELIVERY_ATTEMPTS,
+                        )
+                        return delivered
+                    where = self.spool.reject(
+                        entry, f"refused {entry.attempts} times; last answer: {exc}"
+                    )
+                    log.error(
+                        "trial %s: the %s report was refused %s times (last: %s); set aside as %s",
+                        entry.trial_id,
+                        entry.kind,
+                        entry.attempts,
+                        exc,
+                        where,
+                    )
+                    delivered += 1
+                    continue
                 log.warning(
                     "trial %s: coordinator refused the %s report for good: %s",
                     entry.trial_id,
@@ -343,8 +454,11 @@ class WorkerDaemon:
             except WorkerStopping:
                 raise
             finally:
-                self._evaluating = False
-                self._current = None
+                with self._signal_lock:
+                    self._evaluating = False
+                    self._current = None
+        if self._released_on_signal == trial.id:  # given back on a signal: not ours now
+            raise WorkerStopping
         if entry is None:  # released (stop, data mismatch): nothing to report
             return
         self.spool.put(entry)
@@ -407,6 +521,8 @@ class WorkerDaemon:
                 readout=options.readout,
                 epochs=options.epochs,
                 max_features=options.max_features,
+                max_gflops_per_image=options.max_gflops_per_image,
+                max_activation_mb_per_image=options.max_activation_mb_per_image,
                 report=report,
                 tick=tick,
                 deadline=deadline,

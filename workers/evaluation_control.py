@@ -7,7 +7,11 @@ docs/design.md section 4):
 * ``_Control``: the deadline (:class:`~workers.outcomes.TimedOut`), the progress heartbeat
   and the ``prune`` / ``stop`` answers (:class:`~workers.outcomes.Pruned`,
   :class:`~workers.outcomes.Stopped`), checked by every protocol before every batch / step
-  and at every intermediate report;
+  and at every intermediate report, and *inside* them by ``_Control.check`` (between the
+  model's modules, micro-batches, readout iterations and grid points: the deadline every
+  time, the tick callback at most every :data:`CHECK_TICK_INTERVAL_S`), so a deadline or a
+  stop is obeyed within about one module of one batch whatever the batch size;
+  ``_checkpoints`` hooks ``check`` between the leaf modules of a model;
 * out-of-memory handling: :func:`is_oom`, ``_oom_is_infeasible`` (a stage with no batch size
   becomes ``InfeasibleArchitecture``), ``_oom_at_one`` (the error when halving reached
   batch size 1), ``_free`` / ``_sync`` (CUDA cache and timing barriers);
@@ -22,7 +26,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,10 +37,14 @@ from search_space.arch import InfeasibleArchitecture
 
 from .outcomes import Pruned, Stopped, TimedOut
 
-__all__ = ["EvalResult", "Report", "Tick", "is_oom"]
+__all__ = ["CHECK_TICK_INTERVAL_S", "EvalResult", "Report", "Tick", "is_oom"]
 
 Report = Callable[[int, float], str]
 Tick = Callable[[], str]
+
+# Inside a batch / fit the tick callback (the daemon's last heartbeat answer, refreshed
+# every lease / 3 s) is asked at most this often; the deadline is checked at every check.
+CHECK_TICK_INTERVAL_S = 0.25
 
 
 @dataclass(frozen=True)
@@ -55,6 +63,7 @@ class _Control:
         self._deadline = deadline
         self.last_value: float | None = None
         self.reports: list[list[float]] = []
+        self._last_tick = time.monotonic()
 
     def _check_deadline(self) -> None:
         if self._deadline is not None and time.monotonic() > self._deadline:
@@ -70,9 +79,19 @@ class _Control:
         raise ValueError(f"heartbeat action must be continue, prune or stop; got {action!r}")
 
     def tick(self) -> None:
+        """The check before every batch / step: the deadline, then the tick callback."""
         self._check_deadline()
         if self._tick is not None:
+            self._last_tick = time.monotonic()
             self._obey(self._tick(), "during the evaluation")
+
+    def check(self) -> None:
+        """The check inside a batch or a fit (cheap, called often): the deadline every
+        time, the tick callback when :data:`CHECK_TICK_INTERVAL_S` have passed since it
+        was last asked. Computes nothing, so results do not depend on it."""
+        self._check_deadline()
+        if self._tick is not None and time.monotonic() - self._last_tick >= CHECK_TICK_INTERVAL_S:
+            self.tick()
 
     def report(self, step: int, value: float) -> None:
         self._check_deadline()
@@ -80,6 +99,25 @@ class _Control:
         self.reports.append([int(step), _num(value)])
         if self._report is not None:
             self._obey(self._report(int(step), float(value)), f"at step {step}")
+
+
+@contextmanager
+def _checkpoints(model: torch.nn.Module, check: Callable[[], None] | None) -> Iterator[None]:
+    """Call ``check()`` before every leaf module of ``model`` runs (forward pre-hooks,
+    removed on exit). An exception from ``check`` ends the forward pass; outputs of a pass
+    that completes are unchanged."""
+    if check is None:
+        yield
+        return
+
+    def hook(_module: torch.nn.Module, _inputs: Any) -> None:
+        check()
+
+    with ExitStack() as stack:
+        for module in model.modules():
+            if next(module.children(), None) is None:
+                stack.callback(module.register_forward_pre_hook(hook).remove)
+        yield
 
 
 # -- out of memory ---------------------------------------------------------------------

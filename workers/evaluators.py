@@ -49,8 +49,9 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 
+from protocol.options import DEFAULT_MAX_ACTIVATION_MB_PER_IMAGE, DEFAULT_MAX_GFLOPS_PER_IMAGE
 from search_space.arch import Architecture, validate
-from search_space.model import build_model as build_model  # re-export (tests patch it)
+from search_space.model import build_model as build_model  # re-export
 
 from . import readout as ro
 from .evaluation_control import (
@@ -136,6 +137,8 @@ def evaluate(
     batch_size: int | None = None,
     max_features: int = 100_000,
     deadline: float | None = None,
+    max_gflops_per_image: float = DEFAULT_MAX_GFLOPS_PER_IMAGE,
+    max_activation_mb_per_image: float = DEFAULT_MAX_ACTIVATION_MB_PER_IMAGE,
 ) -> EvalResult:
     """Score ``arch`` on ``ds`` with ``protocol`` (see the module docstring for the contract).
 
@@ -156,6 +159,8 @@ def evaluate(
       ``mult, absdiff, sqdiff, sqrtabsdiff``; each fold scored by a readout fitted on the
       other folds; value = mean, metrics ``folds`` and ``stderr`` (std, ddof=1, / sqrt K).
 
+    ``max_gflops_per_image`` / ``max_activation_mb_per_image`` are the study's cost caps
+    (``EvaluatorOptions``); a candidate above them is infeasible before any work.
     ``batch_size`` ``None`` picks :func:`default_batch_size`. Raises
     ``InfeasibleArchitecture`` (infeasible or out of memory), :class:`Pruned`,
     :class:`Stopped`, :class:`TimedOut`, and ``ValueError`` for a bad request
@@ -163,7 +168,12 @@ def evaluate(
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; known: {PROTOCOLS}")
-    rep = validate(arch, max_features=max_features)
+    rep = validate(
+        arch,
+        max_features=max_features,
+        max_gflops_per_image=max_gflops_per_image,
+        max_activation_mb_per_image=max_activation_mb_per_image,
+    )
     device = torch.device(device)
     _check_data(arch, ds)
     control = _Control(report, tick, deadline)

@@ -105,7 +105,7 @@ def _pairs(
             Xtr, Xte = comparison(sets[0]), comparison(sets[1])
         ytr, yte = labels(pairs.dev_train_same), labels(pairs.dev_test_same)
         control.tick()
-        clf = _fit_readout(Xtr, ytr, kind, arch.readout.l2, seed, device)
+        clf = _fit_readout(Xtr, ytr, kind, arch.readout.l2, seed, device, control.check)
         with _oom_is_infeasible(device, "scoring the readout"):
             value = clf.accuracy(Xte, yte)
         control.report(0, value)
@@ -128,7 +128,7 @@ def _pairs(
             with _oom_is_infeasible(device, "stacking the training folds"):
                 Xtr = torch.cat([Xs[i] for i in others])
                 ytr = torch.cat([ys[i] for i in others])
-            clf = _fit_readout(Xtr, ytr, kind, arch.readout.l2, seed, device)
+            clf = _fit_readout(Xtr, ytr, kind, arch.readout.l2, seed, device, control.check)
             del Xtr
             with _oom_is_infeasible(device, "scoring the readout"):
                 fold_acc.append(clf.accuracy(Xs[k], ys[k]))

@@ -23,11 +23,16 @@ Features are standardised with the mean and standard deviation of the *training*
 ``select_and_fit`` is the entry point of the evaluators: with ``l2=None`` it picks ``l2``
 from a log grid by accuracy on a seeded, stratified inner split of the training rows, then
 refits on all training rows. Ridge evaluates the whole grid from one eigendecomposition.
+
+Every fit takes an optional ``check`` callable, called between its steps (Gram matrix,
+factorisation, each grid value, each L-BFGS function evaluation): the evaluators pass their
+deadline / stop check, which may raise to abandon the fit. It computes nothing, so the
+results are the same with or without it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -46,6 +51,12 @@ LBFGS_GRID: tuple[float, ...] = tuple(float(v) for v in np.logspace(-4, 3, 8))
 DEFAULT_MAX_ITER = 200
 # Inner split used to choose l2 (fraction of the training rows held out).
 INNER_FRACTION = 0.2
+
+Check = Callable[[], None] | None
+
+
+def _noop() -> None:
+    return None
 
 
 # -- the fitted classifier ----------------------------------------------------------------
@@ -212,6 +223,7 @@ def fit_ridge(
     *,
     standardize: bool = True,
     form: Literal["auto", "primal", "dual"] = "auto",
+    check: Check = None,
 ) -> LinearClassifier:
     """Closed-form ridge regression on one-hot {-1, +1} targets; labels ``y`` in
     ``[0, n_classes)``.
@@ -221,8 +233,9 @@ def fit_ridge(
     primal ``d x d`` system when ``d <= n`` and the dual ``n x n`` system otherwise (``form``
     forces one; both give the same solution for ``l2 > 0``). The
     Gram matrix is computed in the work dtype of ``X`` (float32 for float32 features, on
-    the device's matmul units) and factorised in float64.
+    the device's matmul units) and factorised in float64. ``check()`` runs between steps.
     """
+    check = check or _noop
     X, y, dt, mean, std = _prepare(X, y, n_classes, l2, standardize)
     # One working copy: standardised, then centred in place (a no-op up to rounding when
     # the statistics came from these rows, but needed for standardize=False).
@@ -236,12 +249,16 @@ def fit_ridge(
     if form not in ("auto", "primal", "dual"):
         raise ValueError(f"form must be auto, primal or dual, got {form!r}")
     if form == "primal" or (form == "auto" and d <= n):
+        check()
         G = (Xc.T @ Xc).double()
         G.diagonal().add_(l2)
+        check()
         W = _cholesky_solve(G, (Xc.T @ Yc.to(dt)).double())
     else:
+        check()
         K = (Xc @ Xc.T).double()
         K.diagonal().add_(l2)
+        check()
         A = _cholesky_solve(K, Yc)
         W = (Xc.T @ A.to(dt)).double()
     b = ym - xm.double() @ W
@@ -255,13 +272,15 @@ def _ridge_grid_scores(
     yva: torch.Tensor,
     n_classes: int,
     grid: Sequence[float],
+    check: Check = None,
 ) -> list[float]:
     """Validation accuracy of ridge for every ``l2`` in ``grid`` from one ``eigh``.
 
     With the (centred) Gram matrix ``G = V diag(s) V'`` the prediction for ``l2`` is
     ``A diag(1 / (s + l2)) B``, ``A``/``B`` fixed: primal ``A = Xva V``, ``B = V' Xtr' Y``;
-    dual ``A = Xva Xtr' V``, ``B = V' Y``.
+    dual ``A = Xva Xtr' V``, ``B = V' Y``. ``check()`` runs between steps and grid values.
     """
+    check = check or _noop
     dt = _float_dtype(Xtr)
     mean, std = standardizer(Xtr)
     Xc = (Xtr.to(dt) - mean) / std
@@ -272,17 +291,27 @@ def _ridge_grid_scores(
     Y = _targets(ytr, n_classes, torch.float64)
     Yc = Y - Y.mean(dim=0)
     n, d = Xc.shape
+    check()
     if d <= n:
-        s, V = torch.linalg.eigh((Xc.T @ Xc).double())
+        G = (Xc.T @ Xc).double()
+        check()
+        s, V = torch.linalg.eigh(G)
+        del G
+        check()
         A = Vc.double() @ V
         B = V.T @ (Xc.T @ Yc.to(dt)).double()
     else:
-        s, V = torch.linalg.eigh((Xc @ Xc.T).double())
+        K = (Xc @ Xc.T).double()
+        check()
+        s, V = torch.linalg.eigh(K)
+        del K
+        check()
         A = (Vc @ Xc.T).double() @ V
         B = V.T @ Yc
     s = s.clamp_min(0.0)
     scores = []
     for l2 in grid:
+        check()
         pred = (A @ (B / (s + l2)[:, None])).argmax(dim=1)
         scores.append(float((pred == yva).double().mean().item()))
     return scores
@@ -297,12 +326,14 @@ def _lbfgs(
     l2: float,
     max_iter: int,
     init: tuple[torch.Tensor, torch.Tensor] | None,
+    check: Check = None,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Fit ``W, b`` on standardised ``Xs`` by full-batch L-BFGS; returns ``(W, b, iters)``.
 
     The objective is divided by ``n`` (same minimiser) so that the line search sees O(1)
-    values whatever the row count.
+    values whatever the row count. ``check()`` runs before every function evaluation.
     """
+    check = check or _noop
     n, d = Xs.shape
     dt = Xs.dtype
     W = torch.zeros(d, n_classes, dtype=dt, device=Xs.device)
@@ -325,6 +356,7 @@ def _lbfgs(
     lam = l2 / (2.0 * n)
 
     def closure() -> torch.Tensor:
+        check()
         opt.zero_grad()
         z = Xs @ W + b
         if kind == "logistic":
@@ -350,11 +382,12 @@ def fit_logistic(
     *,
     standardize: bool = True,
     init: tuple[torch.Tensor, torch.Tensor] | None = None,
+    check: Check = None,
 ) -> LinearClassifier:
     """Multinomial logistic regression, ``sum CE + l2/2 ||W||^2`` (sklearn ``C = 1/l2``),
     by full-batch L-BFGS for at most ``max_iter`` iterations. ``init`` = ``(W, b)`` in the
     standardised space (a warm start)."""
-    return _fit_lbfgs("logistic", X, y, n_classes, l2, max_iter, standardize, init)
+    return _fit_lbfgs("logistic", X, y, n_classes, l2, max_iter, standardize, init, check)
 
 
 def fit_svm(
@@ -366,10 +399,11 @@ def fit_svm(
     *,
     standardize: bool = True,
     init: tuple[torch.Tensor, torch.Tensor] | None = None,
+    check: Check = None,
 ) -> LinearClassifier:
     """Linear SVM, one-vs-rest squared hinge, ``sum loss + l2/2 ||W||^2`` (sklearn
     ``LinearSVC(C=1/l2)`` except that the intercept is not penalised), by L-BFGS."""
-    return _fit_lbfgs("svm", X, y, n_classes, l2, max_iter, standardize, init)
+    return _fit_lbfgs("svm", X, y, n_classes, l2, max_iter, standardize, init, check)
 
 
 def _fit_lbfgs(
@@ -381,10 +415,11 @@ def _fit_lbfgs(
     max_iter: int,
     standardize: bool,
     init: tuple[torch.Tensor, torch.Tensor] | None,
+    check: Check = None,
 ) -> LinearClassifier:
     X, y, dt, mean, std = _prepare(X, y, n_classes, l2, standardize)
     Xs = (X.to(dt) - mean) / std
-    W, b, it = _lbfgs(kind, Xs, y.long(), n_classes, l2, max_iter, init)
+    W, b, it = _lbfgs(kind, Xs, y.long(), n_classes, l2, max_iter, init, check)
     return _classifier(kind, W, b, mean, std, n_classes, l2, n_iter=it)
 
 
@@ -424,6 +459,7 @@ def select_and_fit(
     grid: Sequence[float] | None = None,
     inner_fraction: float = INNER_FRACTION,
     max_iter: int = DEFAULT_MAX_ITER,
+    check: Check = None,
 ) -> LinearClassifier:
     """Fit a ``kind`` readout on ``(X_train, y_train)``; labels may be any integers.
 
@@ -433,7 +469,9 @@ def select_and_fit(
     split`) of the *training* rows; the best (ties: the largest l2, the simplest model) is
     refitted on all training rows. Returns the fitted :class:`LinearClassifier`; its
     ``.l2`` is the value used and ``.l2_curve`` the inner scores. Everything runs on
-    ``X_train``'s device. Raises ``ValueError`` for an unknown kind or fewer than 2 labels.
+    ``X_train``'s device. ``check()`` is called between grid values and inside every fit
+    (it may raise to abandon the fit; it does not change the result). Raises
+    ``ValueError`` for an unknown kind or fewer than 2 labels.
     """
     if kind not in FITTERS:
         raise ValueError(f"unknown readout kind {kind!r}; known: {KINDS}")
@@ -456,7 +494,7 @@ def select_and_fit(
             hi = torch.from_numpy(held_idx).to(X.device)
             Xf, yf, Xh, yh = X[fi], y[fi], X[hi], y[hi]
             if kind == "ridge":
-                scores = _ridge_grid_scores(Xf, yf, Xh, yh, n_classes, values)
+                scores = _ridge_grid_scores(Xf, yf, Xh, yh, n_classes, values, check)
             else:
                 scores = []
                 warm: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -467,7 +505,7 @@ def select_and_fit(
                 Xfs = (Xf.to(mean.dtype) - mean) / std
                 Xhs = (Xh.to(mean.dtype) - mean) / std
                 for i in order:
-                    W, b, _ = _lbfgs(kind, Xfs, yf, n_classes, values[i], max_iter, warm)
+                    W, b, _ = _lbfgs(kind, Xfs, yf, n_classes, values[i], max_iter, warm, check)
                     warm = (W, b)
                     pred = (Xhs @ W + b).argmax(dim=1)
                     by_index[i] = float((pred == yh).double().mean().item())
@@ -475,10 +513,12 @@ def select_and_fit(
             curve = list(zip(values, scores, strict=True))
             best = max(scores)
             l2 = max(v for v, s in curve if s == best)
+    if check is not None:
+        check()
     if kind == "ridge":
-        clf = fit_ridge(X, y, n_classes, float(l2))
+        clf = fit_ridge(X, y, n_classes, float(l2), check=check)
     else:
-        clf = FITTERS[kind](X, y, n_classes, float(l2), max_iter)
+        clf = FITTERS[kind](X, y, n_classes, float(l2), max_iter, check=check)
     clf.classes = classes
     clf.l2_curve = curve
     return clf

@@ -50,7 +50,7 @@ def _screen(
     nf = len(fit_idx)
     y = _labels(ds, index, device)
     t1 = time.perf_counter()
-    clf = _fit_readout(feats[:nf], y[:nf], kind, arch.readout.l2, seed, device)
+    clf = _fit_readout(feats[:nf], y[:nf], kind, arch.readout.l2, seed, device, control.check)
     with _oom_is_infeasible(device, "scoring the readout"):
         acc = clf.accuracy(feats[nf:], y[nf:])
         train_acc = clf.accuracy(feats[:nf], y[:nf])

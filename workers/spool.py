@@ -2,7 +2,9 @@
 
 One JSON file per result, written atomically (temp file, fsync, rename), so a worker that
 is killed, or a coordinator that is down, loses nothing: the next run (or the next loop
-iteration) delivers what is there.
+iteration) delivers what is there. A result the coordinator keeps refusing is counted in
+its file (``attempts``, so the count survives restarts) and finally set aside as
+``*.rejected`` with the reason in ``*.reason.txt``, so it cannot block the worker.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,6 +29,8 @@ class SpoolEntry:
     reason: str | None = None
     # Content hash of the data the result was computed on (older spool files lack it).
     dataset_fingerprint: str | None = None
+    # Deliveries the coordinator answered with an error that counts (see the daemon).
+    attempts: int = 0
 
 
 class Spool:
@@ -60,6 +64,34 @@ class Spool:
             except (OSError, ValueError, TypeError):
                 path.rename(path.with_suffix(".corrupt"))
         return entries
+
+    def count_attempt(self, entry: SpoolEntry) -> SpoolEntry:
+        """Record one more failed delivery of ``entry`` on disk; returns the new entry.
+        The file keeps its place in the delivery order (its modification time)."""
+        path = self._path(entry.trial_id, entry.worker_id)
+        updated = replace(entry, attempts=entry.attempts + 1)
+        try:
+            times = path.stat()
+        except OSError:
+            times = None
+        self.put(updated)
+        if times is not None:
+            os.utime(path, ns=(times.st_atime_ns, times.st_mtime_ns))
+        return updated
+
+    def reject(self, entry: SpoolEntry, reason: str) -> Path:
+        """Set ``entry`` aside for good (renamed ``*.rejected``, ``reason`` written beside
+        it in ``*.reason.txt``); returns the rejected file."""
+        path = self._path(entry.trial_id, entry.worker_id)
+        target = path.with_suffix(".rejected")
+        path.with_suffix(".reason.txt").write_text(reason + "\n")
+        if path.exists():
+            path.rename(target)
+        return target
+
+    def rejected(self) -> list[Path]:
+        """The entries set aside by :meth:`reject`."""
+        return sorted(self.directory.glob("trial-*.rejected"))
 
     def ack(self, entry: SpoolEntry) -> None:
         """The coordinator has the result (or refused it for good): forget it."""

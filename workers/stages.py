@@ -5,8 +5,10 @@ Holds (docs/design.md section 4; the contract is in :mod:`workers.evaluators`):
 * :func:`default_batch_size`: a batch size whose working set fits the device;
 * :func:`extract_features`: batched feature extraction on the device, halving the batch
   size on out of memory down to 1 (then ``InfeasibleArchitecture``), with ``tick()``
-  before every batch; ``_extract_timed`` wraps it for a protocol (heartbeat through
-  ``_Control``, a finiteness check, throughput metrics);
+  before every batch and ``check()`` between the model's modules; batches are sized to
+  take about :data:`BATCH_SECONDS` (the first from a FLOP budget), so a check comes at
+  most about one module of one such batch late; ``_extract_timed`` wraps it for a
+  protocol (heartbeat through ``_Control``, a finiteness check, throughput metrics);
 * ``_splits``: the search train / validation split or the non-test / test split;
   ``_labels``: the labels of some rows as a device tensor;
 * ``_fit_readout``: :func:`workers.readout.select_and_fit` with out of memory turned into
@@ -29,12 +31,30 @@ from search_space.arch import InfeasibleArchitecture, ShapeReport
 from search_space.model import FeatureExtractor, preprocess
 
 from . import readout as ro
-from .evaluation_control import _Control, _free, _oom_at_one, _oom_is_infeasible, _sync, is_oom
+from .evaluation_control import (
+    _checkpoints,
+    _Control,
+    _free,
+    _oom_at_one,
+    _oom_is_infeasible,
+    _sync,
+    is_oom,
+)
 
 if TYPE_CHECKING:
     from .datasets import Dataset
 
-__all__ = ["default_batch_size", "extract_features"]
+__all__ = ["BATCH_SECONDS", "default_batch_size", "extract_features"]
+
+# Feature extraction sizes its batches to take about this long (never above the memory-
+# driven batch size), so the checks between batches stay frequent whatever the batch size
+# asked for. The first batch, before any timing, gets at most FIRST_BATCH_FLOPS: ~0.2-0.4
+# s on a 2-core CPU (~50-100 GFLOP/s measured), a few ms on a GPU. Per-image results do
+# not depend on the batch size on the CPU (measured bitwise on the FG11 preset; each
+# image's maps are computed independently); on CUDA the batch size already depended on
+# free memory.
+BATCH_SECONDS = 1.0
+FIRST_BATCH_FLOPS = {"cpu": 2e10, "cuda": 2e12}
 
 
 # -- batching --------------------------------------------------------------------------
@@ -59,42 +79,60 @@ def extract_features(
     device: torch.device | str,
     batch_size: int,
     tick: Callable[[], None] | None = None,
+    check: Callable[[], None] | None = None,
+    batch_seconds: float | None = BATCH_SECONDS,
 ) -> tuple[torch.Tensor, int, int]:
     """Features of ``images[index]`` as ``(len(index), n_features)`` float32 on ``device``.
 
     ``images``: ``(N, C, H, W)`` uint8 (or any dtype :func:`preprocess` takes), kept where
     it is; each batch is copied to the device, preprocessed and run under
-    ``torch.inference_mode``. ``tick()`` is called before every batch. On out of memory
-    the batch size is halved and the same batch retried; at batch size 1 it raises
-    ``InfeasibleArchitecture``. Returns ``(features, batch size used at the end, number of
-    halvings)``.
+    ``torch.inference_mode``. ``tick()`` is called before every batch, ``check()`` before
+    every leaf module of the model (inside a batch). ``batch_size`` is the largest batch;
+    with ``batch_seconds`` set, the first batch is capped by :data:`FIRST_BATCH_FLOPS` and
+    each next one sized from the measured time per image to take about ``batch_seconds``
+    (``None``: always ``batch_size``). On out of memory the batch size is halved and the
+    same batch retried; at batch size 1 it raises ``InfeasibleArchitecture``. Returns
+    ``(features, batch size used at the end, number of halvings)``.
     """
     device = torch.device(device)
     arch = model.arch
     n = len(index)
     with _oom_is_infeasible(device, f"holding the {n} x {model.n_features} feature matrix"):
         out = torch.empty((n, model.n_features), dtype=torch.float32, device=device)
-    bs, halvings, i = max(1, int(batch_size)), 0, 0
+    cap, halvings, i = max(1, int(batch_size)), 0, 0
+    bs = cap
+    if batch_seconds is not None:
+        budget = FIRST_BATCH_FLOPS.get(device.type, FIRST_BATCH_FLOPS["cuda"])
+        bs = max(1, min(cap, int(budget // max(1, model.report.flops))))
     model.eval()
-    while i < n:
-        if tick is not None:
-            tick()
-        j = min(n, i + bs)
-        try:
-            xb = torch.from_numpy(np.ascontiguousarray(images[index[i:j]])).to(device)
-            with torch.inference_mode():
-                fb = model(preprocess(xb, arch))
-            out[i:j] = fb
-            del xb, fb
-        except Exception as exc:
-            if not is_oom(exc):
-                raise
-            _free(device)
-            if bs == 1:
-                raise _oom_at_one(device, "feature extraction", exc) from exc
-            bs, halvings = max(1, bs // 2), halvings + 1
-            continue
-        i = j
+    with _checkpoints(model, check):
+        while i < n:
+            if tick is not None:
+                tick()
+            j = min(n, i + bs)
+            t0 = time.perf_counter()
+            try:
+                xb = torch.from_numpy(np.ascontiguousarray(images[index[i:j]])).to(device)
+                with torch.inference_mode():
+                    fb = model(preprocess(xb, arch))
+                out[i:j] = fb
+                del xb, fb
+                if batch_seconds is not None:
+                    _sync(device)
+            except Exception as exc:
+                if not is_oom(exc):
+                    raise
+                _free(device)
+                if bs == 1:
+                    raise _oom_at_one(device, "feature extraction", exc) from exc
+                bs, halvings = max(1, bs // 2), halvings + 1
+                cap = bs
+                continue
+            if batch_seconds is not None:
+                per_image = (time.perf_counter() - t0) / (j - i)
+                want = int(batch_seconds / per_image) if per_image > 0 else cap
+                bs = max(1, min(cap, 4 * bs, want))
+            i = j
     return out, bs, halvings
 
 
@@ -108,7 +146,13 @@ def _extract_timed(
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     t0 = time.perf_counter()
     feats, bs, halvings = extract_features(
-        model, ds.x, index, device=device, batch_size=batch_size, tick=control.tick
+        model,
+        ds.x,
+        index,
+        device=device,
+        batch_size=batch_size,
+        tick=control.tick,
+        check=control.check,
     )
     _sync(device)
     seconds = time.perf_counter() - t0
@@ -158,7 +202,14 @@ def _labels(ds: Dataset, idx: np.ndarray, device: torch.device) -> torch.Tensor:
 
 
 def _fit_readout(
-    X: torch.Tensor, y: torch.Tensor, kind: str, l2: float | None, seed: int, device: torch.device
+    X: torch.Tensor,
+    y: torch.Tensor,
+    kind: str,
+    l2: float | None,
+    seed: int,
+    device: torch.device,
+    check: Callable[[], None] | None = None,
 ) -> ro.LinearClassifier:
+    """:func:`workers.readout.select_and_fit`, ``check()`` between its steps / iterations."""
     with _oom_is_infeasible(device, f"fitting the {kind} readout on {tuple(X.shape)} features"):
-        return ro.select_and_fit(X, y, kind, l2, seed)
+        return ro.select_and_fit(X, y, kind, l2, seed, check=check)

@@ -3,7 +3,9 @@
 ``_train`` builds the model with learned filters plus dropout and a linear head, trains it
 with AdamW and cross entropy for ``epochs`` epochs (seeded; gradients accumulated over
 micro-batches up to ``arch.train.batch_size``, the micro-batch halved on out of memory, so
-halvings do not change the optimiser's batch) and reports once per epoch. ``_classify``
+halvings do not change the optimiser's batch) and reports once per epoch. The control's
+``tick`` runs before every step and every scored batch, its ``check`` (deadline, stop)
+between micro-batches and between the network's modules. ``_classify``
 scores the network on some rows (eval mode, batched, halving on out of memory). Called by
 :func:`workers.evaluators.evaluate`; the contract is in that module's docstring.
 """
@@ -11,6 +13,7 @@ scores the network on some rows (eval mode, batched, halving on out of memory). 
 from __future__ import annotations
 
 import time
+from contextlib import ExitStack
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -23,6 +26,7 @@ from search_space.model import build_model, preprocess
 
 from .evaluation_control import (
     EvalResult,
+    _checkpoints,
     _Control,
     _free,
     _json_safe,
@@ -64,7 +68,7 @@ def _train(
         if device.type == "cuda"
         else []
     )
-    with torch.random.fork_rng(devices=fork_devices):
+    with torch.random.fork_rng(devices=fork_devices), ExitStack() as stack:
         torch.manual_seed(seed)
         with _oom_is_infeasible(device, "building the model"):
             features = build_model(
@@ -74,6 +78,7 @@ def _train(
                 nn.Dropout(ts.dropout), nn.Linear(features.n_features, n_classes)
             ).to(device)
         net = nn.Sequential(features, head)
+        stack.enter_context(_checkpoints(net, control.check))
         opt = torch.optim.AdamW(net.parameters(), lr=ts.lr, weight_decay=ts.weight_decay)
         gen = torch.Generator().manual_seed(seed)
         x_all, y_np = ds.x, np.asarray(ds.y).astype(np.int64)
@@ -93,6 +98,8 @@ def _train(
                         opt.zero_grad(set_to_none=True)
                         hits = 0
                         for i in range(0, len(batch), micro):
+                            if i:
+                                control.check()
                             rows = batch[i : i + micro]
                             xb = torch.from_numpy(np.ascontiguousarray(x_all[rows])).to(device)
                             yb = torch.from_numpy(y_np[rows]).to(device)

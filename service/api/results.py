@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from ..dashboard import importance as importance_queries
 from ..dashboard import study_queries, worker_queries
 from ..dashboard.schemas import History, Importance, Parallel, StudySummary, WorkersStatus
-from ..deps import Reader, SessionDep
+from ..deps import Reader, SessionDep, StudyId
 from ..errors import ErrorBody
 
 ERRORS = {401: {"model": ErrorBody}, 403: {"model": ErrorBody}, 422: {"model": ErrorBody}}
@@ -34,14 +34,14 @@ def _json(model: BaseModel) -> Response:
 
 
 @router.get("/studies/{study_id}/history", response_model=History, responses=NOT_FOUND)
-def history(study_id: int, _: Reader, session: SessionDep) -> Response:
+def history(study_id: StudyId, _: Reader, session: SessionDep) -> Response:
     """Every search trial in number order: state, score and the best score so far
     (the best-so-far curve and the score-by-trial chart)."""
     return _json(study_queries.history(session, study_id))
 
 
 @router.get("/studies/{study_id}/importance", response_model=Importance, responses=NOT_FOUND)
-def importance(study_id: int, _: Reader, session: SessionDep) -> Response:
+def importance(study_id: StudyId, _: Reader, session: SessionDep) -> Response:
     """Random-forest parameter importance for the score over the COMPLETE trials (cached
     per number of COMPLETE trials)."""
     return _json(importance_queries.importance(session, study_id))
@@ -49,7 +49,7 @@ def importance(study_id: int, _: Reader, session: SessionDep) -> Response:
 
 @router.get("/studies/{study_id}/parallel", response_model=Parallel, responses=NOT_FOUND)
 def parallel(
-    study_id: int,
+    study_id: StudyId,
     _: Reader,
     session: SessionDep,
     labels: Annotated[
@@ -67,7 +67,7 @@ def parallel(
 
 
 @router.get("/studies/{study_id}/summary", response_model=StudySummary, responses=NOT_FOUND)
-def summary(study_id: int, _: Reader, session: SessionDep) -> StudySummary:
+def summary(study_id: StudyId, _: Reader, session: SessionDep) -> StudySummary:
     """Progress, counts by state, leaderboard (architecture line, test score) and
     failures with their reasons (the study page's tables)."""
     return study_queries.summary(session, study_id)

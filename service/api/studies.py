@@ -7,6 +7,8 @@ import binascii
 import csv
 import io
 import json
+import math
+import re
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, BackgroundTasks, Query
@@ -49,6 +51,8 @@ ERRORS = {
 }
 router = APIRouter(prefix="/api/v1/studies", tags=["studies"], responses=ERRORS)
 
+# How long study creation waits for its first suggestions before answering.
+CREATE_FILL_SECONDS = 2.0
 Order = Literal["number", "-number", "value", "-value"]
 # Keyset pagination on (value, number): NULL values sort last in both directions.
 _NULL_LAST = {"value": 1e308, "-value": -1e308}
@@ -61,12 +65,27 @@ def _one(session: Session, study_id: int) -> StudyOut:
 
 @router.post("", response_model=StudyOut, status_code=201)
 def create_study(
-    body: StudyCreate, _: Admin, store: StoreDep, queue: QueueDep, session: SessionDep
+    body: StudyCreate,
+    _: Admin,
+    store: StoreDep,
+    queue: QueueDep,
+    session: SessionDep,
+    background: BackgroundTasks,
 ) -> StudyOut:
-    """Validate and store a study, then fill its suggestion queue before answering."""
+    """Validate and store a study, then start filling its suggestion queue: for at most
+    ``CREATE_FILL_SECONDS`` before answering (a small study's queue is full by then), the
+    rest in the background and in the maintenance loop.
+
+    The checks (the dataset's files included, within a time budget) run before the write
+    transaction. The study exists once stored: a suggester that fails for its space pauses
+    it with the reason in ``error`` (still 201), and a refill that fails otherwise (no
+    suggester pool right now) is left to the maintenance loop rather than failing the
+    request."""
+    checked = studies_mod.check_study(body)
     with store.transaction() as s:
-        study_id = studies_mod.create_study(s, body).id
-    queue.refill(study_id)
+        study_id = studies_mod.create_study(s, body, checked).id
+    queue.refill_quietly(study_id, budget_seconds=CREATE_FILL_SECONDS)
+    background.add_task(queue.refill_quietly, study_id)
     return _one(session, study_id)
 
 
@@ -101,16 +120,47 @@ def patch_study(
     return _one(session, study_id)
 
 
-def _decode_cursor(after: str) -> tuple[float, int]:
+_CURSOR_NUMBER_MAX = 2**31 - 1  # trial numbers are 32-bit (TrialNumber)
+
+
+def _bad_cursor() -> InvalidInput:
+    return InvalidInput("after is not a cursor returned by this route", field="after")
+
+
+def _decode_cursor(after: str, order: str) -> tuple[float, int]:
+    """The ``(key, number)`` of a cursor that :func:`_encode_cursor` made for ``order``.
+
+    Anything else (not base64, not JSON, another shape or type, a non-finite or
+    out-of-range value, a non-canonical spelling of a real cursor) is a 422 naming
+    ``after``: a forged cursor must never reach the database.
+    """
     try:
-        key, number = json.loads(base64.urlsafe_b64decode(after.encode()))
-        return float(key), int(number)
-    except (ValueError, TypeError, binascii.Error, json.JSONDecodeError):
-        raise InvalidInput("after is not a cursor returned by this route", field="after") from None
+        raw = base64.b64decode(after.encode("ascii"), altchars=b"-_", validate=True)
+        decoded = json.loads(raw.decode("utf-8"))
+    except (ValueError, TypeError, binascii.Error, RecursionError):
+        raise _bad_cursor() from None
+    if not (isinstance(decoded, list) and len(decoded) == 2):
+        raise _bad_cursor()
+    key, number = decoded
+    if isinstance(key, bool) or not isinstance(key, int | float):
+        raise _bad_cursor()
+    if isinstance(number, bool) or not isinstance(number, int):
+        raise _bad_cursor()
+    try:
+        key = float(key)
+    except OverflowError:
+        raise _bad_cursor() from None
+    if not math.isfinite(key) or not 0 <= number <= _CURSOR_NUMBER_MAX:
+        raise _bad_cursor()
+    if not order.endswith("value") and key != number:
+        raise _bad_cursor()  # a number-order cursor's key is its number
+    if _encode_cursor(key, number) != after:
+        raise _bad_cursor()  # only the exact spelling this route issues
+    return key, number
 
 
 def _encode_cursor(key: float, number: int) -> str:
-    return base64.urlsafe_b64encode(json.dumps([key, number]).encode()).decode()
+    return base64.urlsafe_b64encode(json.dumps([float(key), number]).encode()).decode()
 
 
 @router.get("/{study_id}/trials", response_model=TrialPage)
@@ -134,7 +184,7 @@ def list_trials(
     if state is not None:
         q = q.where(Trial.state == state)
     if after is not None:
-        k, n = _decode_cursor(after)
+        k, n = _decode_cursor(after, order)
         if desc:
             q = q.where(or_(key < k, and_(key == k, Trial.number < n)))
         else:
@@ -211,6 +261,22 @@ EXPORT_COLUMNS = [
     "started_at",
     "finished_at",
 ]
+# Spreadsheets run a cell that starts with one of these as a formula (CSV injection).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_PLAIN_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+
+
+def csv_cell(value: object) -> object:
+    """``value`` safe for a spreadsheet: a string that starts with ``= + - @``, a tab or a
+    carriage return gets a leading single quote (the OWASP rule), unless it is a plain
+    number such as ``-0.5`` or ``+1e-3``; every other value is written as it is."""
+    if (
+        isinstance(value, str)
+        and value.startswith(_FORMULA_START)
+        and not _PLAIN_NUMBER.fullmatch(value)
+    ):
+        return "'" + value
+    return value
 
 
 @router.get(
@@ -230,14 +296,13 @@ def export(study_id: StudyId, _: Reader, session: SessionDep) -> Response:
     labels = sorted({label for t in trials for label in t.params})
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(EXPORT_COLUMNS + [f"param:{label}" for label in labels])
+    writer.writerow([csv_cell(c) for c in EXPORT_COLUMNS + [f"param:{label}" for label in labels]])
     for t in trials:
         dumped = t.model_dump(mode="json")
         row = [dumped.get(c) for c in EXPORT_COLUMNS]
         row[EXPORT_COLUMNS.index("architecture")] = t.arch_summary
-        writer.writerow(
-            row + [json.dumps(t.params[label]) if label in t.params else "" for label in labels]
-        )
+        row += [json.dumps(t.params[label]) if label in t.params else "" for label in labels]
+        writer.writerow([csv_cell(cell) for cell in row])
     return Response(
         buf.getvalue(),
         media_type="text/csv",

@@ -1,6 +1,9 @@
 """Worker reports on a claimed trial: /api/v1/trials/{id}/heartbeat|complete|fail|release.
 
-All need the worker role and the lease: a worker that lost its trial gets 409.
+All need the worker role and the lease: a worker that lost its trial gets 409. The
+``worker_id`` of the body must be a worker registered with the caller's token, else 403
+(field ``worker_id``); values must lie in the evaluator's score range
+(``trial_store.SCORE_RANGES``, 422 field ``value``).
 """
 
 from __future__ import annotations
@@ -77,12 +80,16 @@ def _action(session: SessionDep, trial: Trial, step: int | None, value: float | 
 
 @router.post("/{trial_id}/heartbeat", response_model=HeartbeatOut)
 def heartbeat(
-    trial_id: TrialId, body: HeartbeatIn, _: WorkerRole, store: StoreDep, session: SessionDep
+    trial_id: TrialId,
+    body: HeartbeatIn,
+    caller: WorkerRole,
+    store: StoreDep,
+    session: SessionDep,
 ) -> HeartbeatOut:
     """Extend the lease (and record an intermediate value). The answer says whether to
     ``continue``, ``prune`` (below the median of finished trials at this step) or
     ``stop`` (the study was stopped)."""
-    trial = store.heartbeat(trial_id, body.worker_id, body.step, body.value)
+    trial = store.heartbeat(trial_id, body.worker_id, body.step, body.value, caller=caller)
     return HeartbeatOut(
         action=_action(session, trial, body.step, body.value),
         lease_expires_at=trial.lease_expires_at,
@@ -117,7 +124,7 @@ def complete(
     trial_id: TrialId,
     body: CompleteIn,
     request: Request,
-    _: WorkerRole,
+    caller: WorkerRole,
     store: StoreDep,
     queue: QueueDep,
     background: BackgroundTasks,
@@ -125,7 +132,7 @@ def complete(
     """Report the score. Sending the same report again answers the same (idempotent);
     a different second result is refused with 409."""
     trial, first = store.complete(
-        trial_id, body.worker_id, body.value, body.metrics, _fingerprint(body)
+        trial_id, body.worker_id, body.value, body.metrics, _fingerprint(body), caller=caller
     )
     _after_report(request, queue, trial, first, "complete", background)
     return trial_out(trial)
@@ -136,7 +143,7 @@ def fail(
     trial_id: TrialId,
     body: FailIn,
     request: Request,
-    _: WorkerRole,
+    caller: WorkerRole,
     store: StoreDep,
     queue: QueueDep,
     background: BackgroundTasks,
@@ -144,13 +151,19 @@ def fail(
     """End the trial INFEASIBLE (cannot be built: counts as the worst score), FAILED
     (``error``: left out of the history) or PRUNED. Idempotent like complete."""
     trial, first = store.fail(
-        trial_id, body.worker_id, body.kind, body.reason, body.value, _fingerprint(body)
+        trial_id,
+        body.worker_id,
+        body.kind,
+        body.reason,
+        body.value,
+        _fingerprint(body),
+        caller=caller,
     )
     _after_report(request, queue, trial, first, body.kind, background)
     return trial_out(trial)
 
 
 @router.post("/{trial_id}/release", response_model=TrialOut)
-def release(trial_id: TrialId, body: ReleaseIn, _: WorkerRole, store: StoreDep) -> TrialOut:
+def release(trial_id: TrialId, body: ReleaseIn, caller: WorkerRole, store: StoreDep) -> TrialOut:
     """Give the trial back at once (worker shutting down); another worker may claim it."""
-    return trial_out(store.release(trial_id, body.worker_id))
+    return trial_out(store.release(trial_id, body.worker_id, caller=caller))

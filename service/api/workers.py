@@ -1,4 +1,9 @@
-"""Worker registration and claims: /api/v1/workers..."""
+"""Worker registration and claims: /api/v1/workers...
+
+A worker belongs to the token that registered it (``workers.token_id``; the bootstrap
+admin token registers workers with no token row): only that token may claim, heartbeat or
+report for it, any other gets 403 naming ``worker_id`` (see :mod:`service.auth`).
+"""
 
 from __future__ import annotations
 
@@ -32,10 +37,13 @@ router = APIRouter(
 
 
 @router.post("", response_model=WorkerOut, status_code=201)
-def register(body: WorkerRegister, _: WorkerRole, store: StoreDep) -> WorkerOut:
-    """Register a worker daemon; use the returned ``id`` in claims and reports."""
+def register(body: WorkerRegister, caller: WorkerRole, store: StoreDep) -> WorkerOut:
+    """Register a worker daemon; use the returned ``id`` in claims and reports, with the
+    same token (a worker is bound to the token that registered it)."""
     with store.transaction() as s:
-        worker = Worker(name=body.name, host=body.host, device=body.device)
+        worker = Worker(
+            name=body.name, host=body.host, device=body.device, token_id=caller.token_id
+        )
         s.add(worker)
         s.flush()
         s.refresh(worker)
@@ -59,7 +67,7 @@ def list_workers(_: Reader, session: SessionDep) -> list[WorkerOut]:
 def claim(
     worker_id: WorkerId,
     request: Request,
-    _: WorkerRole,
+    caller: WorkerRole,
     store: StoreDep,
     queue: QueueDep,
     session: SessionDep,
@@ -67,9 +75,10 @@ def claim(
     study: IdList = None,
     exclude: IdList = None,
 ) -> ClaimOut | Response:
-    """Claim the next trial (or get back the one this worker already runs)."""
+    """Claim the next trial (or get back the one this worker already runs). The worker must
+    have been registered with the caller's token (else 403)."""
     started = time.perf_counter()
-    trial = store.claim(worker_id, study, exclude)
+    trial = store.claim(worker_id, study, exclude, caller=caller)
     metrics = request.app.state.metrics
     metrics.claim_latency.observe(time.perf_counter() - started)
     metrics.claims.labels(result="trial" if trial else "empty").inc()

@@ -11,6 +11,9 @@ Auth (reader role): a bearer header, or the ``archsearch_token`` cookie, or noth
 ``open_reads``. Opening any page with ``?token=<token>`` checks the token, stores it in
 that cookie (HttpOnly, SameSite=Lax, 30 days) and redirects to the same page without it,
 so the token does not stay in the address bar or the history; ``/logout`` drops it.
+uvicorn's access log would still show that first request line: importing this module
+installs ``service.dashboard.redact``'s filter on the ``uvicorn.access`` logger, which
+writes ``token=[redacted]`` instead of the value.
 A page that may not be shown answers an HTML page with the reason (401/403/404).
 
 ``?partial=1`` answers only the page's live section (what the 5-second refresh loop in
@@ -33,7 +36,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader
 
-from ..deps import SessionDep, require
+from ..deps import MAX_ID, SessionDep, require
 from ..errors import Forbidden, NotFound, Unauthorized
 from ..models import Role
 from . import study_queries, worker_queries
@@ -153,6 +156,8 @@ PageReader = Annotated[None, Depends(page_reader)]
 
 
 def _or_404(fn: Callable[..., T], *args: Any) -> T:
+    if not all(1 <= a <= MAX_ID for a in args if isinstance(a, int)):
+        raise PageError(404, "no such page: an id out of range")
     try:
         return fn(*args)
     except NotFound as exc:

@@ -97,6 +97,7 @@ def test_connections_killed_under_load(postgres_url):
             "status": "ok",
             "db": "ok",
             "version": __version__,
+            "suggester": "ok",
         }
         with Client(live.base_url, ADMIN_TOKEN) as admin:
             study = admin.study(sid)

@@ -285,3 +285,59 @@ def test_summary_names_the_layers() -> None:
     line = FG11_HT_L3_1ST.summary()
     assert line.startswith("200px | L0 norm9 | 64x3x3 relu pool7 p1 norm5")
     assert line.endswith("256x5x5 relu pool7 p10 norm3")
+
+
+# -- cost caps (EvaluatorOptions.max_gflops_per_image / max_activation_mb_per_image) ------
+def test_cost_caps_make_a_huge_candidate_infeasible_with_the_cap_and_value() -> None:
+    huge = replace(FG11_HT_L3_1ST, input_size=4000)  # ~3.3 TFLOP, ~3.9 GiB map per image
+    report = walk(huge)
+    with pytest.raises(InfeasibleArchitecture) as info:
+        validate(huge, max_features=10**12)
+    assert "max_gflops_per_image=200" in info.value.reason
+    assert f"{report.gflops:.4g} GFLOP per image" in info.value.reason
+    with pytest.raises(InfeasibleArchitecture) as info:
+        validate(huge, max_features=10**12, max_gflops_per_image=math.inf)
+    assert "max_activation_mb_per_image=2048" in info.value.reason
+    assert f"{report.activation_mb:.4g} MiB" in info.value.reason
+    validate(huge, max_features=10**12, max_gflops_per_image=1e4, max_activation_mb_per_image=4e3)
+
+
+def test_cost_caps_are_exact_and_adjustable() -> None:
+    report = walk(FG11_HT_L3_1ST)
+    assert report.gflops == pytest.approx(4.571, abs=1e-3)  # docs/design.md section 2
+    validate(FG11_HT_L3_1ST, max_gflops_per_image=report.gflops)
+    with pytest.raises(InfeasibleArchitecture, match=r"max_gflops_per_image=4\.5"):
+        validate(FG11_HT_L3_1ST, max_gflops_per_image=4.5)
+    validate(FG11_HT_L3_1ST, max_activation_mb_per_image=report.activation_mb)
+    with pytest.raises(InfeasibleArchitecture, match="max_activation_mb_per_image=8"):
+        validate(FG11_HT_L3_1ST, max_activation_mb_per_image=8)
+
+
+def test_default_cost_caps_live_in_the_evaluator_options() -> None:
+    import inspect
+
+    from protocol.options import EvaluatorOptions
+
+    defaults = EvaluatorOptions()
+    params = inspect.signature(validate).parameters
+    assert params["max_gflops_per_image"].default == defaults.max_gflops_per_image == 200
+    assert params["max_activation_mb_per_image"].default == defaults.max_activation_mb_per_image
+    assert defaults.max_activation_mb_per_image == 2048
+
+
+def test_the_preset_and_sensible_builtin_candidates_pass_the_default_cost_caps() -> None:
+    from search_space import list_spaces
+
+    report = validate(FG11_HT_L3_1ST)  # 4.57 GFLOP, 8.8 MiB: far below the caps
+    assert report.gflops < 10 and report.activation_mb < 10
+    for space in list_spaces():
+        for raw in space.sample_many(300, seed=5):
+            for channels in (1, 3):
+                arch = space.to_arch(raw, input_channels=channels)
+                try:  # infeasible for another reason (a vanishing map, the feature cap)?
+                    validate(
+                        arch, max_gflops_per_image=math.inf, max_activation_mb_per_image=math.inf
+                    )
+                except InfeasibleArchitecture:
+                    continue
+                validate(arch)  # then the default cost caps must not refuse it

@@ -389,7 +389,7 @@ def test_metrics_counts_trials_and_claims(api):
     api.new_study(max_trials=4, max_parallel=4)
     w = api.new_worker()
     api.client.post(f"/api/v1/workers/{w}/claim", headers=api.worker)
-    text = api.client.get("/metrics").text
+    text = api.client.get("/metrics", headers=api.reader).text
     assert 'archsearch_trials{state="RUNNING"} 1.0' in text
     assert 'archsearch_claims_total{result="trial"} 1.0' in text
     assert "archsearch_claim_latency_seconds_bucket" in text

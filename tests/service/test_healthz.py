@@ -21,7 +21,12 @@ def test_healthz_ok(db_url):
     with TestClient(create_app(Settings(database_url=db_url))) as client:
         r = client.get("/healthz")
     assert r.status_code == 200
-    assert r.json() == {"status": "ok", "db": "ok", "version": __version__}
+    assert r.json() == {
+        "status": "ok",
+        "db": "ok",
+        "version": __version__,
+        "suggester": "ok",
+    }
 
 
 def test_service_version_is_the_package_version() -> None:
@@ -76,7 +81,12 @@ def test_serve_after_db_upgrade_answers_healthz_over_http(db_url):
                 assert time.monotonic() < deadline, "coordinator did not start in 30 s"
                 time.sleep(0.2)
         assert r.status_code == 200
-        assert r.json() == {"status": "ok", "db": "ok", "version": __version__}
+        assert r.json() == {
+            "status": "ok",
+            "db": "ok",
+            "version": __version__,
+            "suggester": "ok",
+        }
     finally:
         proc.terminate()
         proc.wait(timeout=15)

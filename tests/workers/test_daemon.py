@@ -4,21 +4,27 @@ tests/workers/test_end_to_end.py runs real models."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from archsearch.launch import start_coordinator, stop_coordinator
 from client import Client
 from protocol import TrialOut
+from protocol.wire import CompleteIn, FailIn
 from search_space import InfeasibleArchitecture
 from service.models import Role
 from tests.helpers.coordinator import ADMIN_TOKEN, FG11_STUDY, make_token, migrate
 from tests.workers.fake_worker import FakeResult, fake_evaluate, fake_load, spawn
+from workers import daemon as daemon_module
 from workers.daemon import WorkerConfig, WorkerDaemon
 from workers.spool import Spool, SpoolEntry
 
@@ -259,3 +265,195 @@ def test_a_trial_past_its_timeout_fails_with_a_timeout_reason(coordinator, tmp_p
     # Loading digits and building the model come first; the deadline is then honoured
     # at the next batch, not at the end of the evaluation.
     assert took < 30, f"the daemon took {took:.1f} s"
+
+
+# -- reports the coordinator keeps refusing -----------------------------------------------
+def _fake_coordinator(report_status: int):
+    """An httpx transport standing in for a coordinator that answers every report with
+    ``report_status``; records the report bodies and the claims."""
+    seen: dict[str, list] = {"reports": [], "claims": []}
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if path == "/api/v1/workers":
+            now = "2026-01-01T00:00:00+00:00"
+            body = {"id": 7, "name": "w", "host": None, "device": "cpu"}
+            return httpx.Response(201, json=body | {"registered_at": now, "last_seen_at": now})
+        if path.endswith("/claim"):
+            seen["claims"].append(path)
+            return httpx.Response(204)
+        if path.endswith(("/complete", "/fail")):
+            seen["reports"].append(json.loads(request.content))
+            error = {"code": "internal", "message": "boom", "field": None}
+            return httpx.Response(report_status, json={"error": error})
+        return httpx.Response(404, json={"error": {"code": "not_found", "message": path}})
+
+    return httpx.MockTransport(handle), seen
+
+
+def _offline_daemon(tmp_path: Path, transport: httpx.MockTransport) -> WorkerDaemon:
+    config = WorkerConfig(
+        coordinator="http://coordinator.test",
+        token="t",
+        data_dir=tmp_path / "w",
+        device="cpu",
+        poll_seconds=0.01,
+        idle_exit_seconds=0.0,
+    )
+    client = Client(config.coordinator, "t", transport=transport)
+    return WorkerDaemon(config, client=client, evaluate=fake_evaluate(0), load_data=fake_load())
+
+
+@pytest.mark.parametrize("status", [500, 418])
+def test_a_report_refused_again_and_again_is_set_aside_and_the_worker_claims(
+    tmp_path, monkeypatch, status
+):
+    monkeypatch.setattr(daemon_module.Backoff, "wait", lambda self, stop: stop.wait(0.01))
+    transport, seen = _fake_coordinator(status)
+    stuck = SpoolEntry(3, 7, "complete", 0.5, {"x": 1.0})
+    daemon = _offline_daemon(tmp_path, transport)
+    daemon.spool.put(stuck)
+    # Two tries in a first life of the worker; the count is kept on disk.
+    assert daemon.deliver_spool() == 0
+    assert daemon.deliver_spool() == 0
+    assert [e.attempts for e in daemon.spool.pending()] == [2]
+    # A restarted worker goes on counting, sets the report aside and claims again.
+    daemon = _offline_daemon(tmp_path, transport)
+    assert daemon.run() == 0
+    assert len(seen["reports"]) == daemon_module.MAX_DELIVERY_ATTEMPTS
+    assert daemon.spool.pending() == []
+    (rejected,) = daemon.spool.rejected()
+    assert json.loads(rejected.read_text())["trial_id"] == 3
+    reason = rejected.with_suffix(".reason.txt").read_text()
+    assert f"refused {daemon_module.MAX_DELIVERY_ATTEMPTS} times" in reason
+    assert str(status) in reason
+    assert seen["claims"], "the worker never claimed after setting the report aside"
+
+
+@pytest.mark.parametrize("status", [503, 502, 429])
+def test_an_unavailable_coordinator_is_never_counted(tmp_path, status):
+    transport, seen = _fake_coordinator(status)
+    daemon = _offline_daemon(tmp_path, transport)
+    daemon.spool.put(SpoolEntry(3, 7, "complete", 0.5, {}))
+    for _ in range(daemon_module.MAX_DELIVERY_ATTEMPTS + 2):
+        assert daemon.deliver_spool() == 0
+    assert [e.attempts for e in daemon.spool.pending()] == [0]
+    assert daemon.spool.rejected() == []
+    assert len(seen["reports"]) == daemon_module.MAX_DELIVERY_ATTEMPTS + 2
+
+
+def test_reports_are_sanitised_before_they_are_sent(tmp_path):
+    transport, seen = _fake_coordinator(422)  # a final answer: each is sent once
+    daemon = _offline_daemon(tmp_path, transport)
+    daemon.spool.put(
+        SpoolEntry(
+            3,
+            7,
+            "complete",
+            0.5,
+            {"loss\x00": float("nan"), "ok": 1.0, "n": {"inf": float("inf"), "s": "a\x00b"}},
+            None,
+            "f" * 64,
+        )
+    )
+    daemon.spool.put(SpoolEntry(4, 7, "error", None, {}, "crash\x00 in C"))
+    daemon.spool.put(SpoolEntry(5, 7, "complete", float("nan"), {}))
+    daemon.deliver_spool()
+    complete, fail, nan_score = seen["reports"]
+    CompleteIn.model_validate(complete)
+    assert complete["metrics"] == {"ok": 1.0, "n": {"s": "ab"}}
+    FailIn.model_validate(fail)
+    assert fail["reason"] == "crash\\x00 in C"
+    FailIn.model_validate(nan_score)
+    assert nan_score["kind"] == "error" and "non-finite score" in nan_score["reason"]
+
+
+# -- SIGTERM while the main thread is busy -------------------------------------------------
+def _spawn_cli_worker(base_url: str, token: str, data_dir: Path) -> subprocess.Popen:
+    cli = Path(sys.executable).with_name("archsearch")
+    cmd = [str(cli), "worker", "--coordinator", base_url, "--token", token]
+    cmd += ["--device", "cpu", "--data-dir", str(data_dir)]
+    return subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+
+
+def _sigterm_and_time_release(admin: Client, sid: int, number: int, proc) -> tuple[float, str]:
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    _wait_for(lambda: admin.trial(sid, number).state != "RUNNING", timeout=60, what="the release")
+    released = time.monotonic() - t0
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    return released, out
+
+
+@pytest.mark.slow
+def test_sigterm_during_a_real_evaluation_releases_within_seconds(coordinator, tmp_path):
+    """A real FG11 screen on builtin:digits (minutes on a CPU), SIGTERM mid-evaluation."""
+    live, _, token = coordinator
+    with Client(live.base_url, ADMIN_TOKEN) as admin:
+        study = dict(
+            FG11_STUDY,
+            evaluator_options={"max_features": 10_000_000, "trial_timeout_seconds": 3600},
+        )
+        sid = admin.create_study(name="slow", max_trials=1, max_parallel=1, top_k=0, **study).id
+        proc = _spawn_cli_worker(live.base_url, token, tmp_path / "w")
+        running = _wait_for(lambda: _running(admin, sid), timeout=60, what="the claim")
+        time.sleep(4)  # data loaded, model built: inside the feature extraction
+        released, out = _sigterm_and_time_release(admin, sid, running.number, proc)
+        trial = admin.trial(sid, running.number)
+    assert trial.state == "WAITING" and trial.attempt == 2, out
+    assert released < 3, f"released {released:.1f} s after SIGTERM\n{out}"
+
+
+_BUSY_WORKER = """
+import hashlib, logging, sys
+from pathlib import Path
+from tests.workers.fake_worker import FakeResult, fake_load
+from workers.daemon import WorkerConfig, WorkerDaemon
+
+def evaluate(protocol, arch, data, *, tick=None, **kw):
+    tick()
+    print("busy", flush=True)
+    # One long C call that runs no Python bytecode (like a big torch op): ~10 s.
+    hashlib.pbkdf2_hmac("sha256", b"x", b"y", 40_000_000)
+    return FakeResult(0.5, {})
+
+logging.basicConfig(level=logging.INFO)
+url, token, data_dir = sys.argv[1:4]
+config = WorkerConfig(coordinator=url, token=token, data_dir=Path(data_dir), device="cpu")
+daemon = WorkerDaemon(config, evaluate=evaluate, load_data=fake_load())
+if len(sys.argv) > 4:  # the handler alone (no watcher thread), for comparison
+    daemon._watch_signals = lambda fd: None
+daemon.install_signal_handlers()
+print("done", daemon.run(), flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_sigterm_during_a_long_c_call_releases_at_once(coordinator, tmp_path):
+    """The Python handler waits for the C call to return; the watcher thread does not."""
+    live, _, token = coordinator
+    with Client(live.base_url, ADMIN_TOKEN) as admin:
+        sid = admin.create_study(name="d", max_trials=1, max_parallel=1, top_k=0, **FG11_STUDY).id
+        cmd = [sys.executable, "-c", _BUSY_WORKER, live.base_url, token, str(tmp_path / "w")]
+        root = Path(__file__).resolve().parents[2]
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=root
+        )
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("busy"):
+                break
+        running = _running(admin, sid)
+        assert running is not None
+        time.sleep(0.5)
+        released, out = _sigterm_and_time_release(admin, sid, running.number, proc)
+        trial = admin.trial(sid, running.number)
+    assert trial.state == "WAITING" and trial.attempt == 2, out
+    assert released < 3, f"released {released:.1f} s after SIGTERM\n{out}"

@@ -401,3 +401,135 @@ def test_lfw_tree_from_all_att_faces_beats_chance(tmp_path: Path, shared_data) -
     assert view1.metrics["n_scored"] == 100 and view1.value >= 0.72, view1.metrics
     view2 = evaluate("pairs", small_arch(size=32), ds, final=True)
     assert len(view2.metrics["folds"]) == 4 and view2.value >= 0.72, view2.metrics
+
+
+# -- limits inside a batch: deadline, stop, readout checks ------------------------------
+# Before these checks a 0.5 s deadline on the FG11 preset at 200 px (digits, this 2-core
+# CPU) raised TimedOut after 7.1 s with batch_size=64 and 41 s with 256, a tick "stop"
+# after 7.7 s / 25 s: the deadline was only checked between batches. Now 0.5-0.7 s.
+def _fg11_200() -> Architecture:
+    from search_space.presets import get_preset
+
+    return get_preset("fg11-ht-l3-1st")  # 4.57 GFLOP / image at 200 px
+
+
+def test_deadline_passing_inside_one_big_batch_times_out_promptly(digits: Dataset) -> None:
+    t0 = time.monotonic()
+    with pytest.raises(TimedOut):
+        evaluate("screen", _fg11_200(), digits, batch_size=256, deadline=t0 + 0.5)
+    assert time.monotonic() - t0 < 3.0
+
+
+def test_tick_stop_inside_one_big_batch_stops_promptly(digits: Dataset) -> None:
+    t0 = time.monotonic()
+    with pytest.raises(Stopped):
+        evaluate(
+            "screen",
+            _fg11_200(),
+            digits,
+            batch_size=256,
+            tick=lambda: "stop" if time.monotonic() > t0 + 0.5 else "continue",
+        )
+    assert time.monotonic() - t0 < 3.0
+
+
+def test_checks_run_between_the_modules_of_a_fixed_batch(digits: Dataset) -> None:
+    """No time-driven batch sizing: the check between modules alone interrupts one batch
+    of 64 images at 200 px (~3 s on a 2-core CPU) well before it ends."""
+    from workers.evaluation_control import _Control
+
+    model = model_mod.build_model(_fg11_200())
+    t0 = time.monotonic()
+    control = _Control(None, None, deadline=t0 + 0.3)
+    with pytest.raises(TimedOut):
+        ev.extract_features(
+            model,
+            digits.x,
+            np.arange(64),
+            device="cpu",
+            batch_size=64,
+            check=control.check,
+            batch_seconds=None,
+        )
+    assert time.monotonic() - t0 < 1.5  # the largest module of this batch is ~0.8 s
+
+
+def test_time_driven_batches_give_the_same_features(digits: Dataset) -> None:
+    model = model_mod.build_model(_fg11_200())
+    index = np.arange(24)
+    fixed, bs, _ = ev.extract_features(
+        model, digits.x, index, device="cpu", batch_size=24, batch_seconds=None
+    )
+    assert bs == 24
+    timed, _, _ = ev.extract_features(
+        model, digits.x, index, device="cpu", batch_size=24, check=lambda: None
+    )
+    assert torch.equal(fixed, timed)  # first batch 4 images (FLOP budget), then by time
+
+
+@pytest.mark.parametrize("kind", ["ridge", "logistic"])
+def test_readout_checks_do_not_change_the_fit_and_can_stop_it(kind: str) -> None:
+    from workers import readout as ro
+
+    gen = torch.Generator().manual_seed(0)
+    X = torch.randn(120, 10, generator=gen)
+    y = (X[:, 0] + 0.5 * torch.randn(120, generator=gen) > 0).long() + 2 * (X[:, 1] > 0).long()
+    calls: list[int] = []
+    plain = ro.select_and_fit(X, y, kind, None, 3, max_iter=30)
+    checked = ro.select_and_fit(X, y, kind, None, 3, max_iter=30, check=lambda: calls.append(1))
+    assert torch.equal(plain.W, checked.W) and plain.l2_curve == checked.l2_curve
+    assert len(calls) > len(ro.RIDGE_GRID if kind == "ridge" else ro.LBFGS_GRID)
+
+    def stop_after_5() -> None:
+        calls.append(1)
+        if len(calls) > 5:
+            raise Stopped("stopped during the readout")
+
+    calls.clear()
+    with pytest.raises(Stopped):
+        ro.select_and_fit(X, y, kind, None, 3, max_iter=30, check=stop_after_5)
+    assert len(calls) == 6
+
+
+@pytest.mark.parametrize("protocol_module", [screen, pairs])
+def test_the_readout_fit_obeys_a_stop_from_tick(
+    digits: Dataset, digit_pairs: Dataset, monkeypatch, protocol_module
+) -> None:
+    from workers import readout as ro
+
+    real = ro.select_and_fit
+    seen: list[bool] = []
+
+    def fit(*args, check=None, **kwargs):
+        seen.append(check is not None)
+        time.sleep(0.3)  # past CHECK_TICK_INTERVAL_S: the next check asks tick
+        return real(*args, check=check, **kwargs)
+
+    monkeypatch.setattr(ro, "select_and_fit", fit)
+    arch = small_arch(readout=Readout("logistic"))
+    name, ds = ("screen", digits) if protocol_module is screen else ("pairs", digit_pairs)
+    with pytest.raises(Stopped):
+        evaluate(name, arch, ds, tick=lambda: "stop" if seen else "continue")
+    assert seen == [True]
+
+
+# -- max_per_class: the train cap must leave a validation image per class ---------------
+def test_max_per_class_below_two_is_refused_and_two_works() -> None:
+    from pydantic import ValidationError
+
+    from protocol.options import EvaluatorOptions
+
+    for bad in (1, {"train": 1, "test": 5}, 0, {"train": 2, "test": 0}):
+        with pytest.raises(ValidationError) as info:
+            EvaluatorOptions.model_validate({"max_per_class": bad})
+        (err,) = info.value.errors()
+        assert err["loc"] == ("max_per_class",)
+        assert "cap must be >=" in err["msg"]
+    EvaluatorOptions.model_validate({"max_per_class": {"train": 2, "test": 1}})
+    ds = load_dataset("builtin:digits", color="gray", max_per_class=2)
+    result = evaluate("screen", small_arch(), ds)
+    assert result.metrics["n_fit"] == 10 and result.metrics["n_scored"] == 10
+    # Why 1 cannot work: one non-test image per class leaves the validation split empty.
+    one = load_dataset("builtin:digits", color="gray", max_per_class=1)
+    with pytest.raises(ValueError, match=r"validation split .* is empty"):
+        evaluate("screen", small_arch(), one)
