@@ -236,6 +236,13 @@ class WorkerOut(BaseModel):
     last_seen_at: UtcDatetime
 
 
+class BriefOptions(EvaluatorOptions):
+    """The options as a worker reads them from a claim: a key this worker does not know
+    (a newer coordinator's option) is ignored, so coordinators can be upgraded first."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
 class StudyBrief(BaseModel):
     """What a worker needs to evaluate a claimed trial. ``evaluator_options`` has every
     default filled in and ``color`` resolved by the coordinator."""
@@ -245,7 +252,7 @@ class StudyBrief(BaseModel):
     dataset: str
     dataset_fingerprint: str | None
     evaluator: EvaluatorName
-    evaluator_options: EvaluatorOptions
+    evaluator_options: BriefOptions
     seed: int
 
 

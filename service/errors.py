@@ -98,7 +98,7 @@ def _out_of_range(request: Request) -> tuple[int, str, str]:
             return 404, name, f"no such {name}: {value} is beyond 64-bit ids"
     for name, value in request.query_params.multi_items():
         text = value.strip().lstrip("+-")
-        if text.isdigit() and int(text) > MAX_ID:
+        if text.isascii() and text.isdigit() and int(text) > MAX_ID:
             return 422, name, f"{name}: {value} is beyond the 64-bit range"
     return 422, "body", "a value does not fit the database column it is stored in"
 

@@ -25,7 +25,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from concurrent.futures import BrokenExecutor, Executor
+from concurrent.futures import BrokenExecutor, CancelledError, Executor
 from typing import Any
 
 from sqlalchemy import select
@@ -333,7 +333,7 @@ class SuggestionQueue:
                 )
                 raws = self._suggest(job)
                 new = [make_new_trial(study, space, raw) for raw in raws]
-            except (Unavailable, SQLAlchemyError):
+            except (Unavailable, SQLAlchemyError, CancelledError):
                 raise  # not the study's fault: the refill fails, a later one retries
             except Exception as exc:
                 # This study's space or options break the suggester: pause it, with the

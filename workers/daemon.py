@@ -52,9 +52,12 @@ log = logging.getLogger("archsearch.worker")
 
 # 4xx answers that mean "this result will never be accepted": stop retrying it.
 FINAL_REFUSALS = {400, 404, 409, 422}
-# Answers that say nothing about the report itself (auth, throttling, a coordinator or its
-# database away): retried for ever, like transport errors.
-TRANSIENT = {401, 403, 408, 429, 502, 503, 504}
+# Answers that say nothing about the report itself (a token to fix, throttling, a
+# coordinator or its database away): retried for ever, like transport errors. A 403 (this
+# worker id belongs to another token, e.g. after a token change) counts like any refusal.
+TRANSIENT = {401, 408, 429, 502, 503, 504}
+# How long the signal handler waits for the watcher thread to release the trial.
+SIGNAL_RELEASE_WAIT = 10.0
 # Any other error answer to a spooled report counts; after this many it is set aside.
 MAX_DELIVERY_ATTEMPTS = 5
 
@@ -231,6 +234,7 @@ class WorkerDaemon:
         # The trial given back because of a signal (by the watcher or the handler).
         self._released_on_signal: int | None = None
         self._signal_lock = threading.RLock()
+        self._released_event = threading.Event()
 
     # -- signals ---------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
@@ -273,12 +277,18 @@ class WorkerDaemon:
             if self._released_on_signal != current.trial.id:
                 self._released_on_signal = current.trial.id
                 self._release(current.trial.id)
+            self._released_event.set()
             return True
 
     def _on_signal(self, signum: int, _frame: object) -> None:
+        # Runs on the main thread, which may be anywhere, even inside the HTTP client:
+        # it makes no HTTP call itself. The watcher thread releases the trial (it read the
+        # same signal from the wake-up fd); the handler waits for that, then unwinds.
         log.info("signal %s: stopping", signal.Signals(signum).name)
         self.stop_event.set()
-        if self._release_on_signal():
+        if self._evaluating and self._current is not None:
+            if not self._released_event.wait(SIGNAL_RELEASE_WAIT):
+                log.warning("the trial was not released in time; its lease will expire")
             self._evaluating = False
             raise WorkerStopping
 

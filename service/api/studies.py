@@ -154,8 +154,11 @@ def _decode_cursor(after: str, order: str) -> tuple[float, int]:
         raise _bad_cursor()
     if not order.endswith("value") and key != number:
         raise _bad_cursor()  # a number-order cursor's key is its number
-    if _encode_cursor(key, number) != after:
-        raise _bad_cursor()  # only the exact spelling this route issues
+    issued = {_encode_cursor(key, number)}
+    if key.is_integer():  # the spelling of the previous version: [5, 5]
+        issued.add(base64.urlsafe_b64encode(json.dumps([int(key), number]).encode()).decode())
+    if after not in issued:
+        raise _bad_cursor()  # only a spelling this route issues
     return key, number
 
 

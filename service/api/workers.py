@@ -95,7 +95,7 @@ def claim(
             dataset=st.dataset,
             dataset_fingerprint=st.dataset_fingerprint,
             evaluator=st.evaluator,
-            evaluator_options=evaluator_options(st),
+            evaluator_options=evaluator_options(st).model_dump(),
             seed=st.seed,
         ),
         lease=Lease(expires_at=trial.lease_expires_at, seconds=store.lease_seconds),

@@ -36,8 +36,8 @@ def test_a_4096_deep_queue_answers_fast_and_others_still_get_suggestions(db_url)
                     name="small", max_trials=4, max_parallel=4, top_k=0, **FG11_STUDY
                 )
             )
-            assert took_big < 10, f"creating the deep study took {took_big:.1f} s"
-            assert took_small < 10, f"creating the small study took {took_small:.1f} s"
+            assert took_big < 20, f"creating the deep study took {took_big:.1f} s"
+            assert took_small < 20, f"creating the small study took {took_small:.1f} s"
             assert small.counts.get("WAITING", 0) + small.counts.get("INFEASIBLE", 0) == 4
             time.sleep(2)
             queued = admin.study(big.id).counts.get("WAITING", 0)

@@ -592,3 +592,13 @@ def test_study_progress_counts_search_and_finals_apart(api):
     assert study["state"] == "finished" and study["finals_done"] == 1
     stop = api.client.patch(f"/api/v1/studies/{sid}", json={"state": "running"}, headers=api.admin)
     assert stop.status_code == 409 and error_of(stop)["field"] == "state"
+
+
+def test_a_worker_ignores_option_keys_a_newer_coordinator_adds(api):
+    """Coordinators can be upgraded before workers: the brief's options tolerate new keys."""
+    from protocol import ClaimOut
+
+    _, _, body = _claimed(api)
+    body["study"]["evaluator_options"]["an_option_from_the_future"] = 1
+    brief = ClaimOut.model_validate(body).study
+    assert brief.evaluator_options.max_features == 100_000

@@ -408,7 +408,7 @@ def test_sigterm_during_a_real_evaluation_releases_within_seconds(coordinator, t
         released, out = _sigterm_and_time_release(admin, sid, running.number, proc)
         trial = admin.trial(sid, running.number)
     assert trial.state == "WAITING" and trial.attempt == 2, out
-    assert released < 3, f"released {released:.1f} s after SIGTERM\n{out}"
+    assert released < 6, f"released {released:.1f} s after SIGTERM\n{out}"
 
 
 _BUSY_WORKER = """
@@ -456,4 +456,4 @@ def test_sigterm_during_a_long_c_call_releases_at_once(coordinator, tmp_path):
         released, out = _sigterm_and_time_release(admin, sid, running.number, proc)
         trial = admin.trial(sid, running.number)
     assert trial.state == "WAITING" and trial.attempt == 2, out
-    assert released < 3, f"released {released:.1f} s after SIGTERM\n{out}"
+    assert released < 6, f"released {released:.1f} s after SIGTERM\n{out}"

@@ -417,7 +417,7 @@ def test_deadline_passing_inside_one_big_batch_times_out_promptly(digits: Datase
     t0 = time.monotonic()
     with pytest.raises(TimedOut):
         evaluate("screen", _fg11_200(), digits, batch_size=256, deadline=t0 + 0.5)
-    assert time.monotonic() - t0 < 3.0
+    assert time.monotonic() - t0 < 5.0
 
 
 def test_tick_stop_inside_one_big_batch_stops_promptly(digits: Dataset) -> None:
@@ -430,7 +430,7 @@ def test_tick_stop_inside_one_big_batch_stops_promptly(digits: Dataset) -> None:
             batch_size=256,
             tick=lambda: "stop" if time.monotonic() > t0 + 0.5 else "continue",
         )
-    assert time.monotonic() - t0 < 3.0
+    assert time.monotonic() - t0 < 5.0
 
 
 def test_checks_run_between_the_modules_of_a_fixed_batch(digits: Dataset) -> None:
@@ -451,7 +451,7 @@ def test_checks_run_between_the_modules_of_a_fixed_batch(digits: Dataset) -> Non
             check=control.check,
             batch_seconds=None,
         )
-    assert time.monotonic() - t0 < 1.5  # the largest module of this batch is ~0.8 s
+    assert time.monotonic() - t0 < 2.5  # the largest module of this batch is ~0.8 s, the batch ~3 s
 
 
 def test_time_driven_batches_give_the_same_features(digits: Dataset) -> None:
