@@ -156,6 +156,18 @@ def _oom_at_one(device: torch.device, what: str, exc: BaseException) -> Infeasib
     )
 
 
+def _halved_on_oom(exc: Exception, device: torch.device, bs: int, what: str) -> int:
+    """The batch size to retry with after ``exc`` was raised at batch size ``bs``: half of
+    it. Call it in an ``except`` block. Re-raises ``exc`` when it is not out of memory, and
+    raises ``InfeasibleArchitecture`` when ``bs`` was already 1."""
+    if not is_oom(exc):
+        raise exc
+    _free(device)
+    if bs == 1:
+        raise _oom_at_one(device, what, exc) from exc
+    return max(1, bs // 2)
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0][:300] if text else type(exc).__name__

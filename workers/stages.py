@@ -34,11 +34,9 @@ from . import readout as ro
 from .evaluation_control import (
     _checkpoints,
     _Control,
-    _free,
-    _oom_at_one,
+    _halved_on_oom,
     _oom_is_infeasible,
     _sync,
-    is_oom,
 )
 
 if TYPE_CHECKING:
@@ -120,12 +118,7 @@ def extract_features(
                 if batch_seconds is not None:
                     _sync(device)
             except Exception as exc:
-                if not is_oom(exc):
-                    raise
-                _free(device)
-                if bs == 1:
-                    raise _oom_at_one(device, "feature extraction", exc) from exc
-                bs, halvings = max(1, bs // 2), halvings + 1
+                bs, halvings = _halved_on_oom(exc, device, bs, "feature extraction"), halvings + 1
                 cap = bs
                 continue
             if batch_seconds is not None:

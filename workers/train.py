@@ -28,12 +28,10 @@ from .evaluation_control import (
     EvalResult,
     _checkpoints,
     _Control,
-    _free,
+    _halved_on_oom,
     _json_safe,
-    _oom_at_one,
     _oom_is_infeasible,
     _sync,
-    is_oom,
 )
 from .stages import _splits
 
@@ -109,13 +107,11 @@ def _train(
                             hits += int((logits.detach().argmax(1) == yb).sum())
                         break
                     except Exception as exc:
-                        if not is_oom(exc):
-                            raise
                         opt.zero_grad(set_to_none=True)
-                        _free(device)
-                        if micro == 1:
-                            raise _oom_at_one(device, "training", exc) from exc
-                        micro, halvings = max(1, micro // 2), halvings + 1
+                        micro, halvings = (
+                            _halved_on_oom(exc, device, micro, "training"),
+                            halvings + 1,
+                        )
                 opt.step()
                 correct += hits
                 n_steps += 1
@@ -182,12 +178,7 @@ def _classify(
                 pred = net(preprocess(xb, arch)).argmax(1)
                 correct += int((pred == torch.from_numpy(y_np[rows]).to(device)).sum())
         except Exception as exc:
-            if not is_oom(exc):
-                raise
-            _free(device)
-            if bs == 1:
-                raise _oom_at_one(device, "evaluation", exc) from exc
-            bs = max(1, bs // 2)
+            bs = _halved_on_oom(exc, device, bs, "evaluation")
             continue
         i += len(rows)
     return correct / max(1, len(idx)), bs

@@ -16,9 +16,9 @@ import pytest
 
 from archsearch.launch import start_coordinator, stop_coordinator
 from client import Client
-from protocol import StudyOut
 from service.models import Role, TrialState
 from tests.helpers.coordinator import ADMIN_TOKEN, FG11_STUDY, db_trials, make_token, migrate
+from tests.helpers.waiting import wait_finished
 from tests.workers.fake_worker import spawn
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -27,16 +27,6 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def spawn_worker(base_url: str, token: str, data_dir: Path, sleep: float):
     return spawn(base_url, token, data_dir, sleep, idle_exit=3, output=False)
-
-
-def wait_finished(admin: Client, sid: int, timeout: float) -> StudyOut:
-    deadline = time.monotonic() + timeout
-    while True:
-        study = admin.study(sid)
-        if study.state == "finished":
-            return study
-        assert time.monotonic() < deadline, f"study not finished: {study.counts}"
-        time.sleep(0.5)
 
 
 def test_random_kill_9_of_workers_during_a_100_trial_study(sqlite_url, tmp_path):

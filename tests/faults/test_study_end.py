@@ -23,6 +23,7 @@ from protocol import StudyState, TrialSource, TrialState
 from service.db import make_engine, session_factory
 from service.models import Role, Study, Trial
 from tests.helpers.coordinator import ADMIN_TOKEN, FG11_STUDY, db_trials, make_token, migrate
+from tests.helpers.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -32,16 +33,6 @@ FAST_LEASES = {
     "ARCHSEARCH_MAX_ATTEMPTS": "1",
     "ARCHSEARCH_REAPER_INTERVAL_SECONDS": "0.25",
 }
-
-
-def wait_for(what: str, check, timeout: float, step: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while True:
-        got = check()
-        if got:
-            return got
-        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
-        time.sleep(step)
 
 
 def two_trial_study(admin: Client) -> int:
@@ -63,7 +54,7 @@ def test_a_silent_worker_on_the_last_trial_does_not_hang_the_study(db_url):
             w.complete(first.trial.id, a, 0.5)
             w.claim(b, [sid])  # ... and b is never heard of again
             silent_since = time.monotonic()
-            final = wait_for("final queued", lambda: w.claim(a, [sid]), timeout=4 * LEASE)
+            final = wait_for(lambda: w.claim(a, [sid]), timeout=4 * LEASE, what="the final")
             waited = time.monotonic() - silent_since
             assert final.trial.source == TrialSource.FINAL
             assert final.trial.final_of_id == first.trial.id
@@ -133,9 +124,9 @@ def test_restart_reconciles_a_study_left_behind(db_url):
     try:
         with Client(live.base_url, ADMIN_TOKEN) as admin:
             wait_for(
-                "reconciled",
                 lambda: admin.study(sid).state == StudyState.FINISHING,
                 timeout=10,
+                what="the reconcile pass",
             )
         _final_runs_and_study_finishes(live.base_url, token, sid, wid)
     finally:

@@ -23,6 +23,7 @@ from protocol.wire import CompleteIn, FailIn
 from search_space import InfeasibleArchitecture
 from service.models import Role
 from tests.helpers.coordinator import ADMIN_TOKEN, FG11_STUDY, make_token, migrate
+from tests.helpers.waiting import wait_for
 from tests.workers.fake_worker import FakeResult, fake_evaluate, fake_load, spawn
 from workers import daemon as daemon_module
 from workers.daemon import WorkerConfig, WorkerDaemon
@@ -119,16 +120,6 @@ def test_infeasible_and_crash_are_reported_with_reasons(coordinator, tmp_path):
     assert "Traceback" in failed[0].reason or "line" in failed[0].reason
 
 
-def _wait_for(predicate, timeout: float = 30, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-
-
 def _running(admin: Client, sid: int) -> TrialOut | None:
     return next((t for t in admin.trials(sid) if t.state == "RUNNING"), None)
 
@@ -138,7 +129,7 @@ def test_sigterm_releases_the_trial_at_once(coordinator, tmp_path):
     with Client(live.base_url, ADMIN_TOKEN) as admin:
         sid = admin.create_study(name="d", max_trials=1, max_parallel=1, top_k=0, **FG11_STUDY).id
         proc = spawn(live.base_url, token, tmp_path / "w", sleep=60)
-        running = _wait_for(lambda: _running(admin, sid), what="the worker to claim")
+        running = wait_for(lambda: _running(admin, sid), what="the worker to claim")
         t0 = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)
@@ -158,14 +149,14 @@ def test_kill_9_mid_trial_another_worker_finishes_it_once(coordinator, tmp_path)
     with Client(live.base_url, ADMIN_TOKEN) as admin:
         sid = admin.create_study(name="d", max_trials=1, max_parallel=1, top_k=0, **FG11_STUDY).id
         victim = spawn(live.base_url, token, tmp_path / "a", sleep=60)
-        running = _wait_for(lambda: _running(admin, sid), what="the worker to claim")
+        running = wait_for(lambda: _running(admin, sid), what="the worker to claim")
         os.kill(victim.pid, signal.SIGKILL)
         victim.wait()
         # The lease is 3 s; the reaper returns the trial and a second worker finishes it.
         daemon = daemon_for(live.base_url, token, tmp_path, idle_exit_seconds=10.0)
         thread = threading.Thread(target=daemon.run)
         thread.start()
-        _wait_for(
+        wait_for(
             lambda: admin.study(sid).state == "finished", timeout=60, what="the study to finish"
         )
         daemon.stop_event.set()
@@ -200,17 +191,17 @@ def test_spool_delivers_a_result_finished_while_the_coordinator_was_down(sqlite_
     thread = threading.Thread(target=daemon.run)
     thread.start()
     with Client(live.base_url, ADMIN_TOKEN) as admin:
-        running = _wait_for(lambda: _running(admin, sid), what="the claim")
+        running = wait_for(lambda: _running(admin, sid), what="the claim")
     stop_coordinator(live)
     gate.set()
     finished.wait(30)
-    _wait_for(lambda: daemon.spool.pending(), what="the result to be spooled")
+    wait_for(lambda: daemon.spool.pending(), what="the result to be spooled")
     time.sleep(1.0)  # the daemon retries against a dead coordinator meanwhile
     assert daemon.spool.pending(), "the result was dropped while the coordinator was down"
     restarted = start_coordinator(url, admin_token=ADMIN_TOKEN, port=live.port, env=lease)
     try:
         with Client(restarted.base_url, ADMIN_TOKEN) as admin:
-            _wait_for(
+            wait_for(
                 lambda: admin.trial(sid, running.number).state == "COMPLETE",
                 timeout=60,
                 what="the spooled result to arrive",
@@ -385,7 +376,7 @@ def _spawn_cli_worker(base_url: str, token: str, data_dir: Path) -> subprocess.P
 def _sigterm_and_time_release(admin: Client, sid: int, number: int, proc) -> tuple[float, str]:
     t0 = time.monotonic()
     proc.send_signal(signal.SIGTERM)
-    _wait_for(lambda: admin.trial(sid, number).state != "RUNNING", timeout=60, what="the release")
+    wait_for(lambda: admin.trial(sid, number).state != "RUNNING", timeout=60, what="the release")
     released = time.monotonic() - t0
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out
@@ -403,7 +394,7 @@ def test_sigterm_during_a_real_evaluation_releases_within_seconds(coordinator, t
         )
         sid = admin.create_study(name="slow", max_trials=1, max_parallel=1, top_k=0, **study).id
         proc = _spawn_cli_worker(live.base_url, token, tmp_path / "w")
-        running = _wait_for(lambda: _running(admin, sid), timeout=60, what="the claim")
+        running = wait_for(lambda: _running(admin, sid), timeout=60, what="the claim")
         time.sleep(4)  # data loaded, model built: inside the feature extraction
         released, out = _sigterm_and_time_release(admin, sid, running.number, proc)
         trial = admin.trial(sid, running.number)

@@ -10,7 +10,6 @@ import statistics
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -18,10 +17,10 @@ from PIL import Image
 
 from archsearch.launch import start_coordinator, stop_coordinator
 from client import ApiError, Client
-from protocol import StudyOut
 from search_space.arch import Activation, Architecture, FBCorr, Layer, LNorm, LPool
 from service.models import Role
 from tests.helpers.coordinator import ADMIN_TOKEN, make_token, migrate
+from tests.helpers.waiting import wait_finished
 from workers.daemon import WorkerConfig, WorkerDaemon
 from workers.datasets import load_dataset
 from workers.evaluators import evaluate
@@ -65,14 +64,6 @@ def spawn_worker(base_url: str, token: str, data_dir: Path) -> subprocess.Popen:
         stderr=subprocess.STDOUT,
         text=True,
     )
-
-
-def wait_finished(admin: Client, sid: int, timeout: float) -> StudyOut:
-    deadline = time.monotonic() + timeout
-    while (study := admin.study(sid)).state != "finished":
-        assert time.monotonic() < deadline, study.counts
-        time.sleep(1)
-    return study
 
 
 @pytest.mark.e2e
