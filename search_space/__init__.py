@@ -30,6 +30,7 @@ from .builtin_spaces import (
     list_spaces,
     preset_raw,
 )
+from .history import EncodedHistory
 from .presets import PRESETS, get_preset
 from .space import (
     MAX_DOCUMENT_BYTES,
@@ -66,6 +67,7 @@ __all__ = [
     "STATES",
     "Activation",
     "Architecture",
+    "EncodedHistory",
     "FBCorr",
     "GridSuggester",
     "HistoryItem",

@@ -1,16 +1,24 @@
 """Suggesters: one function of the history each (hyperopt's ``suggest(new_ids, domain,
 trials, seed)``, OSS Vizier's stateless designers).
 
-A suggester is rebuilt from the study history on every call, so any coordinator process
-can serve any study.  The protocol::
+A suggester keeps no state between calls, so any coordinator process can serve any
+study.  The protocol::
 
     suggest(space, history, n, seed) -> list[raw dict]
+    suggest_encoded(encoded, n, seed) -> list[raw dict]
 
-returns AT MOST ``n`` raw points of ``space`` (choices as indices, active labels only),
-distinct from each other and from every configuration of the history that is not FAILED
-(configurations are compared by :meth:`Space.point_key`: equal architectures are equal).
-Fewer than ``n`` come back only when no new configuration could be found: the space is
-(nearly) exhausted, e.g. a finished grid.  Equal arguments give equal results.
+``suggest`` takes the history as a list (oldest first) and is exactly
+``suggest_encoded(EncodedHistory.from_history(space, history), n, seed)``;
+``suggest_encoded`` takes it encoded (:class:`~search_space.history.EncodedHistory`), which
+a caller may keep between calls and update incrementally.  An encoded history is the same
+whichever way it was built, so a cached one and a cold rebuild give identical suggestions
+for equal history and seed.
+
+Both return AT MOST ``n`` raw points of the space (choices as indices, active labels
+only), distinct from each other and from every configuration of the history that is not
+FAILED (configurations are compared by :meth:`Space.point_key`: equal architectures are
+equal).  Fewer than ``n`` come back only when no new configuration could be found: the
+space is (nearly) exhausted, e.g. a finished grid.  Equal arguments give equal results.
 
 How each history state counts (docs/design.md section 3):
 
@@ -21,20 +29,20 @@ How each history state counts (docs/design.md section 3):
   completed trial.  TPE uses only the ranking of losses, so the margin does not matter;
   TPE learns to avoid the region.  A COMPLETE / PRUNED value that is missing or not
   finite counts the same way.
-* ``WAITING`` / ``RUNNING``: pending.  They are in the hyperopt ``Trials`` with state
-  running and no loss, which hyperopt's TPE reads as loss = +inf (its pessimistic liar):
-  they fall in the "bad" group, which steers new suggestions away from them; and they are
-  never suggested again.  Suggestions made earlier in the same call are added the same
-  way, so ``n`` concurrent suggestions spread out.
+* ``WAITING`` / ``RUNNING``: pending.  TPE reads them as hyperopt reads a running trial:
+  loss = +inf (its pessimistic liar), so they fall in the "bad" group, which steers new
+  suggestions away from them; and they are never suggested again.  Suggestions made
+  earlier in the same call are added the same way, so ``n`` concurrent suggestions
+  spread out.
 * ``FAILED`` (crash, lost worker): left out entirely; the configuration may be suggested
   again (it is retried).
 
-History should be in creation order: TPE's linear forgetting down-weights the oldest.
+History must be in creation order (ascending trial id in an encoded history): TPE's
+linear forgetting down-weights the oldest.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -42,15 +50,12 @@ from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
-from protocol.states import TrialState
-
+from .history import FAILED_CODE, PENDING_CODES, STATES, EncodedHistory
 from .space import MAX_GRID_POINTS, Space, SpaceError
-
-log = logging.getLogger(__name__)
+from .tpe import DEFAULT_LF, TPEModel, TPESettings
 
 TrialStateName = Literal["WAITING", "RUNNING", "COMPLETE", "PRUNED", "FAILED", "INFEASIBLE"]
-STATES: tuple[str, ...] = ("WAITING", "RUNNING", "COMPLETE", "PRUNED", "FAILED", "INFEASIBLE")
-PENDING_STATES = frozenset(TrialState.pending())
+PENDING_STATES = frozenset(STATES[code] for code in PENDING_CODES)
 SCORED_STATES = frozenset({"COMPLETE", "PRUNED"})
 
 # TPE settings of Bergstra, Yamins & Cox (ICML 2013), hyperopt's defaults
@@ -59,8 +64,9 @@ DEFAULT_GAMMA = 0.25
 DEFAULT_N_EI_CANDIDATES = 24
 DEFAULT_PRIOR_WEIGHT = 1.0
 # hyperopt 0.3 has no argument for it: tpe.DEFAULT_LF (25) is bound as a default argument
-# of its Parzen estimators at import time (a test checks the value)
-LINEAR_FORGETTING = 25
+# of its Parzen estimators at import time (a test checks the value); search_space.tpe
+# follows hyperopt and keeps it fixed
+LINEAR_FORGETTING = DEFAULT_LF
 
 # TPE proposals per slot before the slot falls back to a prior draw: the first maximises
 # EI over n_ei_candidates draws, the others are single draws from l(x) (see TPESuggester)
@@ -106,12 +112,18 @@ class Suggester(Protocol):
 
         Returns:
             At most ``n`` raw points, distinct from each other and from the non-FAILED
-            history; fewer only when the space is (nearly) exhausted.
+            history; fewer only when the space is (nearly) exhausted.  Equal to
+            ``suggest_encoded(EncodedHistory.from_history(space, history), n, seed)``.
 
         Raises:
             ValueError: ``n < 0``; for ``grid``, a continuous or too large space
                 (:class:`SpaceError`).
         """
+        ...
+
+    def suggest_encoded(self, encoded: EncodedHistory, n: int, seed: int) -> list[dict[str, Any]]:
+        """As :meth:`suggest`, on an encoded history (its space is ``encoded.space``; ids
+        ascending = creation order).  ``encoded`` is not modified (beyond caches)."""
         ...
 
 
@@ -121,37 +133,21 @@ def derive_seed(seed: int, *parts: int) -> int:
     return int(np.random.SeedSequence(words).generate_state(1, dtype=np.uint32)[0])
 
 
-class _Known:
-    """The history, checked once: normalized points, their keys, what counts as seen."""
+class _Taken:
+    """The configurations a call may not return: the history's (not FAILED) and its own."""
 
-    def __init__(self, space: Space, history: Iterable[HistoryItem]) -> None:
-        self.space = space
-        self.items: list[tuple[dict[str, Any], HistoryItem]] = []
-        self.seen: set[tuple[Any, ...]] = set()
-        for item in history:
-            if item.state == "FAILED":
-                continue  # retried: neither observed nor blocking its configuration
-            try:
-                point = space.normalize(item.raw)
-            except SpaceError as exc:
-                # a point of another space version cannot be observed; a study's own
-                # history never has one, so this is logged rather than fatal
-                log.warning("history point ignored, not in space %r: %s", space.name, exc)
-                continue
-            self.items.append((point, item))
-            self.seen.add(space.point_key(point))
+    def __init__(self, encoded: EncodedHistory) -> None:
+        self.encoded = encoded
+        self.mine: set[bytes] = set()
 
-    def take(self, point: dict[str, Any]) -> bool:
-        """Mark ``point`` seen; False if it (or an equal configuration) already was."""
-        key = self.space.point_key(point)
-        if key in self.seen:
+    def take(self, point: Mapping[str, Any]) -> bool:
+        """Mark ``point`` (normalized) taken; False if it (or an equal configuration:
+        equal ``Space.point_key``) already was."""
+        key = self.encoded.key_of(point)
+        if key in self.mine or self.encoded.is_taken(key):
             return False
-        self.seen.add(key)
+        self.mine.add(key)
         return True
-
-    @property
-    def n_finished(self) -> int:
-        return sum(1 for _, item in self.items if item.state not in PENDING_STATES)
 
 
 def _check_n(n: int) -> None:
@@ -159,45 +155,71 @@ def _check_n(n: int) -> None:
         raise ValueError(f"n must be >= 0, got {n}")
 
 
-def _random_points(space: Space, known: _Known, n: int, seed: int) -> list[dict[str, Any]]:
+def _random_points(space: Space, taken: _Taken, n: int, seed: int) -> list[dict[str, Any]]:
     """Up to ``n`` new prior draws, in batches (one vectorised hyperopt pass each)."""
     out: list[dict[str, Any]] = []
     batch = max(16, 2 * n)
     for round_ in range(_RANDOM_ROUNDS):
         for point in space.sample_many(batch, derive_seed(seed, 0x52, round_)):
-            if known.take(point):
+            if taken.take(point):
                 out.append(point)
                 if len(out) == n:
                     return out
     return out
 
 
-class RandomSuggester:
-    """Random search: draws from the prior (``hyperopt.rand``); ignores the scores."""
+class _Base:
+    """``suggest`` on a list = ``suggest_encoded`` on its encoding."""
 
-    name: ClassVar[str] = "random"
+    name: ClassVar[str]
+
+    def _check_space(self, space: Space) -> None:
+        """Raise before any work if the suggester cannot serve ``space`` at all."""
 
     def suggest(
         self, space: Space, history: Sequence[HistoryItem], n: int, seed: int
     ) -> list[dict[str, Any]]:
         """See :class:`Suggester`."""
         _check_n(n)
+        self._check_space(space)
         if n == 0:
             return []
-        return _random_points(space, _Known(space, history), n, seed)
+        return self.suggest_encoded(EncodedHistory.from_history(space, history), n, seed)
+
+    def suggest_encoded(self, encoded: EncodedHistory, n: int, seed: int) -> list[dict[str, Any]]:
+        """See :class:`Suggester`."""
+        _check_n(n)
+        self._check_space(encoded.space)
+        if n == 0:
+            return []
+        return self._suggest(encoded, n, seed)
+
+    def _suggest(self, encoded: EncodedHistory, n: int, seed: int) -> list[dict[str, Any]]:
+        raise NotImplementedError
 
 
-class TPESuggester:
-    """Tree-structured Parzen Estimator (``hyperopt.tpe``), maximising the value.
+class RandomSuggester(_Base):
+    """Random search: draws from the prior (``hyperopt.rand``); ignores the scores."""
+
+    name: ClassVar[str] = "random"
+
+    def _suggest(self, encoded: EncodedHistory, n: int, seed: int) -> list[dict[str, Any]]:
+        return _random_points(encoded.space, _Taken(encoded), n, seed)
+
+
+class TPESuggester(_Base):
+    """Tree-structured Parzen Estimator (hyperopt's ``tpe``, reimplemented in numpy by
+    :mod:`search_space.tpe`), maximising the value.
 
     Until ``n_startup_jobs`` trials have FINISHED (COMPLETE, PRUNED or INFEASIBLE;
     pending ones do not count, unlike hyperopt's own rule), suggestions are prior draws.
-    Then each slot calls ``hyperopt.tpe.suggest`` on the history plus the slots already
-    filled (as pending trials).  hyperopt maximises EI label by label, so its proposal is
-    nearly the same for every seed and is often a configuration already in the history
-    (typically the best one).  A study never evaluates a configuration twice, so such a
-    proposal is replaced: first by up to three single draws from l(x), the density of
-    the good trials (``n_EI_candidates=1``), then by a prior draw.
+    Then the TPE posterior is fitted once per call, and each slot proposes a point and
+    adds it as a pending trial before the next slot (what ``hyperopt.tpe.suggest`` would
+    see if asked again).  TPE maximises EI label by label, so its proposal is nearly the
+    same for every seed and is often a configuration already in the history (typically
+    the best one).  A study never evaluates a configuration twice, so such a proposal is
+    replaced: first by up to three single draws from l(x), the density of the good
+    trials (one EI candidate), then by a prior draw.
 
     Args:
         n_startup_jobs: finished trials before TPE takes over (paper: 20).
@@ -239,57 +261,50 @@ class TPESuggester:
         self.linear_forgetting = linear_forgetting
         self.prior_weight = prior_weight
 
-    def suggest(
-        self, space: Space, history: Sequence[HistoryItem], n: int, seed: int
-    ) -> list[dict[str, Any]]:
-        """See :class:`Suggester`."""
-        _check_n(n)
-        if n == 0:
-            return []
-        known = _Known(space, history)
-        if known.n_finished < self.n_startup_jobs:
-            return _random_points(space, known, n, seed)
-        from hyperopt import tpe
+    @property
+    def settings(self) -> TPESettings:
+        return TPESettings(
+            gamma=self.gamma,
+            n_ei_candidates=self.n_ei_candidates,
+            prior_weight=self.prior_weight,
+            linear_forgetting=self.linear_forgetting,
+        )
 
-        trials = _build_trials(space, known.items)
-        domain = space.domain
+    def _suggest(self, encoded: EncodedHistory, n: int, seed: int) -> list[dict[str, Any]]:
+        space = encoded.space
+        taken = _Taken(encoded)
+        if encoded.n_finished < self.n_startup_jobs:
+            return _random_points(space, taken, n, seed)
+        model = TPEModel(encoded, self.settings, room=n)
         out: list[dict[str, Any]] = []
         for slot in range(n):
-            tid = len(known.items) + slot
             for attempt in range(_TPE_TRIES):
-                docs = tpe.suggest(
-                    [tid],
-                    domain,
-                    trials,
-                    derive_seed(seed, slot, attempt),
-                    prior_weight=self.prior_weight,
-                    n_startup_jobs=0,  # decided above, on finished trials only
-                    # hyperopt picks the EI argmax PER LABEL, which is nearly
-                    # deterministic: once it lands on a known configuration, other seeds
-                    # land there too.  A retry draws from l(x) instead (one candidate):
-                    # still the good region, but not the same point.
-                    n_EI_candidates=self.n_ei_candidates if attempt == 0 else 1,
-                    gamma=self.gamma,
-                    verbose=False,
-                )
-                vals = docs[0]["misc"]["vals"]
-                point = space.normalize({k: v[0] for k, v in vals.items() if v})
-                if known.take(point):
-                    _add_pending(trials, docs[0])
+                rng = np.random.default_rng(derive_seed(seed, slot, attempt))
+                # the EI argmax per label is nearly deterministic: once it lands on a
+                # known configuration, other seeds land there too.  A retry draws from
+                # l(x) instead (one candidate): still the good region, not the same point.
+                raw = model.propose(rng, self.n_ei_candidates if attempt == 0 else 1)
+                try:
+                    point = space.normalize(raw)
+                except SpaceError:
+                    # a quantized draw rounded onto a bound's excluded edge (measure zero)
+                    continue
+                if taken.take(point):
+                    model.add_pending(point)
                     out.append(point)
                     break
             else:
                 # TPE keeps proposing known configurations (a converged model or a small
                 # space): explore with a prior draw instead of returning a duplicate
-                extra = _random_points(space, known, 1, derive_seed(seed, slot, 0x7E))
+                extra = _random_points(space, taken, 1, derive_seed(seed, slot, 0x7E))
                 if not extra:
                     break
                 out.append(extra[0])
-                _add_pending(trials, _doc_for(trials, space, extra[0], tid))
+                model.add_pending(extra[0])
         return out
 
 
-class GridSuggester:
+class GridSuggester(_Base):
     """Every point of a small discrete space once, in a seeded random order.
 
     Args:
@@ -304,15 +319,9 @@ class GridSuggester:
         self.shuffle = shuffle
         self.max_points = max_points
 
-    def suggest(
-        self, space: Space, history: Sequence[HistoryItem], n: int, seed: int
-    ) -> list[dict[str, Any]]:
-        """See :class:`Suggester`; an empty list means the grid is done.
-
-        Raises:
-            SpaceError: the space is continuous or has more than ``max_points`` points.
-        """
-        _check_n(n)
+    def _check_space(self, space: Space) -> None:
+        """Raises SpaceError: the space is continuous or has more than ``max_points``
+        points."""
         if not space.is_discrete:
             space.grid()  # raises the SpaceError that names the continuous labels
         size = space.grid_size or 0
@@ -322,10 +331,17 @@ class GridSuggester:
                 f"space {space.name!r} has {size:,} grid points, more than the "
                 f"{self.max_points:,} a grid search may enumerate (use random or tpe)",
             )
-        if n == 0:
-            return []
-        known = _Known(space, history)
-        used = {space.grid_index(point) for point, _ in known.items}
+
+    def _suggest(self, encoded: EncodedHistory, n: int, seed: int) -> list[dict[str, Any]]:
+        """An empty list means the grid is done."""
+        space = encoded.space
+        size = space.grid_size or 0
+        taken = _Taken(encoded)
+        used = {
+            index
+            for index, state in zip(encoded.grid_indices(), encoded.states.tolist(), strict=True)
+            if state != FAILED_CODE
+        }
         order: Iterable[int] = (
             np.random.default_rng(derive_seed(seed)).permutation(size).tolist()
             if self.shuffle
@@ -336,14 +352,14 @@ class GridSuggester:
             if index in used:
                 continue
             point = space.grid_point(index)
-            if known.take(point):  # also skips a duplicate-option twin of a seen point
+            if taken.take(point):  # also skips a duplicate-option twin of a seen point
                 out.append(point)
                 if len(out) == n:
                     break
         return out
 
 
-# -- hyperopt Trials -------------------------------------------------------------------
+# -- hyperopt Trials (the reference the tests and benchmarks run hyperopt on) -------------
 def _losses(items: Sequence[tuple[dict[str, Any], HistoryItem]]) -> list[float | None]:
     """Loss per item (None: pending), following the table in the module docstring."""
     scored = [
@@ -407,20 +423,6 @@ def _misc(space: Space, point: Mapping[str, Any], tid: int) -> dict[str, Any]:
         "idxs": {label: [tid] if label in point else [] for label in space.labels},
         "vals": {label: [point[label]] if label in point else [] for label in space.labels},
     }
-
-
-def _doc_for(trials: Any, space: Space, point: Mapping[str, Any], tid: int) -> dict[str, Any]:
-    return trials.new_trial_docs([tid], [None], [{"status": "new"}], [_misc(space, point, tid)])[0]
-
-
-def _add_pending(trials: Any, doc: dict[str, Any]) -> None:
-    """Add a fresh suggestion as a running trial: TPE's liar for the next slot."""
-    from hyperopt.base import JOB_STATE_RUNNING
-
-    doc["state"] = JOB_STATE_RUNNING
-    doc["result"] = {"status": "new"}
-    trials.insert_trial_docs([doc])
-    trials.refresh()
 
 
 # -- registry --------------------------------------------------------------------------

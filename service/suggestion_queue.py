@@ -2,11 +2,14 @@
 
 A claim only takes a WAITING row, so it never waits for TPE. Refills run after reports
 and claims (in the background of the request), at study creation, and from the
-coordinator's periodic loop. The suggester runs OUTSIDE the write transaction (TPE on a
-long history takes a while, and on SQLite a write transaction blocks every claim); the
-write transaction then re-counts under the study lock and inserts at most what is still
-missing, so two coordinator processes refilling at once never over-fill and
-``max_trials`` is never exceeded. Duplicate configurations are skipped by the store.
+coordinator's periodic loop. The suggester runs OUTSIDE the write transaction (on SQLite a
+write transaction blocks every claim), in the suggester process
+(:mod:`service.suggester_process`), which reads the history itself and keeps it encoded
+between rounds; one round proposes up to ``CHUNK`` configurations from one density fit
+(docs/design.md section 3). The write transaction then re-counts under the study lock
+and inserts at most what is still missing, so two coordinator processes refilling at once
+never over-fill and ``max_trials`` is never exceeded. Duplicate configurations are skipped
+by the store.
 
 The suggester can fail only for one study: whatever it raises (a space whose lognormal
 overflows when sampled, say) crosses the process boundary as a plain
@@ -31,19 +34,25 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
-from search_space import (
-    HistoryItem,
-    InfeasibleArchitecture,
-    Space,
-    get_suggester,
-    validate,
-)
+from search_space import Space
 
 from . import lifecycle
 from .errors import InvalidInput, Unavailable
 from .models import Study, StudyState, Trial, TrialSource, TrialState
-from .studies import evaluator_options, space_from_document, study_space
+from .studies import evaluator_options, study_space
+from .suggester_process import (
+    HistoryUnavailable,
+    SuggesterFailed,
+    SuggestJob,
+    new_trial,
+    one_line,
+    register_engine,
+    run_job,
+    run_suggester,
+)
 from .trial_store import NewTrial, TrialStore
+
+__all__ = ["SuggesterFailed", "SuggestionQueue", "make_new_trial", "one_line", "run_suggester"]
 
 log = logging.getLogger(__name__)
 
@@ -58,22 +67,6 @@ PASS_SECONDS_PER_STUDY = 2.0
 PROBE_TIMEOUT = 60.0  # seconds a fresh pool may take to start its first process
 
 
-class SuggesterFailed(Exception):
-    """A suggestion round failed for one study. ``args`` is just the one-line reason, so
-    it pickles both ways (what crosses a process pool's boundary must, or the pool marks
-    itself broken)."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-def one_line(exc: BaseException) -> str:
-    """``"Type: message"`` on one line: what a study's ``error`` says."""
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
 def make_new_trial(
     study: Study,
     space: Space,
@@ -82,51 +75,9 @@ def make_new_trial(
     source: TrialSource = TrialSource.SUGGESTED,
     priority: int = 1,
 ) -> NewTrial:
-    """Resolve ``raw`` to an architecture, hash it, and pre-check that it can be built.
-
-    Raises ``ValueError`` when ``raw`` is not a point of ``space``.
-    """
-    options = evaluator_options(study)
-    arch = space.to_arch(raw, input_channels=options.input_channels, seed=options.filter_seed)
-    reason = None
-    try:
-        validate(
-            arch,
-            max_features=options.max_features,
-            max_gflops_per_image=options.max_gflops_per_image,
-            max_activation_mb_per_image=options.max_activation_mb_per_image,
-        )
-    except InfeasibleArchitecture as exc:
-        reason = exc.reason
-    return NewTrial(
-        params=raw,
-        arch=arch.to_dict(),
-        config_hash=arch.content_hash(),
-        seed=arch.seed,
-        source=source,
-        priority=priority,
-        infeasible_reason=reason,
-    )
-
-
-def run_suggester(
-    space_doc: dict[str, Any],
-    algorithm: str,
-    options: dict[str, Any],
-    history: list[HistoryItem],
-    n: int,
-    seed: int,
-) -> list[dict[str, Any]]:
-    """One suggestion round, from plain data (so that it can run in another process).
-
-    Raises only :class:`SuggesterFailed` (whatever went wrong, as one line of text): an
-    exception that cannot be unpickled would break the caller's process pool.
-    """
-    try:
-        space = space_from_document(space_doc)
-        return get_suggester(algorithm, **options).suggest(space, history, n, seed=seed)
-    except Exception as exc:
-        raise SuggesterFailed(one_line(exc)) from None
+    """:func:`~service.suggester_process.new_trial` with ``study``'s evaluator options.
+    Raises ``ValueError`` when ``raw`` is not a point of ``space``."""
+    return new_trial(evaluator_options(study), space, raw, source=source, priority=priority)
 
 
 def derive_seed(study_seed: int, n_history: int, round_: int) -> int:
@@ -156,19 +107,32 @@ class SuggestionQueue:
             executor = executor_factory()
         self.executor = executor
         self.pool_error: str | None = None  # why no working pool could be made, if so
+        # Where rounds read the history: the store's database (a pool process opens its own
+        # engine on the URL; a round run here reads through the store's engine).
+        self.database_url = ""
+        if store is not None:
+            engine = store.sessions.kw["bind"]
+            self.database_url = engine.url.render_as_string(hide_password=False)
+            register_engine(self.database_url, engine)
         self._pool_lock = threading.Lock()
         self._locks: defaultdict[int, threading.Lock] = defaultdict(threading.Lock)
         self._dirty: set[int] = set()
         self._guard = threading.Lock()
 
     # -- the suggester and its pool ------------------------------------------------------
-    def _suggest(self, job: tuple[Any, ...]) -> list[dict[str, Any]]:
+    def _suggest(self, job: SuggestJob) -> list[NewTrial]:
         """Run one round. Raises :class:`SuggesterFailed` (the study's fault: also when
         the pool breaks again on the retry) or :class:`Unavailable` (no pool can be made,
-        or the coordinator is stopping)."""
+        the coordinator is stopping, or the history could not be read)."""
+        try:
+            return self._run(job)
+        except HistoryUnavailable as exc:
+            raise Unavailable(f"the suggester could not read the history: {exc.reason}") from None
+
+    def _run(self, job: SuggestJob) -> list[NewTrial]:
         executor = self.executor
         if executor is None:
-            return run_suggester(*job)
+            return run_job(job)
         try:
             return self._submit(executor, job)
         except BrokenExecutor as exc:
@@ -182,9 +146,9 @@ class SuggestionQueue:
                 f"the suggester process died twice while proposing for this study ({exc})"
             ) from None
 
-    def _submit(self, executor: Executor, job: tuple[Any, ...]) -> list[dict[str, Any]]:
+    def _submit(self, executor: Executor, job: SuggestJob) -> list[NewTrial]:
         try:
-            future = executor.submit(run_suggester, *job)
+            future = executor.submit(run_job, job)
         except BrokenExecutor:
             raise  # (a RuntimeError too) the caller replaces the pool
         except RuntimeError as exc:
@@ -311,28 +275,20 @@ class SuggestionQueue:
                 want = min(depth - waiting, study.max_trials - total, CHUNK)
                 if want <= 0:
                     return added
-                rows = s.execute(
-                    select(Trial.params, Trial.state, Trial.value).where(
-                        Trial.study_id == study_id, ~lifecycle.IS_FINAL
-                    )
-                ).all()
-            try:
-                space = study_space(study)
-                discrete = space.is_discrete
-                history = [
-                    HistoryItem(raw=r.params, state=TrialState(r.state).value, value=r.value)
-                    for r in rows
-                ]
-                job = (
-                    study.space,
-                    study.algorithm,
-                    study.algorithm_options,
-                    history,
-                    want,
-                    derive_seed(study.seed, total, round_),
+                job = SuggestJob(
+                    study_id=study.id,
+                    study_key=f"{self.database_url}|{study.id}|{study.created_at.isoformat()}",
+                    database_url=self.database_url,
+                    space=study.space,
+                    algorithm=study.algorithm,
+                    options=study.algorithm_options,
+                    evaluator_options=evaluator_options(study).model_dump(),
+                    n=want,
+                    seed=derive_seed(study.seed, total, round_),
                 )
-                raws = self._suggest(job)
-                new = [make_new_trial(study, space, raw) for raw in raws]
+            try:
+                discrete = study_space(study).is_discrete
+                new = self._suggest(job)
             except (Unavailable, SQLAlchemyError, CancelledError):
                 raise  # not the study's fault: the refill fails, a later one retries
             except Exception as exc:
@@ -341,7 +297,7 @@ class SuggestionQueue:
                 reason = exc.reason if isinstance(exc, SuggesterFailed) else one_line(exc)
                 self._suspend(study_id, f"the suggester failed: {reason}")
                 return added
-            if not raws:  # grid exhausted
+            if not new:  # grid exhausted
                 self._end_search(study_id, "the suggester has no configuration left")
                 return added
             with self.store.transaction(lock_study=study_id) as s:

@@ -17,12 +17,14 @@ from concurrent.futures.process import BrokenProcessPool
 
 import pytest
 
+from protocol.options import EvaluatorOptions
 from search_space import get_space
 from search_space.arch import InfeasibleArchitecture
 from search_space.dataset_uri import CheckBudgetExceeded, DatasetURIError
 from search_space.space_schema import SpaceError
 from service.app import maintenance_pass
 from service.errors import Unavailable
+from service.suggester_process import SuggestJob
 from service.suggestion_queue import SuggesterFailed, SuggestionQueue, run_suggester
 from tests.helpers.coordinator import FG11_STUDY, db_trials
 
@@ -115,7 +117,19 @@ class FakePool:
         self.shut = True
 
 
-JOB = (get_space("fg11").to_dict(), "random", {}, [], 2, 7)
+# A round over an inline (empty) history: no database behind these fake pools.
+JOB = SuggestJob(
+    study_id=1,
+    study_key="fake",
+    database_url="sqlite://",
+    space=get_space("fg11").to_dict(),
+    algorithm="random",
+    options={},
+    evaluator_options=EvaluatorOptions().model_dump(),
+    n=2,
+    seed=7,
+    history=(),
+)
 
 
 def test_broken_pool_is_replaced_and_the_round_retried_once():

@@ -306,7 +306,11 @@ def test_suggesting_over_1000_trials_is_fast():
 
 
 def test_tpe_beats_random_search_at_equal_budget():
-    """Median over 5 seeds of the best value after 50 sequential trials (20 startup)."""
+    """Median over 20 seeds of the best value after 50 sequential trials (20 startup).
+
+    20 seeds, not 5: over 100 seeds both hyperopt's TPE and ours beat random search in
+    3 seeds of 4, so a median of 5 still loses to random search about one time in ten,
+    whichever seeds happen to be lucky."""
     space = get_space("pinto-cox")
 
     def best_after(suggester: Suggester, seed: int, budget: int = 50) -> float:
@@ -316,6 +320,6 @@ def test_tpe_beats_random_search_at_equal_budget():
             history.append(scored(space, raw))
         return max((h.value for h in history if h.value is not None), default=0.0)
 
-    tpe = statistics.median(best_after(TPESuggester(), seed) for seed in range(5))
-    rand = statistics.median(best_after(RandomSuggester(), seed) for seed in range(5))
+    tpe = statistics.median(best_after(TPESuggester(), seed) for seed in range(20))
+    rand = statistics.median(best_after(RandomSuggester(), seed) for seed in range(20))
     assert tpe > rand, (tpe, rand)
