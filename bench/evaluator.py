@@ -11,19 +11,36 @@ kept on the device):
 
 Reported per (model, device, dtype, batch size): images/s, achieved GFLOP/s (FLOPs per
 image from ``search_space.arch.walk``, a multiply-add = 2), and the ratio to the ceiling: a
-large dense 3x3 conv2d (torch's best case) measured in the same run, with the same thread
+large dense conv2d (torch's best case) measured in the same run, with the same thread
 count and dtype (float32 on CUDA with TF32 off, as the model's fbcorr runs): the best of
-two dense conv2d shapes as large as the FG11 model's layers (:data:`CEILING_SHAPES`). Images are
-random uint8 at the model's input size: throughput does not depend on the pixels.
+two dense conv2d shapes as large as the FG11 model's layers (:data:`CEILING_SHAPES`), each
+in both memory formats (NCHW and channels-last; the model runs channels-last on the CPU).
+Images are random uint8 at the model's input size: throughput does not depend on the pixels.
 
-CPU: batch sizes 8 and 32, float32. CUDA (when available): 64 .. 512, float32 and bfloat16.
+The element-wise part (every leaf module but fbcorr: lnorm0, activation, lpool, lnorm) is
+also timed on its own (forward hooks around each call, synchronised) and reported as
+GB/s of its compulsory traffic (each call's input read once and output written once,
+in the compute dtype), next to the memory bandwidth of a plain large copy and add
+(``dst.copy_(src)``, ``torch.add(a, b, out=c)``, 64 MiB float32 tensors, all bytes read
+and written counted) measured in the same run.
+
+Shared machines are noisy: every figure is the fastest call (a batch through
+``extract_features``, one conv2d, one copy) of its measurement, the call least disturbed by
+other processes, and every row is measured in 5 interleaved rounds (the ceiling, the
+model, the element-wise part, the bandwidth), the best of each over the rounds reported;
+the ratio is best model / best ceiling. ``images`` is the number of distinct images the
+batches cycle through.
+
+CPU: batch sizes 8, 32 and 64 (``--quick``: 8 and 32), float32. CUDA (when available):
+64 .. 512, float32 and bfloat16.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,7 +50,7 @@ import torch.nn.functional as F
 from bench import report
 from search_space import ops
 from search_space.arch import Activation, Architecture, FBCorr, Layer, LNorm, LPool, walk
-from search_space.model import build_model
+from search_space.model import FeatureExtractor, build_model
 from search_space.presets import FG11_HT_L3_1ST
 from workers.evaluators import extract_features
 
@@ -64,9 +81,11 @@ class Row:
     dtype: str
     batch: int
     images: int
-    images_per_s: float
-    gflops_per_s: float
-    ceiling_gflops_per_s: float
+    images_per_s: float = 0.0
+    gflops_per_s: float = 0.0
+    ceiling_gflops_per_s: float = 0.0
+    elementwise_gb_per_s: float = 0.0
+    bandwidth_gb_per_s: float = 0.0
 
     @property
     def ratio(self) -> float:
@@ -79,17 +98,19 @@ def _sync(device: torch.device) -> None:
 
 
 def _timed(fn: Callable[[], object], device: torch.device, min_seconds: float) -> float:
-    """Seconds per call of ``fn`` (one warm-up call, then repeated for ``min_seconds``)."""
+    """The fastest call of ``fn`` in seconds: one warm-up call, then calls for
+    ``min_seconds`` (at least 3). The minimum is the call least disturbed by other
+    processes; the ceiling, the model and the bandwidth are all timed this way."""
     fn()
     _sync(device)
-    calls, t0 = 0, time.perf_counter()
-    while True:
+    best, calls, t_end = math.inf, 0, time.perf_counter() + min_seconds
+    while calls < 3 or time.perf_counter() < t_end:
+        t0 = time.perf_counter()
         fn()
-        calls += 1
         _sync(device)
-        elapsed = time.perf_counter() - t0
-        if elapsed >= min_seconds:
-            return elapsed / calls
+        best = min(best, time.perf_counter() - t0)
+        calls += 1
+    return best
 
 
 # (batch, in channels, out channels, side, kernel): dense convolutions as large as the
@@ -103,51 +124,126 @@ CEILING_SHAPES = {
 
 
 def conv_ceiling(device: torch.device, dtype: torch.dtype, quick: bool) -> float:
-    """GFLOP/s of the fastest of :data:`CEILING_SHAPES` (dense "valid" conv2d, no bias)."""
+    """GFLOP/s of the fastest of :data:`CEILING_SHAPES` (dense "valid" conv2d, no bias), each
+    in the NCHW and in the channels-last memory format."""
     best = 0.0
     g = torch.Generator(device=device).manual_seed(0)
     for b, cin, cout, side, k in CEILING_SHAPES["cuda" if device.type == "cuda" else "cpu"]:
-        x = torch.randn(b, cin, side, side, device=device, dtype=dtype, generator=g)
-        w = torch.randn(cout, cin, k, k, device=device, dtype=dtype, generator=g)
+        for fmt in (torch.contiguous_format, torch.channels_last):
+            x = torch.randn(b, cin, side, side, device=device, dtype=dtype, generator=g)
+            x = x.contiguous(memory_format=fmt)
+            w = torch.randn(cout, cin, k, k, device=device, dtype=dtype, generator=g)
 
-        def conv(x: torch.Tensor = x, w: torch.Tensor = w) -> torch.Tensor:
-            if device.type == "cuda" and dtype == torch.float32:
-                with ops.ieee_fp32_convolutions():
-                    return F.conv2d(x, w)
-            return F.conv2d(x, w)
+            def conv(x: torch.Tensor = x, w: torch.Tensor = w) -> torch.Tensor:
+                if device.type == "cuda" and dtype == torch.float32:
+                    with ops.ieee_fp32_convolutions():
+                        return F.conv2d(x, w)
+                return F.conv2d(x, w)
 
-        flops = 2 * b * (side - k + 1) ** 2 * cout * cin * k * k
-        with torch.inference_mode():
-            seconds = _timed(conv, device, 0.3 if quick else 1.5)
-        best = max(best, flops / seconds / 1e9)
-        del x, w
+            flops = 2 * b * (side - k + 1) ** 2 * cout * cin * k * k
+            with torch.inference_mode():
+                seconds = _timed(conv, device, 0.15 if quick else 0.5)
+            best = max(best, flops / seconds / 1e9)
+            del x, w
     return best
 
 
-def model_throughput(
-    arch: Architecture, device: torch.device, dtype: torch.dtype, batch: int, n_images: int
-) -> tuple[float, float]:
-    """``(images/s, GFLOP/s)`` of ``extract_features`` over ``n_images`` random images."""
-    model = build_model(arch, dtype=dtype, device=device)
+def bandwidth(device: torch.device, quick: bool) -> float:
+    """GB/s of the better of a plain copy and add of 64 MiB float32 tensors (bytes read
+    plus bytes written), into preallocated outputs."""
+    n = 16 << 20
+    a = torch.rand(n, device=device)
+    b = torch.rand(n, device=device)
+    c = torch.empty(n, device=device)
+    copy = _timed(lambda: c.copy_(a), device, 0.1 if quick else 0.3)
+    add = _timed(lambda: torch.add(a, b, out=c), device, 0.1 if quick else 0.3)
+    return max(2 * 4 * n / copy, 3 * 4 * n / add) / 1e9
+
+
+def _make_images(arch: Architecture, n_images: int) -> np.ndarray:
     rng = np.random.default_rng(0)
-    images = rng.integers(
-        0,
-        256,
-        size=(n_images, arch.input_channels, arch.input_size, arch.input_size),
-        dtype=np.uint8,
-    )
-    index = np.arange(n_images)
-    extract_features(model, images, index[:batch], device=device, batch_size=batch)  # warm-up
-    _sync(device)
-    t0 = time.perf_counter()
-    feats, used, _ = extract_features(model, images, index, device=device, batch_size=batch)
-    _sync(device)
-    seconds = time.perf_counter() - t0
-    if used != batch:
-        raise RuntimeError(f"out of memory at batch {batch}: extraction fell back to {used}")
-    del feats
-    ips = n_images / seconds
-    return ips, ips * walk(arch).flops / 1e9
+    shape = (n_images, arch.input_channels, arch.input_size, arch.input_size)
+    return rng.integers(0, 256, size=shape, dtype=np.uint8)
+
+
+def _batches(n_images: int, batch: int) -> Iterator[np.ndarray]:
+    """Index arrays of ``batch`` images, cycling through ``n_images`` distinct images."""
+    start = 0
+    while True:
+        yield np.arange(start, start + batch) % n_images
+        start = (start + batch) % n_images
+
+
+def model_throughput(
+    model: FeatureExtractor,
+    images: np.ndarray,
+    device: torch.device,
+    batch: int,
+    min_seconds: float,
+) -> tuple[float, float]:
+    """``(images/s, GFLOP/s)`` of ``extract_features`` on one batch of ``batch`` images
+    (random uint8 at the model's input size): the fastest of its calls over
+    ``min_seconds`` (:func:`_timed`), each call on the next batch of ``images``."""
+    batches = _batches(len(images), batch)
+
+    def one_batch() -> None:
+        # A fixed batch size (batch_seconds=None): the time-driven sizing of the workers
+        # would otherwise pick its own batch and make the rows incomparable.
+        _, used, halvings = extract_features(
+            model, images, next(batches), device=device, batch_size=batch, batch_seconds=None
+        )
+        if halvings:
+            raise RuntimeError(f"out of memory at batch {batch}: extraction fell back to {used}")
+
+    ips = batch / _timed(one_batch, device, min_seconds)
+    return ips, ips * model.report.flops / 1e9
+
+
+def elementwise_throughput(
+    model: FeatureExtractor,
+    images: np.ndarray,
+    device: torch.device,
+    batch: int,
+    min_seconds: float,
+) -> float:
+    """GB/s of the element-wise modules (all leaf modules but fbcorr) in one batch: the
+    sum over their calls of input bytes + output bytes, over the sum of their synchronised
+    times; the best batch over ``min_seconds`` (at least 3 batches)."""
+    totals = {"seconds": 0.0, "bytes": 0}
+    starts: dict[int, float] = {}
+
+    def pre(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        _sync(device)
+        starts[id(module)] = time.perf_counter()
+
+    def post(module: torch.nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        _sync(device)
+        totals["seconds"] += time.perf_counter() - starts.pop(id(module))
+        x = args[0]
+        totals["bytes"] += x.numel() * x.element_size() + out.numel() * out.element_size()
+
+    handles = []
+    for module in model.modules():
+        leaf = next(module.children(), None) is None
+        if leaf and not isinstance(module, (ops.FBCorr, torch.nn.Identity)):
+            handles.append(module.register_forward_pre_hook(pre))
+            handles.append(module.register_forward_hook(post))
+    best, calls, t_end = 0.0, 0, time.perf_counter() + min_seconds
+    try:
+        for index in _batches(len(images), batch):
+            totals["seconds"], totals["bytes"] = 0.0, 0
+            extract_features(
+                model, images, index, device=device, batch_size=batch, batch_seconds=None
+            )
+            if calls and totals["seconds"] > 0:  # the first batch is a warm-up
+                best = max(best, totals["bytes"] / totals["seconds"] / 1e9)
+            calls += 1
+            if calls > 3 and time.perf_counter() >= t_end:
+                break
+    finally:
+        for h in handles:
+            h.remove()
+    return best
 
 
 def plan(device: torch.device, quick: bool) -> list[tuple[str, torch.dtype, int, int]]:
@@ -161,8 +257,10 @@ def plan(device: torch.device, quick: bool) -> list[tuple[str, torch.dtype, int,
         }
     else:
         dtypes = [torch.float32]
-        batches = [8] if quick else [8, 32]
-        n_fg11, n_small = (16, 512) if quick else (64, 4096)
+        # 64: what a screening worker runs on a CPU (workers.stages.default_batch_size caps
+        # CPU batches at 64; the 32 px model fits it), 8 and 32 as before.
+        batches = [8, 32] if quick else [8, 32, 64]
+        n_fg11, n_small = (16, 1024) if quick else (64, 4096)
         images = {
             "fg11-ht-l3-1st 200px": lambda b: max(b, n_fg11),
             "pinto-cox 1-layer 32px": lambda b: max(b, n_small),
@@ -175,25 +273,28 @@ def run(quick: bool = False, record: bool = True) -> list[Row]:
     devices = [torch.device("cpu")]
     if torch.cuda.is_available():
         devices.append(torch.device("cuda"))
+    rounds = 5
+    load_start = os.getloadavg()[0]
     rows: list[Row] = []
     for device in devices:
-        ceilings: dict[torch.dtype, float] = {}
         for name, dtype, batch, n in plan(device, quick):
-            if dtype not in ceilings:
-                ceilings[dtype] = conv_ceiling(device, dtype, quick)
-            ips, gflops = model_throughput(MODELS[name], device, dtype, batch, n)
-            rows.append(
-                Row(
-                    name,
-                    str(device),
-                    str(dtype).removeprefix("torch."),
-                    batch,
-                    n,
-                    ips,
-                    gflops,
-                    ceilings[dtype],
-                )
-            )
+            arch = MODELS[name]
+            model = build_model(arch, dtype=dtype, device=device)
+            images = _make_images(arch, n)
+            best = Row(name, str(device), str(dtype).removeprefix("torch."), batch, n)
+            seconds = 0.3 if quick else 1.0
+            for _ in range(rounds):
+                ceiling = conv_ceiling(device, dtype, quick)
+                ips, gflops = model_throughput(model, images, device, batch, seconds)
+                ew = elementwise_throughput(model, images, device, batch, seconds / 2)
+                bw = bandwidth(device, quick)
+                best.ceiling_gflops_per_s = max(best.ceiling_gflops_per_s, ceiling)
+                if ips > best.images_per_s:
+                    best.images_per_s, best.gflops_per_s = ips, gflops
+                best.elementwise_gb_per_s = max(best.elementwise_gb_per_s, ew)
+                best.bandwidth_gb_per_s = max(best.bandwidth_gb_per_s, bw)
+            rows.append(best)
+            del model
     body = report.table(
         [
             "model",
@@ -205,6 +306,9 @@ def run(quick: bool = False, record: bool = True) -> list[Row]:
             "GFLOP/s",
             "conv2d ceiling GFLOP/s",
             "ratio",
+            "element-wise GB/s",
+            "copy/add GB/s",
+            "ew / bw",
         ],
         [
             [
@@ -217,6 +321,9 @@ def run(quick: bool = False, record: bool = True) -> list[Row]:
                 r.gflops_per_s,
                 r.ceiling_gflops_per_s,
                 f"{r.ratio:.2f}",
+                r.elementwise_gb_per_s,
+                r.bandwidth_gb_per_s,
+                f"{r.elementwise_gb_per_s / r.bandwidth_gb_per_s:.2f}",
             ]
             for r in rows
         ],
@@ -227,11 +334,17 @@ def run(quick: bool = False, record: bool = True) -> list[Row]:
         "FLOPs per image: fg11-ht-l3-1st 200px "
         f"{walk(FG11_HT_L3_1ST).flops / 1e9:.2f} GFLOP, pinto-cox 1-layer 32px "
         f"{walk(PINTO_COX_32).flops / 1e9:.3f} GFLOP (walk(): fbcorr + pooling + "
-        "normalisation, a multiply-add = 2). Images/s include the host-to-device copy and "
-        "preprocessing (min-max per image). Ceiling: the best of two dense conv2d shapes "
+        "normalisation, a multiply-add = 2). Images/s: batch size / fastest batch through "
+        "extract_features, host-to-device copy and preprocessing (min-max per image) "
+        "included. Ceiling: the fastest of two dense conv2d shapes "
         f"{CEILING_SHAPES['cuda' if torch.cuda.is_available() else 'cpu']} (batch, in, "
-        "out, side, kernel) measured in the same run with the same threads and dtype "
-        "(CUDA float32 with TF32 off, as fbcorr). "
+        "out, side, kernel), NCHW and channels-last, measured in the same run with the "
+        "same threads and dtype (CUDA float32 with TF32 off, as fbcorr). Element-wise: "
+        "lnorm0, activation, lpool and lnorm calls timed alone, GB/s of their inputs read "
+        "plus outputs written; copy/add: a 64 MiB float32 copy and add, bytes read plus "
+        f"written. Best of {rounds} interleaved rounds per row; 1-minute load average "
+        f"{load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end (other "
+        f"processes on {os.cpu_count()} cores make every figure noisier). "
         "Random uint8 images." + (" Quick run: few images, noisy." if quick else "")
     )
     report.record("evaluator: screening feature-extraction throughput", body, enabled=record)

@@ -35,6 +35,21 @@ from .arch import LNorm as LNormSpec
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
+# CPU inference runs the batch in chunks of images whose largest map (float32) is at most
+# this many bytes in all (at least one image per chunk); see FeatureExtractor.forward.
+# Below glibc's largest mmap threshold (32 MiB). Measured on FG11 at 200 px (9.2 MB per
+# image), ratio to the conv ceiling: 1 image 0.81, 2 images 0.87, 4 (37 MB) 0.67; small
+# models gain from large chunks (pinto-cox 32 px at batch 64: chunks of 8 0.24, 64 0.42).
+CPU_CHUNK_BYTES = 24 << 20
+
+
+def _grad_flows(model: nn.Module, x: torch.Tensor) -> bool:
+    """True when autograd records the forward pass (learned filters or an input that
+    requires grad, with grad mode on)."""
+    if not torch.is_grad_enabled():
+        return False
+    return x.requires_grad or any(p.requires_grad for p in model.parameters())
+
 
 # -- 1. preprocessing --------------------------------------------------------------------
 def preprocess(images: torch.Tensor | np.ndarray, arch: Architecture) -> torch.Tensor:
@@ -62,20 +77,24 @@ def preprocess(images: torch.Tensor | np.ndarray, arch: Architecture) -> torch.T
         raise ValueError(
             f"images have {x.shape[1]} channels, the architecture expects {arch.input_channels}"
         )
-    x = x.to(torch.float64 if x.dtype == torch.float64 else torch.float32)
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    owned = x.dtype != dtype  # the cast (or the resize below) is a copy: work in place
+    x = x.to(dtype)
     size = arch.input_size
     if x.shape[-2:] != (size, size):
         x = F.interpolate(
             x, size=(size, size), mode="bilinear", align_corners=False, antialias=False
         )
+        owned = True
     if arch.preprocess == "div255":
-        return x / 255.0
+        return x.div_(255.0) if owned else x / 255.0
     if arch.preprocess != "minmax":
         raise ValueError(f"unknown preprocess {arch.preprocess!r}")
     lo = x.amin(dim=(1, 2, 3), keepdim=True)
-    span = x.amax(dim=(1, 2, 3), keepdim=True) - lo
+    span = x.amax(dim=(1, 2, 3), keepdim=True).sub_(lo)
     # A constant image has span 0: divide by 1 instead, which maps it to zeros.
-    return (x - lo) / torch.where(span > 0, span, torch.ones_like(span))
+    span = torch.where(span > 0, span, 1.0)
+    return x.sub_(lo).div_(span) if owned else (x - lo) / span
 
 
 # -- 2. one layer ------------------------------------------------------------------------
@@ -100,9 +119,16 @@ class Layer(nn.Module):
         self.activation = ops.Activation(spec.activation.min_out, spec.activation.max_out)
         self.lpool = ops.LPool(spec.lpool.size, spec.lpool.order, spec.lpool.stride)
         self.lnorm = _lnorm(spec.lnorm)
+        # The clamp leaves no negative values: the pooling can skip its minimum checks.
+        self._nonnegative = self.activation.min_out is not None and self.activation.min_out >= 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.lnorm(self.lpool(self.activation(self.fbcorr(x))))
+        # The fbcorr output and the activation output are this layer's own tensors: without
+        # grad the activation clamps in place and the pooling reuses the map for its powers
+        # (no temporaries the size of the largest map). The modules are still called as
+        # modules, so forward hooks (the workers' checks between modules) see every op.
+        x = self.activation(self.fbcorr(x), inplace=True)
+        return self.lnorm(self.lpool(x, inplace=True, nonnegative=self._nonnegative))
 
 
 # -- 3. the feature extractor ------------------------------------------------------------
@@ -118,6 +144,8 @@ class FeatureExtractor(nn.Module):
 
     ``forward(x)`` takes ``(N, input_channels, input_size, input_size)`` (the output of
     :func:`preprocess`; it is cast to the model dtype) and returns ``(N, n_features)``.
+    CPU inference (no gradient recorded) runs ``chunk_images`` images at a time (see
+    :data:`CPU_CHUNK_BYTES`), and the ops take their fused paths (``search_space.ops``).
     """
 
     def __init__(
@@ -154,6 +182,7 @@ class FeatureExtractor(nn.Module):
         _, h, w, c = report.shapes[-1]
         self.feature_shape: tuple[int, int, int] = (h, w, c)
         self.n_features: int = report.n_features
+        self.chunk_images: int = max(1, CPU_CHUNK_BYTES // max(1, report.activation_bytes))
 
     @property
     def dtype(self) -> torch.dtype:
@@ -169,10 +198,29 @@ class FeatureExtractor(nn.Module):
                 f"input must be (N, {expected[0]}, {expected[1]}, {expected[2]}), "
                 f"got {tuple(x.shape)}; use preprocess()"
             )
-        x = self.lnorm0(x.to(self.dtype))
+        x = x.to(self.dtype)
+        n, chunk = x.shape[0], self.chunk_images
+        if x.device.type != "cpu" or n <= chunk or _grad_flows(self, x):
+            return self._features(x)
+        # CPU inference: a few images at a time, so that every map of a chunk stays within
+        # CPU_CHUNK_BYTES, below glibc's mmap threshold (32 MiB): a freed buffer is reused
+        # instead of page-faulting fresh memory on every op (a 74 MB map took ~50 ms to
+        # fault in on the 2-core VM, more than its convolution); it also bounds the
+        # memory a batch needs to a few maps of one chunk. Images
+        # are independent: only the summation order of oneDNN's convolution may differ with
+        # the number of images (float32 rounding; one image per chunk is bitwise the same
+        # as each image alone, whatever the batch).
+        out = torch.empty((n, self.n_features), dtype=x.dtype)
+        for i in range(0, n, chunk):
+            out[i : i + chunk] = self._features(x[i : i + chunk])
+        return out
+
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.lnorm0(x)
         for layer in self.layers:
             x = layer(x)
-        # sthor flattens (H, W, C) arrays: channels vary fastest.
+        # sthor flattens (H, W, C) arrays: channels vary fastest (a view when x is
+        # channels-last, as the lnorm writes it on the CPU).
         return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1)
 
 

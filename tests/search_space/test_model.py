@@ -164,6 +164,53 @@ def test_small_model_matches_float64_reference(device: str, arch: Architecture) 
     assert model32.n_features == trace.features.shape[1]
 
 
+@pytest.mark.parametrize("arch", [SMALL, SMALL_B], ids=["small", "small_b"])
+def test_differentiable_path_matches_float64_reference(arch: Architecture) -> None:
+    """With learned filters and grad on, every op runs its differentiable (unfused)
+    formula: the same features as the fused inference path, to the same tolerance."""
+    x = random_images(arch, 3, seed=2)
+    trace = ref.model_forward(x.double().numpy(), arch, filters_of(arch))
+    model = build_model(arch, learn_filters=True)
+    feats = model(x)
+    assert feats.grad_fn is not None
+    assert_maxnorm_close(feats, trace.features, 1e-5)
+    with torch.no_grad():
+        fused = model(x)
+    assert_maxnorm_close(fused, feats.detach().double().numpy(), 1e-5)
+
+
+@pytest.mark.parametrize("arch", [SMALL, SMALL_B], ids=["small", "small_b"])
+def test_cpu_chunking_gives_the_same_features(arch: Architecture) -> None:
+    """CPU inference runs a batch a few images at a time (FeatureExtractor.chunk_images).
+    One image per chunk is bit for bit the features of each image alone; other chunkings
+    agree to float32 rounding (oneDNN's convolution may sum in another order for another
+    batch size, as it did before chunking). The input is left as it was."""
+    model = build_model(arch)
+    x = random_images(arch, 5, seed=9)
+    before = x.clone()
+    with torch.inference_mode():
+        one_by_one = torch.cat([model(x[i : i + 1]) for i in range(len(x))])
+        model.chunk_images = 1
+        assert torch.equal(model(x), one_by_one)
+        for chunk in (2, 3, 64):
+            model.chunk_images = chunk
+            assert_maxnorm_close(model(x), one_by_one.double().numpy(), 1e-6)
+    assert torch.equal(x, before)
+
+
+def test_chunk_size_keeps_maps_small() -> None:
+    """FG11 at 200 px: the 190x190x64 map is 9.2 MB per image, so two images per chunk
+    (one allocation stays below glibc's 32 MiB mmap threshold); a 32 px model takes whole
+    batches of up to ~hundreds of images."""
+    assert model_mod.CPU_CHUNK_BYTES < 32 << 20
+    fg11 = build_model(FG11_HT_L3_1ST)
+    assert fg11.report.activation_bytes == 4 * 190 * 190 * 64
+    assert fg11.chunk_images == 2
+    small = build_model(get_preset("fg11-ht-l3-1st", input_size=121))
+    assert small.chunk_images == model_mod.CPU_CHUNK_BYTES // small.report.activation_bytes
+    assert build_model(SMALL).chunk_images >= 64
+
+
 def test_same_seed_at_every_layer() -> None:
     """FG11 convention: layer l's filters are make_filters(n_l, fs_l, depth_l, arch.seed)."""
     model = build_model(SMALL)

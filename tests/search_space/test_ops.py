@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import math
 import zlib
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -67,6 +68,45 @@ def to_torch(x: np.ndarray, device: str, dtype: torch.dtype = torch.float32) -> 
 def as_f32(x: np.ndarray) -> np.ndarray:
     """Round the input to float32 first, so that both sides see the same numbers."""
     return x.astype(np.float32).astype(np.float64)
+
+
+# Every pooling/normalisation output is checked along three code paths (ops.py): "fused"
+# (no gradient recorded: the screening path, under no_grad), "fused-inplace" (the same,
+# allowed to overwrite its input, as the model calls lpool) and "autograd" (the input
+# requires grad: the differentiable formula the ``train`` protocol backpropagates
+# through); in both memory formats and in float32 and float64.
+PATHS = ["fused", "fused-inplace", "autograd"]
+FORMATS = {"nchw": torch.contiguous_format, "channels-last": torch.channels_last}
+RTOL_F64 = 1e-10  # float64 ops against the float64 reference: the formula itself
+
+
+def op_outputs(
+    op: torch.nn.Module, x: np.ndarray, device: str, inplace_ok: bool = True
+) -> Iterator[tuple[str, torch.Tensor, float]]:
+    """``(label, output, rtol)`` of ``op`` on ``x`` for every path, memory format and dtype.
+
+    Also checks that only the in-place path may change its input, and that the autograd
+    path really recorded a graph."""
+    for dtype, rtol in ((torch.float32, RTOL), (torch.float64, RTOL_F64)):
+        for fmt_name, fmt in FORMATS.items():
+            for path in PATHS:
+                if path == "fused-inplace" and not inplace_ok:
+                    continue
+                # clone: a float64 CPU tensor would share the NumPy array's memory
+                xt = to_torch(x, device, dtype).clone(memory_format=fmt)
+                before = xt.clone()
+                label = f"{path}/{fmt_name}/{str(dtype).removeprefix('torch.')}"
+                if path == "autograd":
+                    out = op(xt.requires_grad_(True))
+                    assert out.grad_fn is not None, label
+                    assert torch.equal(xt.detach(), before), f"{label}: input modified"
+                else:
+                    with torch.no_grad():
+                        out = op(xt, inplace=True) if path == "fused-inplace" else op(xt)
+                    if path == "fused":
+                        assert torch.equal(xt, before), f"{label}: input modified"
+                assert out.dtype == dtype, label
+                yield label, out, rtol
 
 
 # -- filters -----------------------------------------------------------------------------
@@ -225,7 +265,11 @@ def test_activation_rejects_empty_range() -> None:
 
 
 # -- lpool -------------------------------------------------------------------------------
+# Odd and even windows, strides below and above the window, batches of 1 and more.
 LPOOL_SHAPES = [((2, 3, 11, 8), 3), ((1, 1, 9, 13), 5), ((3, 2, 7, 7), 2), ((1, 4, 6, 5), 1)]
+# p = 1 (box sum), 2 (no power at all), 10 (repeated squaring, scaled), 3 (odd: needs
+# |x|), 0.5 and 2.7 (pow; unscaled below 2, scaled above).
+LPOOL_ORDERS = [1.0, 2.0, 10.0, 3.0, 0.5, 2.7]
 
 
 def lpool_input(kind: str, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
@@ -238,20 +282,53 @@ def lpool_input(kind: str, shape: tuple[int, ...], rng: np.random.Generator) -> 
         return as_f32(z * 1e5)
     if kind == "tiny":  # |x|^10 underflows float32 below ~1e-4 without rescaling
         return as_f32(z * 1e-6)
+    if kind == "vast":  # |x|^2 overflows float32 too: order <= 2 must take the scaled path
+        return as_f32(z * 1e25)
+    if kind == "minuscule":  # |x|^2 is subnormal: order <= 2 must take the scaled path
+        return as_f32(z * 1e-25)
     raise AssertionError(kind)
+
+
+LPOOL_KINDS = ["mixed", "relu", "huge", "tiny", "vast", "minuscule"]
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(
-    ("order", "stride", "kind"),
-    list(itertools.product([1.0, 2.0, 10.0, 0.5], [1, 2, 3], ["mixed", "relu", "huge", "tiny"])),
+    ("order", "stride", "kind"), list(itertools.product(LPOOL_ORDERS, [1, 2, 3], LPOOL_KINDS))
 )
 def test_lpool_matches_reference(device: str, order: float, stride: int, kind: str) -> None:
     for shape, size in LPOOL_SHAPES:
         x = lpool_input(kind, shape, rng_for("lpool", order, stride, kind, shape))
         expected, mag = ref.lpool(x, size, order, stride)
-        actual = ops.LPool(size, order, stride).to(device)(to_torch(x, device))
-        assert_close_to_reference(actual, expected, mag)
+        op = ops.LPool(size, order, stride).to(device)
+        for label, actual, rtol in op_outputs(op, x, device):
+            try:
+                assert_close_to_reference(actual, expected, mag, rtol=rtol)
+            except AssertionError as exc:
+                raise AssertionError(f"{label}, shape {shape}, size {size}: {exc}") from exc
+
+
+def test_lpool_nonnegative_hint_gives_the_same_result() -> None:
+    """The model tells lpool when a clamp left no negative values (it then skips the
+    minimum in its range checks): same output as without the hint."""
+    for order in LPOOL_ORDERS:
+        x = lpool_input("relu", (2, 3, 12, 12), rng_for("hint", order))
+        xt = to_torch(x, "cpu")
+        with torch.no_grad():
+            plain = ops.LPool(3, order, 2)(xt)
+            hinted = ops.LPool(3, order, 2)(xt.clone(), inplace=True, nonnegative=True)
+        assert torch.equal(plain, hinted), order
+
+
+@pytest.mark.parametrize("order", [1, 2, 3, 5, 10, 17, 64])
+def test_int_power_by_repeated_squaring(order: int) -> None:
+    y = torch.from_numpy(rng_for("ipow", order).uniform(0.5, 1.0, 1000))
+    for owned in (False, True):
+        base = y.clone()
+        got = ops._int_power(base, order, owned)
+        np.testing.assert_allclose(got.numpy(), y.numpy() ** order, rtol=order * 2.3e-16)
+        if not owned:
+            assert torch.equal(base, y)
 
 
 def test_lpool_order_one_keeps_the_sign() -> None:
@@ -260,7 +337,7 @@ def test_lpool_order_one_keeps_the_sign() -> None:
     assert ops.LPool(3, 2.0, 1)(x).item() == pytest.approx(3.0, rel=1e-6)
 
 
-@pytest.mark.parametrize("order", [10.0, 0.5, 2.0])
+@pytest.mark.parametrize("order", [10.0, 0.5, 2.0, 3.0])
 def test_lpool_zero_windows_are_exact_and_backward_is_finite(order: float) -> None:
     x = torch.zeros(1, 2, 6, 6)
     x[0, 0, :2, :2] = torch.tensor([[0.5, 0.0], [2.0, 0.0]])
@@ -273,15 +350,53 @@ def test_lpool_zero_windows_are_exact_and_backward_is_finite(order: float) -> No
     assert x.grad is not None
     assert torch.isfinite(x.grad).all()
     assert x.grad[0, 0, 1, 0] > 0  # a non-zero input gets a gradient
+    with torch.no_grad():  # the fused path gives the same exact zeros
+        fused = ops.LPool(3, order, 1)(x.detach())
+    assert fused[0, 0, 3, 3].item() == 0.0 and fused[0, 1, 0, 0].item() == 0.0
+    torch.testing.assert_close(fused, out.detach(), rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("order", "stride"), [(1.0, 2), (2.0, 1), (2.0, 2), (10.0, 2), (3.0, 1), (0.5, 2), (2.7, 1)]
+)
+def test_lpool_gradient_matches_finite_differences(order: float, stride: int) -> None:
+    """float64 gradcheck of the differentiable path (inputs away from 0, where |x|^p has
+    its kink); the scale is detached, its derivative is analytically 0."""
+    rng = rng_for("lpool-grad", order, stride)
+    signs = np.where(rng.random((2, 2, 7, 8)) < 0.3, -1.0, 1.0)
+    x = torch.from_numpy(signs * rng.uniform(0.2, 2.0, (2, 2, 7, 8))).requires_grad_(True)
+    assert torch.autograd.gradcheck(ops.LPool(3, order, stride), (x,), eps=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("order", [1.0, 2.0, 10.0, 0.5])
+def test_lpool_float32_gradient_matches_float64(order: float) -> None:
+    """On the CPU the float32 box sum is a depthwise convolution (float64: avg_pool2d):
+    its backward gives the float64 gradient to float32 precision."""
+    rng = rng_for("lpool-grad32", order)
+    x = as_f32(rng.uniform(0.2, 2.0, (2, 4, 9, 10)))
+    w = torch.from_numpy(rng.standard_normal((2, 4, 4, 4)))
+    grads = []
+    for dtype in (torch.float32, torch.float64):
+        xt = torch.from_numpy(x).to(dtype).contiguous(memory_format=torch.channels_last)
+        xt.requires_grad_(True)
+        (ops.LPool(3, order, 2)(xt) * w.to(dtype)).sum().backward()
+        assert xt.grad is not None
+        grads.append(xt.grad.double())
+    err = (grads[0] - grads[1]).abs().max() / grads[1].abs().max()
+    assert err < 1e-5, float(err)
 
 
 # -- lnorm -------------------------------------------------------------------------------
+# Odd and even windows, 1 to 16 channels, batches of 1 and more; the last shape is large
+# enough for the separable one-channel box sums (small maps take avg_pool2d).
 LNORM_SHAPES = [
     ((2, 1, 9, 9), 3),
     ((1, 3, 11, 8), 5),
     ((2, 5, 7, 13), 4),
     ((1, 2, 6, 6), 1),
     ((1, 4, 12, 10), 9),
+    ((3, 16, 8, 9), 3),
+    ((2, 3, 40, 44), 7),
 ]
 THRESHOLD_BAND = 1e-4  # relative distance to the threshold inside which rounding may flip
 
@@ -298,17 +413,21 @@ def lnorm_input(
     """Inputs whose divisors straddle the threshold, so that both branches are tested.
 
     A unit-variance neighbourhood has sqrt(sum of squares) ~ sqrt(n); the global scale puts
-    the typical stretched divisor at the threshold, and a per-pixel log-normal gain spreads
-    divisors over orders of magnitude around it.
+    the typical stretched divisor at the threshold, and a log-normal gain, constant over
+    blocks of ``size x size`` pixels (so that a large window does not average it out),
+    spreads divisors over orders of magnitude around it.
     """
     n = size * size * shape[1]
     scale = threshold / (stretch * math.sqrt(n))
-    gain = np.exp(1.5 * rng.standard_normal((shape[0], 1, *shape[2:])))
-    z = gain * rng.standard_normal(shape)
+    n_img, _, h, w = shape
+    blocks = rng.standard_normal((n_img, 1, -(-h // size), -(-w // size)))
+    gain = np.exp(1.5 * blocks).repeat(size, axis=2).repeat(size, axis=3)[:, :, :h, :w]
+    z = rng.standard_normal(shape)
     if kind == "offset":  # far from zero, like [0, 1] pixels: stresses Q - S^2/n
         z = z + 4.0
         if not remove_mean:  # the offset then dominates the divisor: scale it back down
             scale /= 4.0
+    z = gain * z
     return as_f32(scale * z)
 
 
@@ -332,8 +451,12 @@ def test_lnorm_matches_reference(
         # rounding may legitimately take the other branch: skip those elements only.
         near = np.abs(divs - t) / t < THRESHOLD_BAND
         keep = np.broadcast_to(~near, expected.shape)
-        actual = ops.LNorm(size, remove_mean, stretch, threshold).to(device)(to_torch(x, device))
-        assert_close_to_reference(actual, expected, mag, keep=keep)
+        op = ops.LNorm(size, remove_mean, stretch, threshold).to(device)
+        for label, actual, rtol in op_outputs(op, x, device, inplace_ok=False):
+            try:
+                assert_close_to_reference(actual, expected, mag, rtol=rtol, keep=keep)
+            except AssertionError as exc:
+                raise AssertionError(f"{label}, shape {shape}, size {size}: {exc}") from exc
         below += int((divs < t).sum())
         total += divs.size
         excluded += int(near.sum())
@@ -349,8 +472,9 @@ def test_lnorm_centred_is_accurate_on_flat_bright_regions() -> None:
     x = as_f32(0.5 + 1e-3 * rng.standard_normal((2, 3, 12, 11)))
     expected, mag, divs = ref.lnorm(x, 5, True, 10.0, 0.01)
     assert (divs > 2 * (0.01 + ref.EPS)).all()  # every divisor is used, none replaced by 1
-    out = ops.LNorm(5, True, 10.0, 0.01)(to_torch(x, "cpu"))
-    assert_close_to_reference(out, expected, mag)
+    for label, out, rtol in op_outputs(ops.LNorm(5, True, 10.0, 0.01), x, "cpu", False):
+        # float64 keeps ~1e-16 * 2.5e5 (the cancellation) of relative precision here
+        assert_close_to_reference(out, expected, mag, rtol=max(rtol, 1e-9)), label
 
 
 def test_lnorm_threshold_is_applied_after_stretch() -> None:
@@ -371,6 +495,21 @@ def test_lnorm_even_size_centre_offset() -> None:
     out = ops.LNorm(4, remove_mean=False, stretch=1.0, threshold=1e9)(x)  # divisor always 1
     assert out.shape == (1, 1, 3, 3)
     torch.testing.assert_close(out[0, 0], x[0, 0, 2:5, 2:5], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("remove_mean", "stretch", "threshold"),
+    [(False, 1.0, 0.0), (True, 10.0, 0.0), (True, 0.1, 1e9)],
+)
+def test_lnorm_gradient_matches_finite_differences(
+    remove_mean: bool, stretch: float, threshold: float
+) -> None:
+    """float64 gradcheck of the differentiable path; threshold 0 always divides (the
+    divisor's gradient counts), 1e9 never does (out = stretch * num)."""
+    rng = rng_for("lnorm-grad", remove_mean, stretch, threshold)
+    x = torch.from_numpy(rng.standard_normal((2, 3, 6, 7)) + 0.5).requires_grad_(True)
+    op = ops.LNorm(3, remove_mean, stretch, threshold)
+    assert torch.autograd.gradcheck(op, (x,), eps=1e-6, atol=1e-8)
 
 
 def test_lnorm_backward_is_finite_on_constant_regions() -> None:
