@@ -439,6 +439,14 @@ def worker(
     ),
     idle_exit: float = typer.Option(None, help="Exit after this many seconds without work."),
     name: str = typer.Option(None, help="Worker name shown in the dashboard."),
+    batch: int = typer.Option(
+        16,  # workers.daemon.DEFAULT_BATCH (not imported here: it pulls in the daemon)
+        min=1,
+        max=64,  # protocol.wire.MAX_BATCH
+        envvar="ARCHSEARCH_WORKER_BATCH",
+        help="Most trials claimed at once while trials are fast (under 2 s each): a batch "
+        "holds about 4 s of work. 1 claims one trial at a time.",
+    ),
 ) -> None:
     """Run a worker daemon: claim trials, evaluate them on this machine, report."""
     import logging
@@ -460,6 +468,7 @@ def worker(
         max_trials=max_trials,
         idle_exit_seconds=idle_exit,
         data_dir=Path(data_dir) if data_dir else Path.home() / ".archsearch" / "worker",
+        batch=batch,
     )
     if name:
         config.name = name

@@ -4,6 +4,17 @@ It lives outside ``service`` so that ``workers`` can use it without importing th
 coordinator. Every non-2xx answer raises :class:`ApiError` carrying the JSON error body.
 """
 
-from .http import ApiError, Client
+from protocol.wire import CompleteReport, FailReport, ReportResult
 
-__all__ = ["ApiError", "Client"]
+from .http import MAX_BATCH, ApiError, Client, complete_report, fail_report
+
+__all__ = [
+    "MAX_BATCH",
+    "ApiError",
+    "Client",
+    "CompleteReport",
+    "FailReport",
+    "ReportResult",
+    "complete_report",
+    "fail_report",
+]

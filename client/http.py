@@ -2,20 +2,35 @@
 
 Every method returns the route's wire model from :mod:`protocol` (``TrialOut``,
 ``ClaimOut``, ...), never a bare dict, so callers use attributes that a type checker sees.
+
+Batches (protocol 3): :meth:`Client.claim_many`, :meth:`Client.report_many`,
+:meth:`Client.heartbeat_many` and :meth:`Client.release_many` act on up to
+:data:`~protocol.wire.MAX_BATCH` trials of one worker per request. A report item is a
+:class:`~protocol.wire.CompleteReport` or :class:`~protocol.wire.FailReport` (build them
+with :func:`complete_report` / :func:`fail_report`, or directly).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, TypeVar
 
 import httpx
 from pydantic import BaseModel
 
 from protocol.wire import (
+    MAX_BATCH,
     BestOut,
     ClaimOut,
+    ClaimsOut,
+    CompleteReport,
+    FailKind,
+    FailReport,
     HeartbeatOut,
+    HeartbeatsOut,
+    ReleasesOut,
+    ReportResult,
+    ReportsOut,
     SpaceList,
     SpaceOut,
     SpaceSummary,
@@ -28,6 +43,45 @@ from protocol.wire import (
 
 JSON = dict[str, Any]
 M = TypeVar("M", bound=BaseModel)
+__all__ = ["MAX_BATCH", "ApiError", "Client", "complete_report", "fail_report"]
+
+
+def complete_report(
+    trial_id: int,
+    value: float,
+    metrics: JSON | None = None,
+    *,
+    dataset_fingerprint: str | None = None,
+) -> CompleteReport:
+    """A batch report item: trial ``trial_id`` scored ``value``. Raises
+    ``pydantic.ValidationError`` for a value the coordinator would refuse (NaN, ...)."""
+    return CompleteReport(
+        trial_id=trial_id,
+        kind="complete",
+        value=value,
+        metrics=metrics or {},
+        dataset_fingerprint=dataset_fingerprint,
+    )
+
+
+def fail_report(
+    trial_id: int,
+    kind: FailKind,
+    reason: str,
+    value: float | None = None,
+    *,
+    dataset_fingerprint: str | None = None,
+) -> FailReport:
+    """A batch report item: trial ``trial_id`` ended ``kind`` (infeasible | error |
+    pruned) for ``reason``. Raises ``pydantic.ValidationError`` like
+    :func:`complete_report`."""
+    return FailReport(
+        trial_id=trial_id,
+        kind=kind,
+        reason=reason,
+        value=value,
+        dataset_fingerprint=dataset_fingerprint,
+    )
 
 
 class ApiError(Exception):
@@ -92,7 +146,8 @@ class Client:
         return self._request(method, path, **kwargs).json()
 
     def _model(self, model: type[M], method: str, path: str, **kwargs: Any) -> M:
-        return model.model_validate(self._json(method, path, **kwargs))
+        # Parsed and validated in one pass by pydantic (a batch answer is large).
+        return model.model_validate_json(self._request(method, path, **kwargs).content)
 
     # -- health / spaces ----------------------------------------------------------------
     def health(self) -> JSON:
@@ -239,4 +294,58 @@ class Client:
     def release(self, trial_id: int, worker_id: int) -> TrialOut:
         return self._model(
             TrialOut, "POST", f"/api/v1/trials/{trial_id}/release", json={"worker_id": worker_id}
+        )
+
+    # -- batches (one request, many trials of one worker) --------------------------------
+    def claim_many(
+        self,
+        worker_id: int,
+        max_trials: int,
+        study: list[int] | None = None,
+        exclude: list[int] | None = None,
+    ) -> list[ClaimOut]:
+        """Claim up to ``max_trials`` (1..MAX_BATCH) trials, each with its own lease: the
+        ones this worker already holds first (leases renewed), then new ones in queue
+        order. An empty list when nothing waits. ``study`` / ``exclude``: only / never
+        these study ids. Raises :class:`ApiError` (404 unknown worker, 403 another
+        token's worker, 422 a bad ``max_trials``)."""
+        body: JSON = {"max_trials": max_trials, "study": study or None, "exclude": exclude or None}
+        return self._model(
+            ClaimsOut, "POST", f"/api/v1/workers/{worker_id}/claims", json=body
+        ).claims
+
+    def report_many(
+        self, worker_id: int, reports: Sequence[CompleteReport | FailReport]
+    ) -> list[ReportResult]:
+        """Report up to MAX_BATCH results in one request; one :class:`ReportResult` per
+        report, in order: ``status`` 200 (``trial`` is the stored trial, also for a repeat)
+        or 404 / 409 / 422 (``error`` says why; the other reports are stored all the
+        same). Raises :class:`ApiError` only for the request as a whole (unknown or
+        another token's worker, a malformed item: 422 naming ``reports.<i>.<field>``)."""
+        body = {"reports": [r.model_dump(mode="json") for r in reports]}
+        return self._model(
+            ReportsOut, "POST", f"/api/v1/workers/{worker_id}/reports", json=body
+        ).results
+
+    def heartbeat_many(self, worker_id: int, trial_ids: Sequence[int]) -> HeartbeatsOut:
+        """Extend the leases of up to MAX_BATCH held trials at once: ``.trials`` (action
+        ``continue`` or ``stop`` and the new lease of each trial still held) and ``.lost``
+        (ids this worker does not hold: stop working on them)."""
+        return self._model(
+            HeartbeatsOut,
+            "POST",
+            f"/api/v1/workers/{worker_id}/heartbeat",
+            json={"trial_ids": list(trial_ids)},
+        )
+
+    def release_many(
+        self, worker_id: int, trial_ids: Sequence[int], *, unstarted: bool = False
+    ) -> ReleasesOut:
+        """Give back up to MAX_BATCH held trials at once (``.trials`` released, ``.lost``
+        not held). ``unstarted``: the worker never began them, so no attempt is used up."""
+        return self._model(
+            ReleasesOut,
+            "POST",
+            f"/api/v1/workers/{worker_id}/releases",
+            json={"trial_ids": list(trial_ids), "unstarted": unstarted},
         )

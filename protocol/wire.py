@@ -32,6 +32,10 @@ MAX_NAME = 200
 MAX_REASON = 20_000
 MAX_ID = 2**63 - 1
 FINGERPRINT_LENGTH = 64
+# The most trials one batch request claims, reports, heart-beats or releases.
+MAX_BATCH = 64
+# The most study ids one claim may name in ``study`` or ``exclude``.
+MAX_STUDY_FILTER = 1000
 
 
 def _finite(value: float) -> float:
@@ -282,8 +286,8 @@ class HeartbeatOut(BaseModel):
     lease_expires_at: UtcDatetime
 
 
-class _DataReport(WorkerReport):
-    dataset_fingerprint: Text | None = Field(
+def _fingerprint_field() -> Any:
+    return Field(
         None,
         min_length=1,
         max_length=FINGERPRINT_LENGTH,
@@ -293,9 +297,8 @@ class _DataReport(WorkerReport):
     )
 
 
-class CompleteIn(_DataReport):
-    value: FiniteFloat
-    metrics: Document = Field(
+def _metrics_field() -> Any:
+    return Field(
         default_factory=dict,
         description="Free-form JSON object. Strings (keys too) must not contain NUL bytes "
         "and numbers must be finite: NaN and infinities anywhere inside are refused (422), "
@@ -303,14 +306,154 @@ class CompleteIn(_DataReport):
     )
 
 
+def _reason_field() -> Any:
+    return Field(min_length=1, max_length=MAX_REASON, description="No NUL bytes.")
+
+
+FailKind = Literal["infeasible", "error", "pruned"]
+
+
+class _DataReport(WorkerReport):
+    dataset_fingerprint: Text | None = _fingerprint_field()
+
+
+class CompleteIn(_DataReport):
+    value: FiniteFloat
+    metrics: Document = _metrics_field()
+
+
 class FailIn(_DataReport):
-    kind: Literal["infeasible", "error", "pruned"]
-    reason: Text = Field(min_length=1, max_length=MAX_REASON, description="No NUL bytes.")
+    kind: FailKind
+    reason: Text = _reason_field()
     value: FiniteFloat | None = None
 
 
 class ReleaseIn(WorkerReport):
     pass
+
+
+# -- batches (protocol 3): one request for many trials of one worker --------------------
+# The worker is the path's ``{worker_id}``; every trial of a batch is checked on its own.
+TrialId = Annotated[int, Field(ge=1, le=MAX_ID)]
+StudyIds = Annotated[list[TrialId] | None, Field(max_length=MAX_STUDY_FILTER)]
+
+
+class ClaimsIn(BaseModel):
+    """``POST /api/v1/workers/{worker_id}/claims``: claim up to ``max_trials`` trials."""
+
+    model_config = StrictModel
+    max_trials: int = Field(
+        ge=1,
+        le=MAX_BATCH,
+        strict=True,
+        description=f"How many trials to claim at most (1..{MAX_BATCH}); the worker's own "
+        "RUNNING trials count first.",
+    )
+    study: StudyIds = Field(None, description="Claim only in these studies (null or empty: any).")
+    exclude: StudyIds = Field(None, description="Never claim in these studies.")
+
+
+class ClaimsOut(BaseModel):
+    """The claimed trials, each with its own lease: first the trials this worker already
+    held (a retried request gets them back, leases renewed), then new ones in queue order.
+    Empty when nothing is waiting."""
+
+    claims: list[ClaimOut]
+
+
+class CompleteReport(BaseModel):
+    """One item of a batch report: the trial's score (as ``CompleteIn``)."""
+
+    model_config = StrictModel
+    trial_id: TrialId
+    kind: Literal["complete"]
+    value: FiniteFloat
+    metrics: Document = _metrics_field()
+    dataset_fingerprint: Text | None = _fingerprint_field()
+
+
+class FailReport(BaseModel):
+    """One item of a batch report: the trial ended INFEASIBLE, FAILED (``error``) or
+    PRUNED (as ``FailIn``)."""
+
+    model_config = StrictModel
+    trial_id: TrialId
+    kind: FailKind
+    reason: Text = _reason_field()
+    value: FiniteFloat | None = None
+    dataset_fingerprint: Text | None = _fingerprint_field()
+
+
+ReportItem = Annotated[CompleteReport | FailReport, Field(discriminator="kind")]
+
+
+class ReportsIn(BaseModel):
+    """``POST /api/v1/workers/{worker_id}/reports``: results of several trials at once."""
+
+    model_config = StrictModel
+    reports: list[ReportItem] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class ItemError(BaseModel):
+    """Why one item of a batch was refused (the ``error`` of an error body)."""
+
+    code: str
+    message: str
+    field: str | None = None
+
+
+class ReportResult(BaseModel):
+    """The answer to one report of a batch: ``status`` is what the single route would
+    have answered (200 stored or a repeat of the stored result; 404 no such trial; 409
+    lease lost or a contradicting result; 422 a score outside the evaluator's range)."""
+
+    trial_id: int
+    status: Literal[200, 404, 409, 422]
+    trial: TrialOut | None = Field(None, description="The stored trial (status 200).")
+    error: ItemError | None = Field(None, description="Why it was refused (status != 200).")
+
+
+class ReportsOut(BaseModel):
+    results: list[ReportResult] = Field(description="One per report, in the order sent.")
+
+
+class TrialIdsIn(BaseModel):
+    """A list of trials this worker holds (batch heartbeat and release)."""
+
+    model_config = StrictModel
+    trial_ids: list[TrialId] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class ReleasesIn(TrialIdsIn):
+    unstarted: bool = Field(
+        False,
+        description="The worker never began these trials (the rest of a batch it will "
+        "not get to): they go back without using up an attempt.",
+    )
+
+
+class TrialBeat(BaseModel):
+    trial_id: int
+    action: Literal["continue", "prune", "stop"] = Field(
+        description="A batch heartbeat answers continue or stop (prune needs a value: "
+        "the single heartbeat)."
+    )
+    lease_expires_at: UtcDatetime
+
+
+class HeartbeatsOut(BaseModel):
+    trials: list[TrialBeat] = Field(description="The trials this worker holds, leases renewed.")
+    lost: list[int] = Field(
+        description="Trials of the request the worker does not hold (any more): finished, "
+        "reaped, another worker's, or unknown. Stop working on them."
+    )
+
+
+class ReleasesOut(BaseModel):
+    trials: list[TrialOut] = Field(
+        description="The trials given back (WAITING, or FAILED when that was their last attempt)."
+    )
+    lost: list[int] = Field(description="Trials of the request the worker did not hold.")
 
 
 # -- spaces ---------------------------------------------------------------------------

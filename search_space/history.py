@@ -339,6 +339,8 @@ class EncodedHistory:
         """Per row, the bytes of its canonical form: equal exactly when
         ``Space.point_key`` is equal (a choice as its option's key class, an integer
         field rounded, -0.0 as 0.0, NaN for inactive)."""
+        if X.shape[1] == 0:
+            return [b""] * X.shape[0]  # no free parameter: the space has one point
         canon = X + 0.0
         for col, classes in self._option_class.items():
             values = canon[:, col]

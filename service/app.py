@@ -27,6 +27,7 @@ from .deps import Reader
 from .errors import ErrorBody, install_error_handlers
 from .limits import BodySizeLimit
 from .metrics import Metrics
+from .suggester_process import watch_parent
 from .suggestion_queue import SuggestionQueue
 from .trial_store import TrialStore
 
@@ -81,7 +82,9 @@ def create_app(settings: Settings | None = None, *, maintenance: bool = True) ->
 
     def make_pool() -> Executor:
         # the suggester's pool; also the replacement of one that broke (process killed)
-        return ProcessPoolExecutor(settings.suggest_processes, mp_context=get_context("spawn"))
+        return ProcessPoolExecutor(
+            settings.suggest_processes, mp_context=get_context("spawn"), initializer=watch_parent
+        )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

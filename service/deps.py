@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Annotated
 
 from fastapi import Cookie, Depends, Header, Path, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from pydantic import Field
 from sqlalchemy.orm import Session
 
-from .auth import Caller, authorize
+from .auth import RANK, Caller, authorize
 from .config import Settings
 from .db import close_quietly
+from .errors import Forbidden
+from .limits import CALLER_KEY
 from .models import Role
 from .suggestion_queue import SuggestionQueue
 from .trial_store import TrialStore
 
 
-def get_settings(request: Request) -> Settings:
+# The getters below are ``async``: FastAPI runs a plain ``def`` dependency in its thread
+# pool, a hop that costs more than the attribute read itself on every request.
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
@@ -31,11 +36,11 @@ def get_session(request: Request) -> Iterator[Session]:
         close_quietly(session)
 
 
-def get_store(request: Request) -> TrialStore:
+async def get_store(request: Request) -> TrialStore:
     return request.app.state.store
 
 
-def get_queue(request: Request) -> SuggestionQueue:
+async def get_queue(request: Request) -> SuggestionQueue:
     return request.app.state.queue
 
 
@@ -55,7 +60,8 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
 def require(role: Role) -> Callable[..., Caller]:
-    """A dependency that checks the bearer token for ``role``.
+    """A dependency (a plain function, also called directly by the dashboard) that checks
+    the bearer token for ``role``.
 
     It uses its own short session so that the request's connection is not held while
     the route waits for another one (two connections per request exhaust the pool).
@@ -63,8 +69,8 @@ def require(role: Role) -> Callable[..., Caller]:
     token as the ``archsearch_token`` cookie instead (set by the dashboard's ``?token=``);
     the header wins when both are sent, and the cookie is ignored under ``open_reads``.
     Answers the :class:`~service.auth.Caller` (role and token id: worker routes bind
-    workers to it). Writes under /api/v1 were already authenticated before their body was
-    read (:class:`service.limits.BodySizeLimit`); this is the role check proper.
+    workers to it). Raises :class:`~service.errors.Unauthorized` (401) and
+    :class:`~service.errors.Forbidden` (403).
     """
 
     def check(
@@ -90,6 +96,34 @@ def require(role: Role) -> Callable[..., Caller]:
     return check
 
 
+def require_write(role: Role) -> Callable[..., Awaitable[Caller]]:
+    """:func:`require` for routes that write (POST, PATCH under /api/v1).
+
+    Their token was checked before the body was read (:class:`service.limits.BodySizeLimit`),
+    which left the caller in the request state: then this is the role check alone, on
+    the event loop, with neither a second token lookup nor a hop to the thread pool (a
+    worker's claims and reports are the hot path). Without it (the app mounted without
+    that middleware) it is :func:`require`, in the thread pool.
+    """
+    full = require(role)
+
+    async def check(
+        request: Request,
+        authorization: Annotated[str | None, Header()] = None,
+    ) -> Caller:
+        known: Caller | None = request.scope.get("state", {}).get(CALLER_KEY)
+        if known is None or known.role is None:
+            return await run_in_threadpool(full, request, authorization, None)
+        if RANK[known.role] < RANK[role]:
+            raise Forbidden(
+                f"this route needs the {role.value} role; the token is {known.role.value}",
+                field="Authorization",
+            )
+        return known
+
+    return check
+
+
 Reader = Annotated[Caller, Depends(require(Role.READER))]
-WorkerRole = Annotated[Caller, Depends(require(Role.WORKER))]
-Admin = Annotated[Caller, Depends(require(Role.ADMIN))]
+WorkerRole = Annotated[Caller, Depends(require_write(Role.WORKER))]
+Admin = Annotated[Caller, Depends(require_write(Role.ADMIN))]

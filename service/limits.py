@@ -10,7 +10,7 @@ from anyio import to_thread
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from .auth import authorize
+from .auth import Caller, authorize
 from .errors import ArchsearchError, error_response
 from .models import Role
 
@@ -19,6 +19,9 @@ from .models import Role
 # unauthenticated caller gets 401 whatever it sends (garbage, huge), never 413 or 422.
 API_PREFIX = "/api/v1/"
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# Where the caller found here is left for the route's role check (``service.deps``), which
+# then need not look the token up again: ``scope["state"][CALLER_KEY]``.
+CALLER_KEY = "archsearch_caller"
 
 Scope = dict[str, Any]
 
@@ -32,7 +35,8 @@ class BodySizeLimit:
 
     Checks ``Content-Length`` first, and counts streamed chunks for chunked bodies. Before
     that, a write (POST, PUT, PATCH, DELETE) under ``/api/v1/`` must carry a known worker
-    (or admin) token: else 401/403 at once, with the body unread.
+    (or admin) token: else 401/403 at once, with the body unread. The caller it found is
+    left in the request state (:data:`CALLER_KEY`) for the route's role check.
     """
 
     def __init__(self, app: Any, max_bytes: int) -> None:
@@ -119,9 +123,9 @@ async def _authenticate(scope: Scope) -> Any:
             break
     admin = settings.admin_token.get_secret_value() if settings.admin_token else None
 
-    def check() -> None:
+    def check() -> Caller:
         with state.sessions() as session:
-            authorize(
+            return authorize(
                 session,
                 header,
                 Role.WORKER,
@@ -131,7 +135,7 @@ async def _authenticate(scope: Scope) -> Any:
             )
 
     try:
-        await to_thread.run_sync(check)
+        caller = await to_thread.run_sync(check)
     except ArchsearchError as exc:
         return error_response(exc.status_code, exc.code, exc.message, exc.field)
     except PoolTimeout:
@@ -139,4 +143,5 @@ async def _authenticate(scope: Scope) -> Any:
     except OperationalError as exc:
         reason = str(exc.orig or exc).splitlines()[0] if str(exc.orig or exc) else "error"
         return error_response(503, "unavailable", f"database unavailable: {reason}")
+    scope.setdefault("state", {})[CALLER_KEY] = caller
     return None

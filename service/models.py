@@ -131,8 +131,11 @@ class Trial(Base):
     __table_args__ = (
         UniqueConstraint("study_id", "number", name="uq_trials_study_number"),
         UniqueConstraint("study_id", "config_hash", name="uq_trials_study_config_hash"),
-        # The claim scans WAITING trials of running studies in queue order.
+        # A study's trials by state in queue order (refills, a claim limited to studies).
         Index("ix_trials_study_state_priority", "study_id", "state", "priority", "number"),
+        # The claim takes the first WAITING trials by (priority, id): a range scan of as
+        # many entries as it claims (migration 0004).
+        Index("ix_trials_state_priority_id", "state", "priority", "id"),
         Index("ix_trials_state_lease", "state", "lease_expires_at"),
         Index("ix_trials_worker_state", "worker_id", "state"),
     )

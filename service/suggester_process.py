@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -149,6 +150,25 @@ def new_trial(
         priority=priority,
         infeasible_reason=reason,
     )
+
+
+def watch_parent(interval: float = 1.0) -> None:
+    """Pool ``initializer``: end this process once its coordinator is gone.
+
+    A coordinator killed without its shutdown (SIGKILL, a crash) leaves its pool
+    processes blocked on a queue that nobody will ever write to. ``PR_SET_PDEATHSIG``
+    cannot be used: it follows the THREAD that started the process (a request thread,
+    which the server retires when idle), not the coordinator process.
+    """
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval)
+            if os.getppid() != parent:
+                os._exit(0)
+
+    threading.Thread(target=watch, name="watch-parent", daemon=True).start()
 
 
 # -- the process's state ----------------------------------------------------------------

@@ -275,17 +275,7 @@ class SuggestionQueue:
                 want = min(depth - waiting, study.max_trials - total, CHUNK)
                 if want <= 0:
                     return added
-                job = SuggestJob(
-                    study_id=study.id,
-                    study_key=f"{self.database_url}|{study.id}|{study.created_at.isoformat()}",
-                    database_url=self.database_url,
-                    space=study.space,
-                    algorithm=study.algorithm,
-                    options=study.algorithm_options,
-                    evaluator_options=evaluator_options(study).model_dump(),
-                    n=want,
-                    seed=derive_seed(study.seed, total, round_),
-                )
+                job = self.job(study, want, derive_seed(study.seed, total, round_))
             try:
                 discrete = study_space(study).is_discrete
                 new = self._suggest(job)
@@ -324,6 +314,20 @@ class SuggestionQueue:
                 study_id, f"{MAX_ROUNDS} suggestion rounds proposed only configurations tried"
             )
         return added
+
+    def job(self, study: Study, n: int, seed: int) -> SuggestJob:
+        """The suggester job of one round for ``study``: ``n`` configurations, ``seed``."""
+        return SuggestJob(
+            study_id=study.id,
+            study_key=f"{self.database_url}|{study.id}|{study.created_at.isoformat()}",
+            database_url=self.database_url,
+            space=study.space,
+            algorithm=study.algorithm,
+            options=study.algorithm_options,
+            evaluator_options=evaluator_options(study).model_dump(),
+            n=n,
+            seed=seed,
+        )
 
     def _suspend(self, study_id: int, reason: str) -> None:
         with self.store.transaction(lock_study=study_id) as s:

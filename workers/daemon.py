@@ -1,17 +1,29 @@
 """The worker daemon: register, claim, evaluate, heartbeat, report — and survive failures.
 
-Contract with the coordinator (docs/design.md section 5), spoken through the typed
+Contract with the coordinator (docs/design.md sections 5 and 9), spoken through the typed
 :class:`client.Client` and the :mod:`protocol` models:
-* one trial at a time; a heartbeat thread extends the lease every ``lease/3`` seconds and
-  obeys the answer (``prune`` / ``stop``);
+* trials are claimed in batches (``claim_many``) and evaluated one after the other. A
+  batch holds a few seconds of work: one trial at first, then, while trials take less
+  than ``FAST_TRIAL_SECONDS`` each, as many as take about ``BATCH_TARGET_SECONDS`` (at
+  most doubling per claim, at most ``WorkerConfig.batch``); slow trials go one at a time.
+  Against a coordinator without the batch routes the daemon claims one at a time;
+* one heartbeat thread extends every held lease every ``lease/3`` seconds in one request
+  and obeys the answers (``prune`` / ``stop``; a lost lease is ``stop``);
 * a finished result is spooled to disk before it is sent and forgotten only once the
   coordinator answered (2xx, or a final 4xx such as a lost lease), so a coordinator outage
-  loses nothing; transport errors are retried with exponential back-off and jitter;
+  loses nothing; transport errors are retried with exponential back-off and jitter. The
+  results of a batch go in one request (``report_many``) at its end, or every
+  ``REPORT_EVERY_SECONDS``; a batch the coordinator refuses as a whole is sent again one
+  report at a time, where each is judged (and counted, see below) on its own;
+* trials of a batch the daemon will not get to are given back unstarted (no attempt used)
+  at once, not left to expire: on SIGTERM, when their study stopped or its data differ,
+  and when at the recent pace they would wait more than ``IDLE_LEASE_SECONDS``;
 * SIGTERM / SIGINT: the running trial is released at once (another worker takes it without
-  waiting for the lease), then the daemon exits. Python runs a signal handler only between
-  bytecodes of the main thread, which may be deep in a long torch or numpy call, so the
-  release is made by a watcher thread woken through ``signal.set_wakeup_fd`` the moment
-  the signal arrives; the main thread's handler then only unwinds;
+  waiting for the lease), with the rest of its batch, then the daemon exits. Python runs a
+  signal handler only between bytecodes of the main thread, which may be deep in a long
+  torch or numpy call, so the release is made by a watcher thread woken through
+  ``signal.set_wakeup_fd`` the moment the signal arrives; the main thread's handler then
+  only unwinds;
 * a spooled report the coordinator keeps refusing (a 5xx or a 4xx other than the final
   ones and the transient 401/403/408/429/502/503/504) is tried ``MAX_DELIVERY_ATTEMPTS``
   times, counted on disk, then set aside as ``*.rejected`` so the worker claims again;
@@ -41,8 +53,8 @@ from typing import Any
 
 import httpx
 
-from client import ApiError, Client
-from protocol.wire import MAX_REASON, ClaimOut, StudyBrief, TrialOut
+from client import MAX_BATCH, ApiError, Client, complete_report, fail_report
+from protocol.wire import MAX_REASON, ClaimOut, CompleteReport, FailReport, StudyBrief, TrialOut
 from search_space import Architecture, InfeasibleArchitecture
 
 from .outcomes import Pruned, Stopped, TimedOut
@@ -60,6 +72,14 @@ TRANSIENT = {401, 408, 429, 502, 503, 504}
 SIGNAL_RELEASE_WAIT = 10.0
 # Any other error answer to a spooled report counts; after this many it is set aside.
 MAX_DELIVERY_ATTEMPTS = 5
+# Batches: the most trials one claim asks for by default (``--batch``), the work a batch
+# should hold, the trial time above which trials are claimed one at a time, how often the
+# results of a long batch are reported, and how long an unstarted trial may wait.
+DEFAULT_BATCH = 16
+BATCH_TARGET_SECONDS = 4.0
+FAST_TRIAL_SECONDS = 2.0
+REPORT_EVERY_SECONDS = 5.0
+IDLE_LEASE_SECONDS = 30.0
 
 
 def _clean(value: Any) -> Any:
@@ -127,6 +147,9 @@ def pick_device(spec: str) -> str:
 
 @dataclass
 class WorkerConfig:
+    """``batch``: the most trials one claim asks for (1..MAX_BATCH; 1 = one at a time);
+    the daemon claims fewer while trials are slow (see the module docstring)."""
+
     coordinator: str
     token: str | None
     data_dir: Path
@@ -135,9 +158,14 @@ class WorkerConfig:
     max_trials: int | None = None
     idle_exit_seconds: float | None = None
     poll_seconds: float = 2.0
+    batch: int = DEFAULT_BATCH
     name: str = field(
         default_factory=lambda: f"{socket.gethostname()}-{random.getrandbits(24):06x}"
     )
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.batch <= MAX_BATCH:
+            raise ValueError(f"--batch must be 1..{MAX_BATCH}, got {self.batch}")
 
 
 class Backoff:
@@ -156,12 +184,29 @@ class Backoff:
 
 
 class Heartbeat:
-    """Extends the lease from a thread and remembers the last action the coordinator sent."""
+    """Extends the leases of every trial the daemon holds, from one thread, every
+    ``interval`` seconds, in one request (``heartbeat_many``; one request per trial
+    against a coordinator without the batch routes), and remembers each trial's last
+    action: ``continue``, ``prune`` or ``stop`` (the study stopped, or the lease is gone).
 
-    def __init__(self, client: Client, trial_id: int, worker_id: int, interval: float) -> None:
-        self.client, self.trial_id, self.worker_id = client, trial_id, worker_id
-        self.interval = interval
-        self.action = "continue"
+    ``held`` answers the ids to keep alive (the batch's unstarted, running and
+    finished-but-unreported trials). A coordinator that cannot be reached changes no
+    action: the trials go on and their results are spooled.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        worker_id: int,
+        interval: float,
+        held: Callable[[], list[int]],
+        *,
+        batch_api: bool = True,
+    ) -> None:
+        self.client, self.worker_id, self.interval = client, worker_id, interval
+        self.held, self.batch_api = held, batch_api
+        self._actions: dict[int, str] = {}
+        self._lost: set[int] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
 
@@ -173,27 +218,115 @@ class Heartbeat:
         self._stop.set()
         self._thread.join(timeout=5)
 
-    def beat(self, step: int | None = None, value: float | None = None) -> str:
-        """One heartbeat now (with an intermediate value when given); returns the action.
+    def action(self, trial_id: int) -> str:
+        """The last action for this trial (``stop`` once its lease is known lost)."""
+        return "stop" if trial_id in self._lost else self._actions.get(trial_id, "continue")
 
-        A coordinator that cannot be reached keeps the last action: the trial goes on and
-        its result is spooled.
-        """
+    def lost(self, trial_id: int) -> bool:
+        """Whether the coordinator said this worker no longer holds the trial."""
+        return trial_id in self._lost
+
+    def beat(self, trial_id: int, step: int | None = None, value: float | None = None) -> str:
+        """One heartbeat of one trial now (with an intermediate value when given: the
+        median stopping rule may answer ``prune``); returns its action."""
         try:
-            answer = self.client.heartbeat(self.trial_id, self.worker_id, step=step, value=value)
-            self.action = answer.action
+            answer = self.client.heartbeat(trial_id, self.worker_id, step=step, value=value)
+            self._actions[trial_id] = answer.action
         except ApiError as exc:
             if exc.status == 409:  # the lease is gone: someone else owns the trial now
-                self.action = "stop"
+                self._lost.add(trial_id)
             else:
-                log.warning("heartbeat for trial %s refused: %s", self.trial_id, exc)
+                log.warning("heartbeat for trial %s refused: %s", trial_id, exc)
         except httpx.TransportError as exc:
-            log.warning("heartbeat for trial %s failed (coordinator down?): %s", self.trial_id, exc)
-        return self.action
+            log.warning("heartbeat for trial %s failed (coordinator down?): %s", trial_id, exc)
+        return self.action(trial_id)
+
+    def beat_all(self) -> None:
+        """One heartbeat of every held trial now."""
+        ids = self.held()
+        if not ids:
+            return
+        if not self.batch_api:
+            for trial_id in ids:
+                self.beat(trial_id)
+            return
+        try:
+            answer = self.client.heartbeat_many(self.worker_id, ids)
+        except ApiError as exc:
+            log.warning("heartbeat for trials %s refused: %s", ids, exc)
+            return
+        except httpx.TransportError as exc:
+            log.warning("heartbeat for trials %s failed (coordinator down?): %s", ids, exc)
+            return
+        for beat in answer.trials:
+            self._actions[beat.trial_id] = beat.action
+        self._lost.update(answer.lost)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            self.beat()
+            self.beat_all()
+
+
+class BatchSizer:
+    """How many trials the next claim asks for.
+
+    One until trials are known to be fast; then as many as take about
+    :data:`BATCH_TARGET_SECONDS` at the recent pace (a moving average of trial times), at
+    most twice the previous claim and never more than ``maximum``. Trials slower than
+    :data:`FAST_TRIAL_SECONDS` are claimed one at a time: a batch should hold a few
+    seconds of work, never long-idle leases.
+    """
+
+    def __init__(self, maximum: int) -> None:
+        self.maximum = max(1, maximum)
+        self.mean: float | None = None
+        self.last = 1
+
+    def record(self, seconds: float) -> None:
+        """One more trial took ``seconds``."""
+        self.mean = seconds if self.mean is None else 0.7 * self.mean + 0.3 * seconds
+
+    def next(self) -> int:
+        if self.maximum == 1 or self.mean is None or self.mean >= FAST_TRIAL_SECONDS:
+            size = 1
+        else:
+            fit = int(BATCH_TARGET_SECONDS / max(self.mean, 1e-3))
+            size = max(1, min(self.maximum, fit, 2 * self.last))
+        self.last = size
+        return size
+
+    def keep(self) -> int | None:
+        """How many unstarted trials of a batch may wait at the recent pace before their
+        leases count as idle (:data:`IDLE_LEASE_SECONDS`); ``None`` while unknown."""
+        if self.mean is None or self.mean <= 0:
+            return None
+        return max(0, int(IDLE_LEASE_SECONDS / self.mean))
+
+
+def _route_missing(exc: ApiError) -> bool:
+    """A coordinator without this route (older than the batch routes) answered: 404 or
+    405 naming no field (an unknown worker names ``worker_id``)."""
+    return exc.status in (404, 405) and exc.field is None
+
+
+def _report_item(entry: SpoolEntry) -> CompleteReport | FailReport:
+    """A sanitised spool entry as an item of a batch report (``ValueError`` if the
+    coordinator would refuse it: pydantic checks the same rules)."""
+    if entry.kind == "complete":
+        assert entry.value is not None
+        return complete_report(
+            entry.trial_id,
+            entry.value,
+            entry.metrics,
+            dataset_fingerprint=entry.dataset_fingerprint,
+        )
+    return fail_report(
+        entry.trial_id,
+        entry.kind,
+        entry.reason or entry.kind,
+        entry.value,
+        dataset_fingerprint=entry.dataset_fingerprint,
+    )
 
 
 class WorkerDaemon:
@@ -228,8 +361,18 @@ class WorkerDaemon:
         self.stop_event = threading.Event()
         self.worker_id: int | None = None
         self.done = 0
+        self.sizer = BatchSizer(config.batch)
+        # The sizes of the claims made, and how many trials each brought (for logs, tests).
+        self.claims: list[tuple[int, int]] = []
         self._excluded: set[int] = set()
+        # Whether the coordinator has the batch routes (None: not asked yet).
+        self._batch_api: bool | None = None
+        # The batch being worked on: trials claimed and not started yet, the one being
+        # evaluated, and every id whose lease is kept alive (those two plus the finished
+        # ones not yet acknowledged). Guarded by _signal_lock.
+        self._pending: list[ClaimOut] = []
         self._current: ClaimOut | None = None
+        self._held: set[int] = set()
         self._evaluating = False
         # The trial given back because of a signal (by the watcher or the handler).
         self._released_on_signal: int | None = None
@@ -238,12 +381,13 @@ class WorkerDaemon:
 
     # -- signals ---------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
-        """SIGTERM/SIGINT: give the running trial back now, then unwind (main thread only).
+        """SIGTERM/SIGINT: give the running trial and the rest of the batch back now, then
+        unwind (main thread only).
 
         The C-level handler writes the signal number to a pipe at once, wherever the main
-        thread is; a watcher thread reading it releases the trial. The Python handler runs
-        when the main thread next executes bytecode, releases if the watcher has not, and
-        unwinds the evaluation."""
+        thread is; a watcher thread reading it releases the trials. The Python handler runs
+        when the main thread next executes bytecode, waits for the watcher, and unwinds the
+        evaluation."""
         read_fd, write_fd = os.pipe()
         os.set_blocking(write_fd, False)
         signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
@@ -263,26 +407,30 @@ class WorkerDaemon:
             if not received:
                 return
             if stopping.intersection(received):
-                log.info("signal received: releasing the running trial")
+                log.info("signal received: releasing the running trial and the rest of the batch")
                 self.stop_event.set()
                 self._release_on_signal()
 
     def _release_on_signal(self) -> bool:
-        """Give the running trial back once (watcher or handler, whichever comes first);
-        True when a trial was being evaluated."""
+        """Give back, once, the trial being evaluated (an attempt used) and the batch's
+        unstarted trials (no attempt used), whichever thread comes first; True when a
+        trial was being evaluated."""
         with self._signal_lock:
-            current = self._current
-            if not self._evaluating or current is None:
-                return False
-            if self._released_on_signal != current.trial.id:
+            unstarted = [c.trial.id for c in self._pending]
+            self._pending = []
+            current = self._current if self._evaluating else None
+            if current is not None and self._released_on_signal != current.trial.id:
                 self._released_on_signal = current.trial.id
                 self._release(current.trial.id)
+            self._give_back(unstarted)
+            if current is None:
+                return False
             self._released_event.set()
             return True
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         # Runs on the main thread, which may be anywhere, even inside the HTTP client:
-        # it makes no HTTP call itself. The watcher thread releases the trial (it read the
+        # it makes no HTTP call itself. The watcher thread releases the trials (it read the
         # same signal from the wake-up fd); the handler waits for that, then unwinds.
         log.info("signal %s: stopping", signal.Signals(signum).name)
         self.stop_event.set()
@@ -293,11 +441,35 @@ class WorkerDaemon:
             raise WorkerStopping
 
     def _release(self, trial_id: int) -> None:
+        """Give back a trial this worker began (an attempt is used up)."""
         try:
             self.client.release(trial_id, self._worker_id())
             log.info("trial %s released", trial_id)
         except (ApiError, httpx.TransportError) as exc:
             log.warning("could not release trial %s (its lease will expire): %s", trial_id, exc)
+        with self._signal_lock:
+            self._held.discard(trial_id)
+
+    def _give_back(self, trial_ids: list[int]) -> None:
+        """Give back trials of the batch this worker never began, in one request (their
+        attempt is not used up), so that another worker takes them without waiting for
+        the leases to run out."""
+        if not trial_ids:
+            return
+        with self._signal_lock:
+            self._pending = [c for c in self._pending if c.trial.id not in trial_ids]
+            self._held.difference_update(trial_ids)
+        if not self._batch_api:
+            for trial_id in trial_ids:  # a coordinator without batches: one at a time
+                self._release(trial_id)
+            return
+        try:
+            self.client.release_many(self._worker_id(), trial_ids, unstarted=True)
+            log.info("gave back %d unstarted trial(s): %s", len(trial_ids), trial_ids)
+        except (ApiError, httpx.TransportError) as exc:
+            log.warning(
+                "could not give back trials %s (their leases will expire): %s", trial_ids, exc
+            )
 
     def _worker_id(self) -> int:
         assert self.worker_id is not None, "register() first"
@@ -333,11 +505,110 @@ class WorkerDaemon:
         )
         return self.worker_id
 
+    def _claim(self, n: int) -> list[ClaimOut]:
+        """Claim up to ``n`` trials (retrying while the coordinator is away); falls back
+        to one-at-a-time claims against a coordinator without the batch routes."""
+        wid, studies, excluded = self._worker_id(), self.config.studies, sorted(self._excluded)
+        if self._batch_api is not False:
+            try:
+                got = self._retrying(
+                    "claim", lambda: self.client.claim_many(wid, n, studies, excluded)
+                )
+                self._batch_api = True
+                self.claims.append((n, len(got)))
+                return got
+            except ApiError as exc:
+                if not _route_missing(exc):
+                    raise
+                log.info("the coordinator has no batch routes: claiming one trial at a time")
+                self._batch_api = False
+        one = self._retrying("claim", lambda: self.client.claim(wid, studies, excluded))
+        self.claims.append((1, 1 if one else 0))
+        return [one] if one is not None else []
+
+    # -- the spool -------------------------------------------------------------------------
     def deliver_spool(self) -> int:
-        """Send every spooled result; returns how many the coordinator took (or refused
-        for good). Stops at the first transport error (the coordinator is down)."""
+        """Send every spooled result: up to MAX_BATCH per request through the batch route,
+        each alone otherwise. Returns how many the coordinator took (or refused for good).
+        Stops at the first transport error or transient answer (the coordinator is away).
+        """
+        pending = self.spool.pending()
+        if not pending:
+            return 0
+        if not self._batch_api:
+            # Unknown (nothing claimed yet in this life) or absent: one at a time.
+            return self._deliver_singly(pending)
         delivered = 0
-        for entry in self.spool.pending():
+        by_worker: dict[int, list[SpoolEntry]] = {}
+        for entry in pending:  # a spool may hold reports of an earlier registration
+            by_worker.setdefault(entry.worker_id, []).append(entry)
+        for worker_id, entries in by_worker.items():
+            for start in range(0, len(entries), MAX_BATCH):
+                chunk = entries[start : start + MAX_BATCH]
+                taken, complete = self._deliver_batch(worker_id, chunk)
+                delivered += taken
+                if not complete:
+                    return delivered
+        return delivered
+
+    def _deliver_batch(self, worker_id: int, chunk: list[SpoolEntry]) -> tuple[int, bool]:
+        """One batch report of ``chunk``; ``(delivered, whether to go on)``."""
+        items: list[CompleteReport | FailReport] = []
+        sendable: list[SpoolEntry] = []
+        for entry in chunk:
+            try:
+                items.append(_report_item(sanitise(entry)))
+                sendable.append(entry)
+            except ValueError as exc:  # pydantic's ValidationError is a ValueError
+                # The coordinator would refuse it (422) whatever it is sent with.
+                log.warning(
+                    "trial %s: the %s report cannot be sent: %s", entry.trial_id, entry.kind, exc
+                )
+                self._acked(entry)
+        if not sendable:
+            return len(chunk), True
+        try:
+            results = self.client.report_many(worker_id, items)
+        except httpx.TransportError:
+            return len(chunk) - len(sendable), False
+        except ApiError as exc:
+            if exc.status in TRANSIENT:
+                return len(chunk) - len(sendable), False
+            if _route_missing(exc):
+                self._batch_api = False
+            else:
+                log.warning(
+                    "a batch of %d reports was refused (%s); sending them one by one",
+                    len(sendable),
+                    exc,
+                )
+            # Each report alone, where a bad one is counted and set aside on its own.
+            taken = self._deliver_singly(sendable)
+            return len(chunk) - len(sendable) + taken, taken == len(sendable)
+        for entry, result in zip(sendable, results, strict=True):
+            if result.status != 200:
+                error = result.error.message if result.error else str(result.status)
+                log.warning(
+                    "trial %s: coordinator refused the %s report for good (%s): %s",
+                    entry.trial_id,
+                    entry.kind,
+                    result.status,
+                    error,
+                )
+            self._acked(entry)
+        return len(chunk), True
+
+    def _acked(self, entry: SpoolEntry) -> None:
+        self.spool.ack(entry)
+        with self._signal_lock:
+            self._held.discard(entry.trial_id)
+
+    def _deliver_singly(self, entries: list[SpoolEntry]) -> int:
+        """Send ``entries`` one per request (complete / fail routes); returns how many the
+        coordinator took or refused for good, stopping at the first transport error or
+        transient answer."""
+        delivered = 0
+        for entry in entries:
             sent = sanitise(entry)
             try:
                 if sent.kind == "complete":
@@ -386,6 +657,8 @@ class WorkerDaemon:
                         exc,
                         where,
                     )
+                    with self._signal_lock:
+                        self._held.discard(entry.trial_id)
                     delivered += 1
                     continue
                 log.warning(
@@ -394,7 +667,7 @@ class WorkerDaemon:
                     entry.kind,
                     exc.message,
                 )
-            self.spool.ack(entry)
+            self._acked(entry)
             delivered += 1
         return delivered
 
@@ -412,15 +685,13 @@ class WorkerDaemon:
                         backoff.wait(self.stop_event)  # coordinator down: keep results
                         continue
                 backoff.reset()
-                if self.config.max_trials is not None and self.done >= self.config.max_trials:
-                    break
-                claimed = self._retrying(
-                    "claim",
-                    lambda: self.client.claim(
-                        self._worker_id(), self.config.studies, sorted(self._excluded)
-                    ),
-                )
-                if claimed is None:
+                n = self.sizer.next()
+                if self.config.max_trials is not None:
+                    n = min(n, self.config.max_trials - self.done)
+                    if n <= 0:
+                        break
+                claimed = self._claim(n)
+                if not claimed:
                     idle = time.monotonic() - idle_since
                     if (
                         self.config.idle_exit_seconds is not None
@@ -431,7 +702,7 @@ class WorkerDaemon:
                     self.stop_event.wait(self.config.poll_seconds * random.uniform(0.5, 1.5))
                     continue
                 idle_since = time.monotonic()
-                self._run_trial(claimed)
+                self._run_batch(claimed)
                 self.deliver_spool()
         except WorkerStopping:
             pass
@@ -439,41 +710,118 @@ class WorkerDaemon:
             self.deliver_spool()
         return self.done
 
-    def _run_trial(self, claimed: ClaimOut) -> None:
+    def _run_batch(self, claimed: list[ClaimOut]) -> None:
+        """Evaluate the claimed trials one after the other under one heartbeat thread.
+
+        Results are spooled as they come and reported together (at the end, or every
+        :data:`REPORT_EVERY_SECONDS`). Trials the daemon will not get to -- it is
+        stopping, their study stopped or its data differ, or at the recent pace they
+        would wait longer than :data:`IDLE_LEASE_SECONDS` -- are given back unstarted.
+        """
+        lease = min(c.lease.seconds for c in claimed)
+        with self._signal_lock:
+            self._pending = list(claimed)
+            self._held = {c.trial.id for c in claimed}
+        first_unreported: float | None = None
+        hb = Heartbeat(
+            self.client,
+            self._worker_id(),
+            max(0.5, lease / 3),
+            self._held_ids,
+            batch_api=bool(self._batch_api),
+        )
+        try:
+            with hb:
+                while True:
+                    with self._signal_lock:
+                        if self.stop_event.is_set() or not self._pending:
+                            break
+                        claim = self._pending.pop(0)
+                    trial = claim.trial
+                    if hb.lost(trial.id):
+                        log.info("trial %s: lease lost before it started; skipped", trial.id)
+                        with self._signal_lock:
+                            self._held.discard(trial.id)
+                        continue
+                    if hb.action(trial.id) == "stop" or claim.study.id in self._excluded:
+                        self._give_back([trial.id])
+                        continue
+                    if self._run_trial(claim, hb):
+                        first_unreported = first_unreported or time.monotonic()
+                    self._skip_excluded()
+                    self._trim_idle()
+                    if (
+                        first_unreported is not None
+                        and time.monotonic() - first_unreported >= REPORT_EVERY_SECONDS
+                    ):
+                        self.deliver_spool()
+                        first_unreported = None
+        finally:
+            with self._signal_lock:
+                rest = [c.trial.id for c in self._pending]
+            self._give_back(rest)
+
+    def _held_ids(self) -> list[int]:
+        with self._signal_lock:
+            return sorted(self._held)
+
+    def _skip_excluded(self) -> None:
+        """Give back the unstarted trials of studies this worker just excluded."""
+        with self._signal_lock:
+            ids = [c.trial.id for c in self._pending if c.study.id in self._excluded]
+        self._give_back(ids)
+
+    def _trim_idle(self) -> None:
+        """Give back the unstarted trials that, at the recent pace, would wait longer than
+        :data:`IDLE_LEASE_SECONDS` (a batch claimed when trials were faster)."""
+        keep = self.sizer.keep()
+        if keep is None:
+            return
+        with self._signal_lock:
+            ids = [c.trial.id for c in self._pending[keep:]]
+        if ids:
+            log.info("trials got slower: giving back %d unstarted trial(s)", len(ids))
+            self._give_back(ids)
+
+    def _run_trial(self, claimed: ClaimOut, hb: Heartbeat) -> bool:
+        """Evaluate one trial and spool its result; True when there is one to report."""
         trial, study = claimed.trial, claimed.study
-        self._current = claimed
         started = time.monotonic()
         deadline = started + study.evaluator_options.trial_timeout_seconds
-        entry: SpoolEntry | None = None
-        with Heartbeat(
-            self.client, trial.id, self._worker_id(), max(0.5, claimed.lease.seconds / 3)
-        ) as hb:
 
-            def tick() -> str:
-                if time.monotonic() > deadline:
-                    raise TimedOut("the trial ran past its deadline")
-                return hb.action
+        def tick() -> str:
+            if time.monotonic() > deadline:
+                raise TimedOut("the trial ran past its deadline")
+            return hb.action(trial.id)
 
-            def report(step: int, value: float) -> str:
-                tick()
-                return hb.beat(step, value)
+        def report(step: int, value: float) -> str:
+            tick()
+            return hb.beat(trial.id, step, value)
 
-            try:
+        with self._signal_lock:
+            # A signal between taking the trial from the batch and here found it in
+            # neither place: it is given back now instead of being started.
+            stopping = self.stop_event.is_set()
+            if not stopping:
+                self._current = claimed
                 self._evaluating = True
-                entry = self._evaluate(trial, study, tick, report, deadline)
-            except WorkerStopping:
-                raise
-            finally:
-                with self._signal_lock:
-                    self._evaluating = False
-                    self._current = None
+        if stopping:
+            self._give_back([trial.id])
+            raise WorkerStopping
+        try:
+            entry = self._evaluate(trial, study, tick, report, deadline)
+        finally:
+            with self._signal_lock:
+                self._evaluating = False
+                self._current = None
         if self._released_on_signal == trial.id:  # given back on a signal: not ours now
             raise WorkerStopping
         if entry is None:  # released (stop, data mismatch): nothing to report
-            return
+            return False
         self.spool.put(entry)
         self.done += 1
         seconds = time.monotonic() - started
+        self.sizer.record(seconds)
         arch = Architecture.from_dict(trial.arch).summary() if trial.arch else "-"
         score = f"{entry.value:.4f}" if entry.value is not None else entry.kind.upper()
         ips = entry.metrics.get("images_per_s")
@@ -487,6 +835,7 @@ class WorkerDaemon:
             seconds,
             f" {ips:.0f} img/s" if isinstance(ips, int | float) else "",
         )
+        return True
 
     def _evaluate(
         self,

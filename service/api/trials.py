@@ -9,9 +9,11 @@ All need the worker role and the lease: a worker that lost its trial gets 409. T
 from __future__ import annotations
 
 import statistics
+from typing import Any
 
 from fastapi import APIRouter, BackgroundTasks, Request
 from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
 
 from protocol.wire import (
     FINGERPRINT_LENGTH,
@@ -25,13 +27,13 @@ from protocol.wire import (
 
 from ..deps import (
     QueueDep,
-    SessionDep,
     StoreDep,
     TrialId,
     WorkerRole,
 )
 from ..errors import ErrorBody
-from ..models import Study, StudyState, Trial, TrialState
+from ..models import StudyState, Trial, TrialState
+from ..trial_store import Beat, TrialRow
 from ..views import trial_out
 
 router = APIRouter(
@@ -50,24 +52,36 @@ PRUNE_MIN_PEERS = 5  # median stopping needs this many finished peers at the sam
 PRUNE_PEERS_SCANNED = 500
 
 
-def _action(session: SessionDep, trial: Trial, step: int | None, value: float | None) -> str:
-    study = session.get(Study, trial.study_id)
-    if study is None:
+def runs_on(state: StudyState, final: bool) -> bool:
+    """Whether a running trial of a study in ``state`` goes on: a stopped study's search
+    trials stop (its finals still run); a paused study's running trials finish."""
+    allowed = state.claims_finals() if final else state.claims_search()
+    return allowed or state == StudyState.PAUSED
+
+
+def _action(
+    sessions: sessionmaker[Session], beat: Beat, step: int | None, value: float | None
+) -> str:
+    trial = beat.trial
+    if not runs_on(beat.study_state, trial.is_final):
         return "stop"
-    allowed = study.state.claims_finals() if trial.is_final else study.state.claims_search()
-    if not allowed and study.state != StudyState.PAUSED:
-        return "stop"  # stopped (a stopped study's finals still run); paused ones finish
     # Only a multi-epoch protocol has a learning curve to compare; a screen reports its
     # one final score, and a final (test) evaluation is never cut short.
-    if step is None or value is None or study.evaluator != "train" or trial.is_final:
+    if step is None or value is None or beat.study.evaluator != "train" or trial.is_final:
         return "continue"
-    # Median stopping rule: prune when below the median of finished peers at this step.
+    # Median stopping rule: prune when below the median of finished peers at this step
+    # (the only case that reads more than the heartbeat's own transaction did).
+    with sessions() as session:
+        return _median_rule(session, trial.id, trial.study_id, step, value)
+
+
+def _median_rule(session: Session, trial_id: int, study_id: int, step: int, value: float) -> str:
     peers = session.scalars(
         select(Trial.intermediate)
         .where(
-            Trial.study_id == trial.study_id,
+            Trial.study_id == study_id,
             Trial.state.in_(TrialState.scored()),
-            Trial.id != trial.id,
+            Trial.id != trial_id,
         )
         .order_by(Trial.id.desc())
         .limit(PRUNE_PEERS_SCANNED)
@@ -82,24 +96,25 @@ def _action(session: SessionDep, trial: Trial, step: int | None, value: float | 
 def heartbeat(
     trial_id: TrialId,
     body: HeartbeatIn,
+    request: Request,
     caller: WorkerRole,
     store: StoreDep,
-    session: SessionDep,
 ) -> HeartbeatOut:
     """Extend the lease (and record an intermediate value). The answer says whether to
     ``continue``, ``prune`` (below the median of finished trials at this step) or
     ``stop`` (the study was stopped)."""
-    trial = store.heartbeat(trial_id, body.worker_id, body.step, body.value, caller=caller)
+    beat = store.beat(trial_id, body.worker_id, body.step, body.value, caller=caller)
+    action = _action(request.app.state.sessions, beat, body.step, body.value)
     return HeartbeatOut(
-        action=_action(session, trial, body.step, body.value),
-        lease_expires_at=trial.lease_expires_at,
+        action=action,  # type: ignore[arg-type]  # one of continue / prune / stop
+        lease_expires_at=beat.trial.lease_expires_at,  # type: ignore[arg-type]  # RUNNING
     )
 
 
 def _after_report(
     request: Request,
     queue: QueueDep,
-    trial: Trial,
+    trial: TrialRow,
     first: bool,
     kind: str,
     background: BackgroundTasks,
@@ -111,12 +126,19 @@ def _after_report(
         background.add_task(queue.refill_quietly, trial.study_id)
 
 
-def _fingerprint(body: CompleteIn | FailIn) -> str | None:
-    # Workers before protocol 2 sent it inside ``metrics``; it is its own field now.
-    if body.dataset_fingerprint is not None:
-        return body.dataset_fingerprint
-    legacy = body.metrics.get("dataset_fingerprint") if isinstance(body, CompleteIn) else None
+def legacy_fingerprint(field: str | None, metrics: dict[str, Any]) -> str | None:
+    """The report's dataset fingerprint: its own field, else (workers before protocol 2
+    sent it inside ``metrics``) the one in the metrics."""
+    if field is not None:
+        return field
+    legacy = metrics.get("dataset_fingerprint")
     return legacy[:FINGERPRINT_LENGTH] if isinstance(legacy, str) and legacy else None
+
+
+def _fingerprint(body: CompleteIn | FailIn) -> str | None:
+    if isinstance(body, CompleteIn):
+        return legacy_fingerprint(body.dataset_fingerprint, body.metrics)
+    return body.dataset_fingerprint
 
 
 @router.post("/{trial_id}/complete", response_model=TrialOut)

@@ -316,3 +316,58 @@ def test_metrics_requires_reader(api_factory):
     assert r.status_code == 200 and "archsearch_trials" in r.text
     opened = api_factory(open_reads=True)
     assert opened.client.get("/metrics").status_code == 200
+
+
+# -- a coordinator killed without its shutdown leaves no suggester process behind ---------
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(entry))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+def test_suggester_process_ends_with_a_killed_coordinator(sqlite_url):
+    from archsearch.launch import start_coordinator
+    from tests.helpers.coordinator import ADMIN_TOKEN, migrate
+    from tests.helpers.waiting import wait_for
+
+    migrate(sqlite_url)
+    live = start_coordinator(sqlite_url, admin_token=ADMIN_TOKEN)
+    try:
+        import httpx
+
+        body = {**FG11_STUDY, "name": "k", "max_trials": 4, "max_parallel": 2}
+        r = httpx.post(
+            f"{live.base_url}/api/v1/studies",
+            json=body,
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+            timeout=60,
+        )
+        assert r.status_code == 201, r.text  # its queue was filled by the suggester process
+        pool = [p for p in _children(live.process.pid) if _alive(p)]
+        assert pool, "the coordinator runs no child process"
+    finally:
+        live.process.kill()
+        live.process.wait(10)
+    wait_for(
+        lambda: not any(_alive(p) for p in pool),
+        timeout=15,
+        what="the suggester process to end with its coordinator",
+    )

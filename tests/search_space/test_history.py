@@ -210,3 +210,19 @@ def test_cached_and_cold_suggestions_are_identical():
         # the round's suggestions start running, one of the old trials fails
         history = [*history, *(HistoryItem(p, "RUNNING") for p in warm)]
         history[round_] = HistoryItem(history[round_].raw, "FAILED")
+
+
+def test_a_space_without_free_parameters_has_one_point() -> None:
+    fixed = parse_space(
+        {
+            "name": "one-point",
+            "input_size": 28,
+            "layers": [{"n_filters": 8, "filter_size": 5, "pool_size": 3, "norm_size": 3}],
+        }
+    )
+    assert fixed.labels == ()
+    first = RandomSuggester().suggest(fixed, [], 3, seed=0)
+    assert first == [{}]
+    done = [HistoryItem(raw={}, state="COMPLETE", value=0.5)]
+    assert RandomSuggester().suggest(fixed, done, 1, seed=0) == []
+    assert TPESuggester(n_startup_jobs=0).suggest(fixed, done, 1, seed=0) == []

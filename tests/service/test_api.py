@@ -602,3 +602,37 @@ def test_a_worker_ignores_option_keys_a_newer_coordinator_adds(api):
     body["study"]["evaluator_options"]["an_option_from_the_future"] = 1
     brief = ClaimOut.model_validate(body).study
     assert brief.evaluator_options.max_features == 100_000
+
+
+def test_median_stopping_prunes_a_train_trial_below_its_peers(api):
+    """A heartbeat with an intermediate value below the median of >= 5 finished peers at
+    the same step answers ``prune`` (train protocol); at or above it, ``continue``."""
+    api.new_study(evaluator="train", max_trials=8, max_parallel=8)
+    w = api.new_worker()
+
+    def claim() -> int:
+        r = api.client.post(f"/api/v1/workers/{w}/claim", headers=api.worker)
+        assert r.status_code == 200, r.text
+        return r.json()["trial"]["id"]
+
+    def beat(tid: int, value: float) -> str:
+        r = api.client.post(
+            f"/api/v1/trials/{tid}/heartbeat",
+            json={"worker_id": w, "step": 1, "value": value},
+            headers=api.worker,
+        )
+        assert r.status_code == 200, r.text
+        return r.json()["action"]
+
+    for value in (0.5, 0.6, 0.7, 0.8, 0.9):
+        tid = claim()
+        assert beat(tid, value) == "continue"  # fewer than 5 finished peers so far
+        r = api.client.post(
+            f"/api/v1/trials/{tid}/complete",
+            json={"worker_id": w, "value": value},
+            headers=api.worker,
+        )
+        assert r.status_code == 200
+    tid = claim()
+    assert beat(tid, 0.75) == "continue"  # above the median (0.7)
+    assert beat(tid, 0.65) == "prune"

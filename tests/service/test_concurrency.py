@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from archsearch.launch import start_coordinator, stop_coordinator
-from client import Client
+from client import Client, complete_report
 from service.db import make_engine, session_factory
 from service.models import Role, Study, StudyState, TrialState
 from tests.helpers.coordinator import ADMIN_TOKEN, FG11_STUDY, db_trials, make_token, migrate
@@ -60,10 +60,58 @@ def work_until_empty(
             c.close()
 
 
+def work_in_batches(
+    base_urls: list[str],
+    token: str,
+    name: str,
+    study_id: int,
+    wait_for_finish: bool = False,
+    deadline_s: float = 240,
+) -> list[int]:
+    """As :func:`work_until_empty`, through the batch routes: claim 1..16 trials at once
+    (the size varies with the worker and the round), heart-beat them in one request,
+    report them in one request. Returns the ids this worker completed."""
+    clients = [Client(u, token, timeout=60) for u in base_urls]
+    done: list[int] = []
+    try:
+        wid = clients[0].register_worker(name).id
+        deadline = time.monotonic() + deadline_s
+        i = 0
+        while time.monotonic() < deadline:
+            c = clients[i % len(clients)]
+            i += 1
+            got = c.claim_many(wid, 1 + (hash(name) + i) % 16, [study_id])
+            if not got:
+                if not wait_for_finish or c.study(study_id).state == "finished":
+                    return done
+                time.sleep(0.05)
+                continue
+            ids = [g.trial.id for g in got]
+            beat = c.heartbeat_many(wid, ids)
+            assert beat.lost == [] and [b.trial_id for b in beat.trials] == sorted(ids)
+            reports = [
+                complete_report(g.trial.id, g.trial.number / 1000, {"by": name}) for g in got
+            ]
+            results = c.report_many(wid, reports)
+            assert [r.status for r in results] == [200] * len(got), results
+            done.extend(ids)
+        raise TimeoutError(f"{name} still had work after {deadline_s} s")
+    finally:
+        for c in clients:
+            c.close()
+
+
 def _process_main(
-    base_urls: list[str], token: str, name: str, study_id: int, wait: bool, out: str
+    base_urls: list[str],
+    token: str,
+    name: str,
+    study_id: int,
+    wait: bool,
+    out: str,
+    batches: bool = False,
 ) -> None:
-    ids = work_until_empty(base_urls, token, name, study_id, wait)
+    work = work_in_batches if batches else work_until_empty
+    ids = work(base_urls, token, name, study_id, wait)
     Path(out).write_text(json.dumps(ids))
 
 
@@ -75,6 +123,7 @@ def run_workers(
     n_processes: int,
     tmp_path: Path,
     wait: bool = False,
+    batches: bool = False,
 ) -> list[int]:
     results: list[list[int]] = []
     errors: list[BaseException] = []
@@ -82,7 +131,8 @@ def run_workers(
 
     def thread_main(i: int) -> None:
         try:
-            ids = work_until_empty(base_urls, token, f"thread-{i}", study_id, wait)
+            work = work_in_batches if batches else work_until_empty
+            ids = work(base_urls, token, f"thread-{i}", study_id, wait)
             with lock:
                 results.append(ids)
         except BaseException as exc:
@@ -93,7 +143,8 @@ def run_workers(
     for i in range(n_processes):
         out = tmp_path / f"proc-{i}.json"
         p = ctx.Process(
-            target=_process_main, args=(base_urls, token, f"proc-{i}", study_id, wait, str(out))
+            target=_process_main,
+            args=(base_urls, token, f"proc-{i}", study_id, wait, str(out), batches),
         )
         p.start()
         procs.append((p, out))
@@ -110,30 +161,29 @@ def run_workers(
     return [tid for ids in results for tid in ids]
 
 
-def test_16_threads_and_4_processes_complete_500_trials_exactly_once(live, db_url, tmp_path):
-    token = make_token(db_url, Role.WORKER)
-    with Client(live.base_url, ADMIN_TOKEN) as admin:
-        study = admin.create_study(
-            name="race",
-            max_trials=500,
-            max_parallel=500,
-            top_k=0,
-            **FG11_STUDY,
-        )
-    sid = study.id
-    # Creation answers after at most 2 s of suggesting; the queue fills in the background.
-    deadline = time.monotonic() + 120
-    with Client(live.base_url, ADMIN_TOKEN) as admin:
+def _queued_study(base_url: str, name: str, n: int) -> tuple[int, int]:
+    """A random fg11 study of ``n`` trials, all queued: ``(study id, claimable trials)``."""
+    with Client(base_url, ADMIN_TOKEN) as admin:
+        study = admin.create_study(name=name, max_trials=n, max_parallel=n, top_k=0, **FG11_STUDY)
+        # Creation answers after at most 2 s of suggesting; the queue fills in the background.
+        deadline = time.monotonic() + 120
         while True:
-            counts = admin.study(sid).counts
-            if counts.get("WAITING", 0) + counts.get("INFEASIBLE", 0) == 500:
-                break
+            counts = admin.study(study.id).counts
+            if counts.get("WAITING", 0) + counts.get("INFEASIBLE", 0) == n:
+                return study.id, counts.get("WAITING", 0)
             assert time.monotonic() < deadline, counts
             time.sleep(0.5)
-    claimable = counts.get("WAITING", 0)
+
+
+@pytest.mark.parametrize("batches", [False, True], ids=["single", "batches"])
+def test_16_threads_and_4_processes_complete_500_trials_exactly_once(
+    live, db_url, tmp_path, batches
+):
+    token = make_token(db_url, Role.WORKER)
+    sid, claimable = _queued_study(live.base_url, "race", 500)
     assert claimable > 300  # most of fg11 at 200x200 can be built
 
-    claimed = run_workers([live.base_url], token, sid, 16, 4, tmp_path)
+    claimed = run_workers([live.base_url], token, sid, 16, 4, tmp_path, batches=batches)
 
     counts = Counter(claimed)
     assert max(counts.values()) == 1, "a trial was completed by two workers"
@@ -150,7 +200,8 @@ def test_16_threads_and_4_processes_complete_500_trials_exactly_once(live, db_ur
 
 
 @pytest.mark.postgres
-def test_two_coordinators_on_one_postgres(postgres_url, tmp_path):
+@pytest.mark.parametrize("batches", [False, True], ids=["single", "batches"])
+def test_two_coordinators_on_one_postgres(postgres_url, tmp_path, batches):
     """Workers alternate between two uvicorn processes; refills race across them."""
     migrate(postgres_url)
     token = make_token(postgres_url, Role.WORKER)
@@ -166,7 +217,9 @@ def test_two_coordinators_on_one_postgres(postgres_url, tmp_path):
                 **FG11_STUDY,
             )
         sid = study.id
-        claimed = run_workers([a.base_url, b.base_url], token, sid, 8, 2, tmp_path, wait=True)
+        claimed = run_workers(
+            [a.base_url, b.base_url], token, sid, 8, 2, tmp_path, wait=True, batches=batches
+        )
     finally:
         stop_coordinator(a)
         stop_coordinator(b)

@@ -15,7 +15,7 @@ from service.models import Base
 
 
 def test_head_revision_has_readable_id():
-    assert head_revision() == "0003_study_error_worker_token"
+    assert head_revision() == "0004_trials_claim_order"
 
 
 def test_upgrade_to_head_matches_models(db_url):
@@ -56,10 +56,10 @@ def test_cli_db_upgrade_is_idempotent(db_url, monkeypatch):
     runner = CliRunner()
     first = runner.invoke(app, ["db", "upgrade"])
     assert first.exit_code == 0, first.output
-    assert "(empty) -> 0003_study_error_worker_token" in first.output
+    assert "(empty) -> 0004_trials_claim_order" in first.output
     second = runner.invoke(app, ["db", "upgrade"])
     assert second.exit_code == 0, second.output
-    assert "0003_study_error_worker_token -> 0003_study_error_worker_token" in second.output
+    assert "0004_trials_claim_order -> 0004_trials_claim_order" in second.output
 
 
 @pytest.mark.postgres
@@ -98,6 +98,6 @@ def test_study_state_constraint_follows_the_enum_up_and_down(db_url):
         with pytest.raises(IntegrityError), engine.begin() as conn:
             conn.execute(insert, {"state": "finishing"})
         upgrade(engine)
-        assert current_revision(engine) == "0003_study_error_worker_token"
+        assert current_revision(engine) == head_revision()
     finally:
         engine.dispose()

@@ -42,22 +42,10 @@ TPE_STUDY = {
 
 
 def _job(queue: SuggestionQueue, store: TrialStore, study_id: int, n: int, seed: int) -> SuggestJob:
-    from service.studies import evaluator_options
-
     with store.sessions() as s:
         study = s.get(Study, study_id)
         assert study is not None
-        return SuggestJob(
-            study_id=study.id,
-            study_key=f"{queue.database_url}|{study.id}|{study.created_at.isoformat()}",
-            database_url=queue.database_url,
-            space=study.space,
-            algorithm=study.algorithm,
-            options=study.algorithm_options,
-            evaluator_options=evaluator_options(study).model_dump(),
-            n=n,
-            seed=seed,
-        )
+        return queue.job(study, n, seed)
 
 
 def _history(store: TrialStore, study_id: int) -> tuple[HistoryItem, ...]:

@@ -68,8 +68,10 @@ def spawn(
     sleep: float,
     idle_exit: float | None = None,
     output: bool = True,
+    batch: int | None = None,
 ) -> subprocess.Popen:
-    """Start this module as a worker process (from the repository root)."""
+    """Start this module as a worker process (from the repository root); ``batch`` is
+    the daemon's ``--batch`` (default: the daemon's)."""
     cmd = [
         sys.executable,
         "-m",
@@ -85,6 +87,8 @@ def spawn(
     ]
     if idle_exit is not None:
         cmd += ["--idle-exit", str(idle_exit)]
+    if batch is not None:
+        cmd += ["--batch", str(batch)]
     pipe = subprocess.PIPE if output else subprocess.DEVNULL
     return subprocess.Popen(
         cmd,
@@ -102,7 +106,9 @@ def main() -> None:
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--sleep", type=float, default=0.0)
     parser.add_argument("--idle-exit", type=float, default=None)
+    parser.add_argument("--batch", type=int, default=None)
     args = parser.parse_args()
+    batch = {} if args.batch is None else {"batch": args.batch}
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     daemon = WorkerDaemon(
         WorkerConfig(
@@ -112,6 +118,7 @@ def main() -> None:
             device="cpu",
             idle_exit_seconds=args.idle_exit,
             poll_seconds=0.2,
+            **batch,
         ),
         evaluate=fake_evaluate(args.sleep),
         load_data=fake_load(),

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -19,7 +20,7 @@ import pytest
 from archsearch.launch import start_coordinator, stop_coordinator
 from client import Client
 from protocol import TrialOut
-from protocol.wire import CompleteIn, FailIn
+from protocol.wire import CompleteIn, FailIn, ReportsIn
 from search_space import InfeasibleArchitecture
 from service.models import Role
 from tests.helpers.coordinator import ADMIN_TOKEN, FG11_STUDY, make_token, migrate
@@ -27,6 +28,7 @@ from tests.helpers.waiting import wait_for
 from tests.workers.fake_worker import FakeResult, fake_evaluate, fake_load, spawn
 from workers import daemon as daemon_module
 from workers.daemon import WorkerConfig, WorkerDaemon
+from workers.outcomes import Stopped
 from workers.spool import Spool, SpoolEntry
 
 
@@ -448,3 +450,281 @@ def test_sigterm_during_a_long_c_call_releases_at_once(coordinator, tmp_path):
         trial = admin.trial(sid, running.number)
     assert trial.state == "WAITING" and trial.attempt == 2, out
     assert released < 6, f"released {released:.1f} s after SIGTERM\n{out}"
+
+
+# -- batches -------------------------------------------------------------------------------
+class CountingClient(Client):
+    """A real client that counts the requests of each kind it makes."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.calls: Counter[str] = Counter()
+        self.report_batches: list[int] = []
+
+    def claim_many(self, *args, **kwargs):
+        self.calls["claim_many"] += 1
+        return super().claim_many(*args, **kwargs)
+
+    def report_many(self, worker_id, reports):
+        self.calls["report_many"] += 1
+        self.report_batches.append(len(reports))
+        return super().report_many(worker_id, reports)
+
+    def heartbeat_many(self, *args, **kwargs):
+        self.calls["heartbeat_many"] += 1
+        return super().heartbeat_many(*args, **kwargs)
+
+    def complete(self, *args, **kwargs):
+        self.calls["complete"] += 1
+        return super().complete(*args, **kwargs)
+
+    def fail(self, *args, **kwargs):
+        self.calls["fail"] += 1
+        return super().fail(*args, **kwargs)
+
+    def release(self, *args, **kwargs):
+        self.calls["release"] += 1
+        return super().release(*args, **kwargs)
+
+
+def test_batch_sizer_grows_for_fast_trials_and_stays_at_one_for_slow_ones():
+    sizer = daemon_module.BatchSizer(16)
+    assert sizer.next() == 1 and sizer.keep() is None  # nothing known yet
+    sizer.record(0.1)
+    assert [sizer.next() for _ in range(6)] == [2, 4, 8, 16, 16, 16]  # doubling, capped
+    slow = daemon_module.BatchSizer(16)
+    slow.record(daemon_module.FAST_TRIAL_SECONDS + 0.5)
+    assert slow.next() == 1
+    paced = daemon_module.BatchSizer(64)
+    paced.record(1.0)  # 1 s trials: about BATCH_TARGET_SECONDS of them, after doubling
+    assert [paced.next() for _ in range(4)] == [2, 4, 4, 4]
+    assert paced.keep() == int(daemon_module.IDLE_LEASE_SECONDS)
+    assert daemon_module.BatchSizer(1).next() == 1
+    with pytest.raises(ValueError, match="--batch"):
+        WorkerConfig(coordinator="http://x", token=None, data_dir=Path("."), batch=65)
+
+
+@pytest.mark.slow
+def test_daemon_with_batches_finishes_a_study_end_to_end(coordinator, tmp_path):
+    """Fast trials over real HTTP: the daemon claims growing batches, heart-beats them in
+    one request, reports each batch in one request, and finishes the study (finals too)
+    with every trial run once."""
+    live, _, token = coordinator
+    with Client(live.base_url, ADMIN_TOKEN) as admin:
+        sid = admin.create_study(
+            name="fast", max_trials=40, max_parallel=40, top_k=2, **FG11_STUDY
+        ).id
+        client = CountingClient(live.base_url, token, timeout=60)
+        config = WorkerConfig(
+            coordinator=live.base_url,
+            token=token,
+            data_dir=tmp_path / "w",
+            device="cpu",
+            poll_seconds=0.1,
+            idle_exit_seconds=2.0,
+            batch=8,
+        )
+        daemon = WorkerDaemon(
+            config, client=client, evaluate=fake_evaluate(0.05), load_data=fake_load()
+        )
+        done = daemon.run()
+        study = admin.study(sid)
+        trials = list(admin.trials(sid))
+    assert study.state == "finished", study.counts
+    assert not any(t.state in ("RUNNING", "WAITING") for t in trials)
+    assert all(t.attempt == 1 for t in trials), "a lease was lost or a trial given back"
+    ran = [t for t in trials if t.state == "COMPLETE"]
+    assert done == len(ran) and len([t for t in ran if t.source == "final"]) == 2
+    sizes = [n for n, _ in daemon.claims]
+    assert sizes[0] == 1 and max(sizes) == 8, sizes  # one first, then batches
+    assert client.calls["complete"] == client.calls["fail"] == 0  # batch reports only
+    assert client.calls["report_many"] < done / 2 and max(client.report_batches) > 1
+    assert sum(client.report_batches) == done
+    assert daemon.spool.pending() == []
+
+
+_BATCH_THEN_SLOW = """
+import logging, sys, time
+from pathlib import Path
+from tests.workers.fake_worker import FakeResult, fake_load
+from workers.daemon import WorkerConfig, WorkerDaemon
+
+calls = 0
+
+def evaluate(protocol, arch, data, *, tick=None, **kw):
+    global calls
+    calls += 1
+    if calls <= 7:  # seven fast trials make the batches grow: 1, 2, 4, then 8
+        time.sleep(0.05)
+        return FakeResult(0.5, {})
+    print("busy", flush=True)
+    while True:  # the first trial of the batch of 8 never ends by itself
+        tick()
+        time.sleep(0.05)
+
+logging.basicConfig(level=logging.INFO)
+url, token, data_dir = sys.argv[1:4]
+config = WorkerConfig(coordinator=url, token=token, data_dir=Path(data_dir), device="cpu",
+                      batch=8)
+daemon = WorkerDaemon(config, evaluate=evaluate, load_data=fake_load())
+daemon.install_signal_handlers()
+print("done", daemon.run(), flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_sigterm_gives_back_the_running_trial_and_the_rest_of_its_batch(coordinator, tmp_path):
+    live, _, token = coordinator
+    with Client(live.base_url, ADMIN_TOKEN) as admin:
+        sid = admin.create_study(name="b", max_trials=24, max_parallel=24, top_k=0, **FG11_STUDY).id
+        wait_for(
+            lambda: (c := admin.study(sid).counts).get("WAITING", 0) + c.get("INFEASIBLE", 0) == 24,
+            what="the queue to fill",
+        )
+        cmd = [sys.executable, "-c", _BATCH_THEN_SLOW, live.base_url, token, str(tmp_path / "w")]
+        root = Path(__file__).resolve().parents[2]
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=root
+        )
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("busy"):
+                break
+        held = [t for t in admin.trials(sid) if t.state == "RUNNING"]
+        assert len(held) >= 2, "a batch: the slow trial and unstarted ones"
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        wait_for(
+            lambda: not any(t.state == "RUNNING" for t in admin.trials(sid)),
+            timeout=30,
+            what="every held trial to be given back",
+        )
+        released = time.monotonic() - t0
+        out, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0, out
+        after = {t.id: t for t in admin.trials(sid)}
+    assert released < 6, f"given back {released:.1f} s after SIGTERM\n{out}"
+    back = [after[t.id] for t in held]
+    assert all(t.state == "WAITING" and t.worker_id is None for t in back), out
+    # The trial under evaluation used up an attempt; the unstarted ones did not.
+    assert sorted(t.attempt for t in back) == [1] * (len(back) - 1) + [2], out
+    assert sum(1 for t in back if t.reason == "given back unstarted by its worker") == len(back) - 1
+    assert sum(1 for t in after.values() if t.state == "COMPLETE") == 7, out
+
+
+def test_a_stopped_study_gets_its_unstarted_trials_back(coordinator, tmp_path):
+    """The study is stopped while a batch is being worked on: the trial running sees
+    ``stop`` within a heartbeat and is released, the batch's unstarted trials are given
+    back, none is left to expire."""
+    live, _, token = coordinator
+    with Client(live.base_url, ADMIN_TOKEN) as admin:
+        sid = admin.create_study(name="s", max_trials=30, max_parallel=30, top_k=0, **FG11_STUDY).id
+        wait_for(
+            lambda: (c := admin.study(sid).counts).get("WAITING", 0) + c.get("INFEASIBLE", 0) == 30,
+            what="the queue to fill",
+        )
+        calls = {"n": 0}
+
+        def evaluate(protocol, arch, data, *, tick=None, **kw):
+            calls["n"] += 1
+            if calls["n"] == 8:  # the first trial of the batch of 8
+                admin.set_study_state(sid, "stopped")
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline:
+                    if tick() == "stop":  # as the evaluators' control does
+                        raise Stopped("stopped during the evaluation")
+                    time.sleep(0.05)
+                raise AssertionError("the heartbeat never said stop")
+            time.sleep(0.05)
+            return FakeResult(0.5, {})
+
+        daemon = daemon_for(live.base_url, token, tmp_path, evaluate=evaluate, batch=8)
+        daemon.run()
+        trials = list(admin.trials(sid))
+    assert calls["n"] == 8, "no trial of the stopped study was started after the stop"
+    assert not any(t.state == "RUNNING" for t in trials)
+    given_back = [t for t in trials if t.reason == "given back unstarted by its worker"]
+    assert len(given_back) >= 1 and all(t.attempt == 1 for t in given_back)
+    assert sum(1 for t in trials if t.attempt == 2) == 1  # the one that was running
+
+
+def _batch_coordinator(report_status: int, item_status: list[int] | None = None):
+    """An httpx transport standing in for a coordinator with the batch routes: it answers
+    claims with nothing, batch reports with ``report_status`` (200: ``item_status`` per
+    item), single reports with 500; records every report body."""
+    seen: dict[str, list] = {"batches": [], "singles": []}
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if path == "/api/v1/workers":
+            now = "2026-01-01T00:00:00+00:00"
+            body = {"id": 7, "name": "w", "host": None, "device": "cpu"}
+            return httpx.Response(201, json=body | {"registered_at": now, "last_seen_at": now})
+        if path.endswith("/claims"):
+            return httpx.Response(200, json={"claims": []})
+        if path.endswith("/reports"):
+            items = json.loads(request.content)["reports"]
+            seen["batches"].append(items)
+            if report_status != 200:
+                error = {"code": "x", "message": "refused", "field": None}
+                return httpx.Response(report_status, json={"error": error})
+            statuses = item_status or [200] * len(items)
+            results = [
+                {
+                    "trial_id": item["trial_id"],
+                    "status": status,
+                    "trial": None,
+                    "error": None if status == 200 else {"code": "conflict", "message": "lost"},
+                }
+                for item, status in zip(items, statuses, strict=True)
+            ]
+            return httpx.Response(200, json={"results": results})
+        if path.endswith(("/complete", "/fail")):
+            seen["singles"].append(json.loads(request.content))
+            error = {"code": "internal", "message": "boom", "field": None}
+            return httpx.Response(500, json={"error": error})
+        return httpx.Response(404, json={"error": {"code": "not_found", "message": path}})
+
+    return httpx.MockTransport(handle), seen
+
+
+def _spooled_daemon(tmp_path: Path, transport: httpx.MockTransport) -> WorkerDaemon:
+    daemon = _offline_daemon(tmp_path, transport)
+    daemon.register()
+    assert daemon._claim(1) == []  # the coordinator has the batch routes
+    for i in range(3):
+        daemon.spool.put(SpoolEntry(10 + i, 7, "complete", 0.5, {"i": float(i)}, None, "f" * 64))
+    daemon.spool.put(SpoolEntry(13, 7, "error", float("nan"), {"x": float("inf")}, "crash\x00"))
+    return daemon
+
+
+def test_spooled_results_go_in_one_batch_and_each_answer_counts_alone(tmp_path):
+    transport, seen = _batch_coordinator(200, [200, 409, 200, 404])
+    daemon = _spooled_daemon(tmp_path, transport)
+    assert daemon.deliver_spool() == 4
+    (batch,) = seen["batches"]
+    ReportsIn.model_validate({"reports": batch})  # what the coordinator accepts
+    assert [r["trial_id"] for r in batch] == [10, 11, 12, 13]
+    assert batch[3]["reason"] == "crash\\x00" and batch[3]["value"] is None
+    # 200 is stored, 409 / 404 are final refusals: nothing is left to send.
+    assert daemon.spool.pending() == [] and seen["singles"] == []
+
+
+def test_a_batch_refused_as_a_whole_is_sent_one_report_at_a_time(tmp_path, monkeypatch):
+    monkeypatch.setattr(daemon_module.Backoff, "wait", lambda self, stop: stop.wait(0.01))
+    transport, seen = _batch_coordinator(500)
+    daemon = _spooled_daemon(tmp_path, transport)
+    assert daemon.deliver_spool() == 0
+    # One by one, the first single report (500) is counted like any refusal.
+    assert len(seen["batches"]) == 1 and len(seen["singles"]) == 1
+    assert [e.attempts for e in daemon.spool.pending()] == [1, 0, 0, 0]
+
+
+@pytest.mark.parametrize("status", [503, 502, 429])
+def test_a_batch_answered_unavailable_is_kept_and_never_counted(tmp_path, status):
+    transport, seen = _batch_coordinator(status)
+    daemon = _spooled_daemon(tmp_path, transport)
+    for _ in range(3):
+        assert daemon.deliver_spool() == 0
+    assert len(seen["batches"]) == 3 and seen["singles"] == []
+    assert [e.attempts for e in daemon.spool.pending()] == [0, 0, 0, 0]
