@@ -52,7 +52,7 @@ from .suggester_process import (
 )
 from .trial_store import NewTrial, TrialStore
 
-__all__ = ["SuggesterFailed", "SuggestionQueue", "make_new_trial", "one_line", "run_suggester"]
+__all__ = ["SuggesterFailed", "SuggestionQueue", "one_line", "run_suggester"]
 
 log = logging.getLogger(__name__)
 
@@ -65,19 +65,6 @@ QUEUE_CAP = 1024
 # How long one study's refill may take in the maintenance pass before the next study's.
 PASS_SECONDS_PER_STUDY = 2.0
 PROBE_TIMEOUT = 60.0  # seconds a fresh pool may take to start its first process
-
-
-def make_new_trial(
-    study: Study,
-    space: Space,
-    raw: dict[str, Any],
-    *,
-    source: TrialSource = TrialSource.SUGGESTED,
-    priority: int = 1,
-) -> NewTrial:
-    """:func:`~service.suggester_process.new_trial` with ``study``'s evaluator options.
-    Raises ``ValueError`` when ``raw`` is not a point of ``space``."""
-    return new_trial(evaluator_options(study), space, raw, source=source, priority=priority)
 
 
 def derive_seed(study_seed: int, n_history: int, round_: int) -> int:
@@ -345,7 +332,9 @@ class SuggestionQueue:
         study has no room left under ``max_trials``.
         """
         try:
-            item = make_new_trial(study, space, raw, source=TrialSource.USER, priority=0)
+            item = new_trial(
+                evaluator_options(study), space, raw, source=TrialSource.USER, priority=0
+            )
         except (ValueError, KeyError, TypeError, IndexError) as exc:
             raise InvalidInput(
                 f"params are not a point of the study's space: {exc}", field="params"
