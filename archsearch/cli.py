@@ -8,6 +8,7 @@ from __future__ import annotations
 import typer
 from pydantic import ValidationError
 
+from archsearch.slurm import slurm_app
 from service import __version__
 
 app = typer.Typer(
@@ -23,6 +24,7 @@ study_app = typer.Typer(help="Studies on a running coordinator.", no_args_is_hel
 app.add_typer(study_app, name="study")
 spaces_app = typer.Typer(help="Built-in search spaces.", invoke_without_command=True)
 app.add_typer(spaces_app, name="spaces")
+app.add_typer(slurm_app, name="slurm")
 
 
 def _settings(**overrides: object):  # -> Settings; imported lazily to keep --help fast
@@ -337,7 +339,7 @@ def study_create(
     name: str = typer.Option(..., help="Study name."),
     dataset: str = typer.Option(..., help="Dataset URI, e.g. builtin:mnist5k."),
     space: str = typer.Option("pinto-cox", help="Built-in space name or @file.json."),
-    evaluator: str = typer.Option("screen", help="screen | train | pairs"),
+    evaluator: str = typer.Option("screen", help="screen | train | pairs | plugin:NAME"),
     algorithm: str = typer.Option("tpe", help="tpe | random | grid"),
     max_trials: int = typer.Option(100, help="Trials in all."),
     max_parallel: int = typer.Option(4, help="Suggestion queue depth (parallel workers)."),
@@ -425,6 +427,94 @@ def study_export(
         typer.echo(f"wrote {output}", err=True)
 
 
+@study_app.command("export-model")
+def study_export_model(
+    study_id: int,
+    output: str = typer.Option(..., "-o", "--output", help="The model file to write."),
+    trial: int | None = typer.Option(
+        None, "--trial", help="Trial number (default: the best test score, else validation)."
+    ),
+    device: str = typer.Option("cpu", help="Where to re-fit the readout: cpu, cuda, cuda:1."),
+    coordinator: str = CoordinatorOpt,
+    token: str = TokenOpt,
+) -> None:
+    """Write a trial's model (architecture, filters, fitted readout) to one file.
+
+    The readout is re-fitted here exactly as the trial's final evaluation did (the study's
+    data, split, seed and l2 choice), so the data must be readable on this machine.
+    ``screen`` studies only. Load the file with ``workers.model_file.load_model`` or
+    ``torch.load(path, weights_only=True)``; label images with ``archsearch predict``.
+    """
+    from workers.datasets import DatasetError
+    from workers.export import ExportError, check_exportable, choose_trial, export_trial
+    from workers.model_file import save_model
+
+    study, trials = _call(
+        coordinator, token, lambda c: (c.study(study_id), list(c.trials(study_id)))
+    )
+    try:
+        check_exportable(study)
+        chosen = choose_trial(trials, trial)
+        exported = export_trial(study, chosen, device=device)
+    except (ExportError, DatasetError, ValueError, RuntimeError) as exc:
+        # ValueError: no test split, an infeasible architecture; RuntimeError: a device.
+        raise _fail(str(exc).strip().splitlines()[0]) from None
+    try:
+        digest = save_model(exported, output)
+    except OSError as exc:
+        raise _fail(f"cannot write {output}: {exc}") from None
+    meta = exported.meta
+
+    def score(value: float | None) -> str:
+        return "-" if value is None else f"{value:.4f}"
+
+    typer.echo(
+        f"wrote {output}: study {study_id} trial {chosen.number}, test accuracy "
+        f"{score(meta['export_test_value'])} on {meta['n_test']} images (the trial's "
+        f"test_value: {score(meta['test_value'])}), sha256 {digest[:12]}",
+        err=True,
+    )
+
+
+@app.command()
+def predict(
+    model: str = typer.Argument(..., help="A model file from `study export-model`."),
+    images: list[str] = typer.Argument(..., help="Image files and/or directories."),
+    csv_out: bool = typer.Option(False, "--csv", help="CSV (path,label) with a header."),
+    convert: bool = typer.Option(
+        False,
+        "--convert",
+        help="Convert colour and resize odd images as the imagefolder loader does "
+        "(default: refuse an image of the wrong size or channels).",
+    ),
+    device: str = typer.Option("cpu", help="cpu, cuda, cuda:1."),
+) -> None:
+    """Print one label per image (``PATH<TAB>LABEL``; ``--csv`` for CSV)."""
+    import csv
+    import sys
+
+    from workers.model_file import ModelFileError, load_model
+    from workers.predict import PredictInputError, image_paths, read_images
+
+    try:
+        loaded = load_model(model, device=device)
+        paths = image_paths(images)
+        pixels = read_images(paths, color=loaded.color, size=loaded.image_size, convert=convert)
+        labels = loaded.predict(pixels)
+    except (ModelFileError, PredictInputError) as exc:
+        raise _fail(str(exc)) from None
+    except RuntimeError as exc:  # a device that is not there, out of memory
+        raise _fail(str(exc).strip().splitlines()[0]) from None
+    if csv_out:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(["path", "label"])
+        writer.writerows([str(p), label] for p, label in zip(paths, labels, strict=True))
+        sys.stdout.flush()
+    else:
+        for p, label in zip(paths, labels, strict=True):
+            typer.echo(f"{p}\t{label}")
+
+
 @app.command()
 def worker(
     coordinator: str = CoordinatorOpt,
@@ -447,12 +537,38 @@ def worker(
         help="Most trials claimed at once while trials are fast (under 2 s each): a batch "
         "holds about 4 s of work. 1 claims one trial at a time.",
     ),
+    threads: int = typer.Option(
+        None,
+        min=1,
+        envvar="ARCHSEARCH_WORKER_THREADS",  # workers.threads.THREADS_ENV
+        help="CPU threads for torch. Default: this node's cores divided by "
+        "ARCHSEARCH_LOCAL_WORKERS when a launcher started several workers together (the "
+        "demo does), else SLURM_CPUS_PER_TASK under Slurm, else every core.",
+    ),
+    group: int = typer.Option(
+        0,
+        min=0,
+        max=64,  # protocol.wire.MAX_BATCH
+        envvar="ARCHSEARCH_WORKER_GROUP",
+        help="Screen trials of one study evaluated together, sharing each image batch "
+        "(0: 8 on a GPU, 1 on a CPU).",
+    ),
+    max_memory: str = typer.Option(
+        None,
+        envvar="ARCHSEARCH_WORKER_MAX_MEMORY",
+        help="Resident memory budget of this worker, e.g. 3GiB or 800MB. A candidate "
+        "estimated to need more is reported INFEASIBLE with the estimate, unstarted; "
+        "batches shrink to fit. Host memory only (GPU memory: out of memory halves the "
+        "batch, then INFEASIBLE).",
+    ),
 ) -> None:
     """Run a worker daemon: claim trials, evaluate them on this machine, report."""
     import logging
     from pathlib import Path
 
     from workers.daemon import WorkerConfig, WorkerDaemon
+    from workers.memory import parse_size
+    from workers.threads import apply_threads, choose_threads
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
@@ -460,6 +576,16 @@ def worker(
     except ValueError:
         typer.echo(f"error: --studies must be comma-separated ids, got {studies!r}", err=True)
         raise typer.Exit(2) from None
+    try:
+        budget = parse_size(max_memory) if max_memory is not None else None
+        choice = choose_threads(threads)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    apply_threads(choice.threads)
+    logging.getLogger("archsearch.worker").info(
+        "%d torch thread(s) (%s)", choice.threads, choice.why
+    )
     config = WorkerConfig(
         coordinator=coordinator,
         token=token,
@@ -469,6 +595,8 @@ def worker(
         idle_exit_seconds=idle_exit,
         data_dir=Path(data_dir) if data_dir else Path.home() / ".archsearch" / "worker",
         batch=batch,
+        max_memory=budget,
+        group=group,
     )
     if name:
         config.name = name

@@ -117,8 +117,6 @@ class Demo:
                         "worker",
                         "--coordinator",
                         self.coordinator.base_url,
-                        "--token",
-                        worker_token,
                         "--studies",
                         str(study.id),
                         "--device",
@@ -133,7 +131,10 @@ class Demo:
                     preexec_fn=die_with_parent,
                     env={
                         **os.environ,
-                        "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // self.o.workers)),
+                        # In the environment, not the arguments: `ps` shows arguments.
+                        "ARCHSEARCH_TOKEN": worker_token,
+                        # The workers split this machine's cores (workers.threads).
+                        "ARCHSEARCH_LOCAL_WORKERS": str(self.o.workers),
                     },
                 )
             )

@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 
-BENCHMARKS = ["coordinator", "suggest", "dashboard", "evaluator", "search"]
+BENCHMARKS = ["coordinator", "suggest", "dashboard", "evaluator", "search", "pairs"]
 
 
 def main(argv: list[str] | None = None) -> int:

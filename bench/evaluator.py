@@ -33,6 +33,16 @@ batches cycle through.
 
 CPU: batch sizes 8, 32 and 64 (``--quick``: 8 and 32), float32. CUDA (when available):
 64 .. 512, float32 and bfloat16.
+
+Group screening (:func:`run_group`, issue 13; also run at the end of :func:`run`): K
+small Pinto & Cox candidates (1 layer, 32x32 RGB, 8 or 16 random 5x5 filters, different
+seeds and poolings; :func:`group_candidates`) screened in full (features, ridge readout
+with l2 chosen, score) one by one with ``evaluate("screen", ...)`` and together with
+:func:`workers.screen_group.screen_group` (on CUDA also with ``streams=False``), on random
+uint8 images with random labels (throughput does not depend on them), in interleaved
+rounds, the best round of each way reported: candidates/s both ways and their ratio,
+and the extraction alone (sum of the candidates' ``extract_seconds`` alone against the
+group's extraction wall time).
 """
 
 from __future__ import annotations
@@ -52,7 +62,9 @@ from search_space import ops
 from search_space.arch import Activation, Architecture, FBCorr, Layer, LNorm, LPool, walk
 from search_space.model import FeatureExtractor, build_model
 from search_space.presets import FG11_HT_L3_1ST
-from workers.evaluators import extract_features
+from workers.datasets import Dataset
+from workers.evaluators import EvalResult, evaluate, extract_features
+from workers.screen_group import GroupCandidate, screen_group
 
 PINTO_COX_32 = Architecture(
     input_size=32,
@@ -268,8 +280,9 @@ def plan(device: torch.device, quick: bool) -> list[tuple[str, torch.dtype, int,
     return [(name, dt, b, images[name](b)) for name in MODELS for dt in dtypes for b in batches]
 
 
-def run(quick: bool = False, record: bool = True) -> list[Row]:
-    """Measure on the CPU (and on CUDA when available); print and optionally record."""
+def run(quick: bool = False, record: bool = True, group: bool = True) -> list[Row]:
+    """Measure on the CPU (and on CUDA when available); print and optionally record.
+    ``group``: then :func:`run_group` on the same devices (its own section)."""
     devices = [torch.device("cpu")]
     if torch.cuda.is_available():
         devices.append(torch.device("cuda"))
@@ -348,4 +361,175 @@ def run(quick: bool = False, record: bool = True) -> list[Row]:
         "Random uint8 images." + (" Quick run: few images, noisy." if quick else "")
     )
     report.record("evaluator: screening feature-extraction throughput", body, enabled=record)
+    if group:
+        run_group(quick=quick, record=record, devices=[str(d) for d in devices])
+    return rows
+
+
+# -- group screening -------------------------------------------------------------------
+def group_candidates(k: int) -> list[Architecture]:
+    """``k`` small pinto-cox candidates at 32x32 RGB: 8 or 16 random 5x5 filters, pool 5
+    or 3 (stride 2), each its own seed; 648 to 1,600 features (small, so that the ridge
+    readout, which a group does not speed up, does not hide the extraction)."""
+    archs = []
+    for i in range(k):
+        n_filters = (8, 16)[i % 2]
+        pool = (5, 3)[(i // 2) % 2]
+        archs.append(
+            Architecture(
+                input_size=32,
+                input_channels=3,
+                lnorm0=LNorm(3, remove_mean=False, stretch=10.0, threshold=1.0),
+                layers=(
+                    Layer(
+                        FBCorr(n_filters, 5),
+                        Activation(0.0, math.inf),
+                        LPool(pool, 2.0, 2),
+                        LNorm(3, remove_mean=False, stretch=1.0, threshold=1.0),
+                    ),
+                ),
+                seed=100 + i,
+            )
+        )
+    return archs
+
+
+def _random_dataset(n: int, side: int = 32, classes: int = 10) -> Dataset:
+    rng = np.random.default_rng(0)
+    return Dataset(
+        uri="bench:random",
+        x=rng.integers(0, 256, size=(n, 3, side, side), dtype=np.uint8),
+        y=rng.integers(0, classes, size=n).astype(np.int64),
+        is_test=np.zeros(n, dtype=bool),
+        classes=tuple(str(c) for c in range(classes)),
+        fingerprint="bench-random",
+    )
+
+
+@dataclass
+class GroupRow:
+    device: str
+    k: int
+    images: int
+    one_by_one_s: float = math.inf
+    group_s: float = math.inf
+    group_no_streams_s: float = math.inf
+    extract_alone_s: float = math.inf
+    extract_group_s: float = math.inf
+    max_value_diff: float = 0.0
+
+
+def _one_by_one(
+    archs: list[Architecture], ds: Dataset, device: str
+) -> tuple[float, list[float], float]:
+    """Wall seconds, values and summed ``extract_seconds`` of evaluating one by one."""
+    t0 = time.perf_counter()
+    results = [evaluate("screen", a, ds, device=device) for a in archs]
+    seconds = time.perf_counter() - t0
+    return seconds, [r.value for r in results], sum(r.metrics["extract_seconds"] for r in results)
+
+
+def _grouped(
+    archs: list[Architecture], ds: Dataset, device: str, streams: bool | None
+) -> tuple[float, list[float], float]:
+    """Wall seconds, values and the group's extraction seconds of one group."""
+    t0 = time.perf_counter()
+    results = screen_group([GroupCandidate(a) for a in archs], ds, device=device, streams=streams)
+    seconds = time.perf_counter() - t0
+    ok = [r for r in results if isinstance(r, EvalResult)]
+    if len(ok) != len(results):
+        bad = next(r for r in results if not isinstance(r, EvalResult))
+        raise RuntimeError(f"a group candidate failed: {bad!r}")
+    extract = max(r.metrics["group_extract_seconds"] for r in ok)  # one sub-group: all equal
+    return seconds, [r.value for r in ok], extract
+
+
+def run_group(
+    quick: bool = False,
+    record: bool = True,
+    devices: list[str] | None = None,
+    k: int = 8,
+    rounds: int = 3,
+) -> list[GroupRow]:
+    """Screen :func:`group_candidates` ``(k)`` one by one and as a group on each device
+    (default: the CPU, and CUDA when available), ``rounds`` interleaved rounds after one
+    warm-up round; print and optionally record."""
+    if devices is None:
+        devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    archs = group_candidates(k)
+    rows: list[GroupRow] = []
+    load_start = os.getloadavg()[0]
+    for device in devices:
+        cuda = device.startswith("cuda")
+        n = (4096 if quick else 16384) if cuda else (512 if quick else 1024)
+        ds = _random_dataset(n)
+        row = GroupRow(device, k, n)
+        ways = [None, False] if cuda else [None]
+        _one_by_one(archs, ds, device)  # warm-up: allocator, kernels, oneDNN / cuDNN plans
+        for streams in ways:
+            _grouped(archs, ds, device, streams)
+        for _ in range(rounds):
+            seconds, alone_values, extract = _one_by_one(archs, ds, device)
+            row.one_by_one_s = min(row.one_by_one_s, seconds)
+            row.extract_alone_s = min(row.extract_alone_s, extract)
+            for streams in ways:
+                seconds, values, extract = _grouped(archs, ds, device, streams)
+                diff = max(abs(a - b) for a, b in zip(alone_values, values, strict=True))
+                row.max_value_diff = max(row.max_value_diff, diff)
+                if streams is None:
+                    row.group_s = min(row.group_s, seconds)
+                    row.extract_group_s = min(row.extract_group_s, extract)
+                else:
+                    row.group_no_streams_s = min(row.group_no_streams_s, seconds)
+        rows.append(row)
+    body = report.table(
+        [
+            "device",
+            "K",
+            "images",
+            "one by one cand/s",
+            "group cand/s",
+            "ratio",
+            "group no-streams cand/s",
+            "extract alone img/s",
+            "extract group img/s",
+            "extract ratio",
+            "max |value diff|",
+        ],
+        [
+            [
+                r.device,
+                r.k,
+                r.images,
+                r.k / r.one_by_one_s,
+                r.k / r.group_s,
+                f"{r.one_by_one_s / r.group_s:.2f}",
+                r.k / r.group_no_streams_s if math.isfinite(r.group_no_streams_s) else "-",
+                r.k * r.images / r.extract_alone_s,
+                r.k * r.images / r.extract_group_s,
+                f"{r.extract_alone_s / r.extract_group_s:.2f}",
+                f"{r.max_value_diff:.2g}",
+            ]
+            for r in rows
+        ],
+    )
+    feats = ", ".join(str(walk(a).n_features) for a in archs)
+    gpu = f"; GPU: {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    body += (
+        f"\n\ntorch {torch.__version__}, {torch.get_num_threads()} CPU threads{gpu}. "
+        f"{k} pinto-cox candidates, 1 layer, 32x32 RGB, 8/16 5x5 filters, pool 5/3 "
+        f"stride 2 ({feats} features), ridge readout with l2 chosen, search split 80/20 "
+        "of random uint8 images with random labels. One by one: evaluate('screen') per "
+        "candidate; group: screen_group of all K (CUDA: one stream per candidate, and "
+        "streams=False: back to back on one stream); both with their default batch "
+        "sizes (group on CUDA: default_batch_size of the summed working sets; on a CPU, where "
+        "the models run one after another, the smallest candidate's). cand/s: K / wall "
+        "seconds of the whole screening (build, features, readout, score), best of "
+        f"{rounds} interleaved rounds after a warm-up; extract img/s: K x images / (sum of "
+        "the candidates' extract_seconds alone | the group's extraction wall time). "
+        "max |value diff|: largest difference of a candidate's score between the two ways. "
+        f"1-minute load average {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at "
+        "the end." + (" Quick run." if quick else "")
+    )
+    report.record("evaluator: group screening of small candidates", body, enabled=record)
     return rows

@@ -5,7 +5,9 @@
 #   2. the evaluator benchmark on CUDA: FG11 HT-L3-1st at 200x200 and a 32x32 pinto-cox
 #      model, batch sizes 64..512, float32 and bfloat16, TFLOP/s against a dense conv
 #      ceiling measured in the same run,
-#   3. a short end-to-end study: coordinator + one CUDA worker, builtin:digits.
+#   3. a short end-to-end study: coordinator + one CUDA worker, builtin:digits,
+#   4. group screening (issue 13): the CUDA tests of tests/workers/test_screen_group.py
+#      (~1 min), then 8 small candidates screened one by one vs together (~1 min).
 # Results are appended to bench/RESULTS.md with the card's name (and copied to $OUT when
 # the device tool runs this). Missing Python packages travel as wheels in .whl/ (make
 # them with bench/gpu_wheels.sh first, and carry .whl).
@@ -26,8 +28,9 @@ echo "== 1. op and model tests on CUDA"
 timeout 180 python3 -m pytest tests/search_space/test_ops.py tests/search_space/test_model.py \
     -q -p no:cacheprovider -o addopts="" 2>&1 | tee "$OUT/ops.log" | tail -5 || status=1
 
-echo "== 2. evaluator benchmark on CUDA"
-timeout 240 python3 -m bench evaluator 2>&1 | tee "$OUT/evaluator.log" | tail -30 || status=1
+echo "== 2. evaluator benchmark on CUDA (the group screening part is step 4)"
+timeout 240 python3 -c "from bench.evaluator import run; run(group=False)" 2>&1 \
+    | tee "$OUT/evaluator.log" | tail -30 || status=1
 
 echo "== 3. end-to-end study with one CUDA worker"
 timeout 150 python3 - <<'PY' 2>&1 | tee "$OUT/e2e.log" || status=1
@@ -66,6 +69,12 @@ try:
 finally:
     stop_coordinator(live)
 PY
+
+echo "== 4. group screening on CUDA: tests, then one by one vs as a group"
+timeout 120 python3 -m pytest tests/workers/test_screen_group.py -k cuda \
+    -q -p no:cacheprovider -o addopts="" 2>&1 | tee "$OUT/group_tests.log" | tail -5 || status=1
+timeout 120 python3 -c "from bench.evaluator import run_group; run_group(devices=['cuda'])" \
+    2>&1 | tee "$OUT/group.log" | tail -20 || status=1
 
 cp bench/RESULTS.md "$OUT/RESULTS.md" 2>/dev/null || true
 echo "gpu_check status: $status"

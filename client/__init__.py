@@ -7,14 +7,30 @@ coordinator. Every non-2xx answer raises :class:`ApiError` carrying the JSON err
 from protocol.wire import CompleteReport, FailReport, ReportResult
 
 from .http import MAX_BATCH, ApiError, Client, complete_report, fail_report
+from .session import (
+    AskedTrial,
+    NoTrialAvailable,
+    StudySession,
+    TrialError,
+    TrialLost,
+    TrialPruned,
+    TrialStopped,
+)
 
 __all__ = [
     "MAX_BATCH",
     "ApiError",
+    "AskedTrial",
     "Client",
     "CompleteReport",
     "FailReport",
+    "NoTrialAvailable",
     "ReportResult",
+    "StudySession",
+    "TrialError",
+    "TrialLost",
+    "TrialPruned",
+    "TrialStopped",
     "complete_report",
     "fail_report",
 ]

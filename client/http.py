@@ -41,6 +41,8 @@ from protocol.wire import (
     WorkerOut,
 )
 
+from .session import StudySession
+
 JSON = dict[str, Any]
 M = TypeVar("M", bound=BaseModel)
 __all__ = ["MAX_BATCH", "ApiError", "Client", "complete_report", "fail_report"]
@@ -171,6 +173,12 @@ class Client:
     def study(self, study_id: int) -> StudyOut:
         return self._model(StudyOut, "GET", f"/api/v1/studies/{study_id}")
 
+    def study_session(self, study_id: int, **options: Any) -> StudySession:
+        """Ask/tell: this script as a worker of study ``study_id`` (see
+        :mod:`client.session`; ``options``: ``name``, ``retry_seconds``, ``poll_seconds``).
+        ``session.trial()`` claims one trial for a ``with`` block."""
+        return StudySession(self, study_id, **options)
+
     def set_study_state(self, study_id: int, state: str) -> StudyOut:
         return self._model(StudyOut, "PATCH", f"/api/v1/studies/{study_id}", json={"state": state})
 
@@ -234,6 +242,12 @@ class Client:
 
     def workers(self) -> list[WorkerOut]:
         return [WorkerOut.model_validate(w) for w in self._json("GET", "/api/v1/workers")]
+
+    def workers_status(self) -> JSON:
+        """``GET /api/v1/workers/status``: ``{"db_now", "alive_within_seconds", "workers":
+        [...]}``, each worker with ``alive``, ``current`` (its RUNNING trial) and
+        ``trials_done`` (the dashboard's schema, so plain JSON here)."""
+        return self._json("GET", "/api/v1/workers/status")
 
     def claim(
         self, worker_id: int, studies: list[int] | None = None, exclude: list[int] | None = None

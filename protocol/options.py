@@ -8,9 +8,10 @@ here and nowhere else.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import re
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from .datasets import Color, default_color
 
@@ -31,6 +32,45 @@ DEFAULT_MAX_ACTIVATION_MB_PER_IMAGE = 2048.0
 MIN_TRAIN_PER_CLASS = 2
 
 EvaluatorName = Literal["screen", "train", "pairs"]
+BUILTIN_EVALUATORS: tuple[str, ...] = ("screen", "train", "pairs")
+# A study may name an evaluator an installed package provides (entry-point group
+# ``archsearch.evaluators``): ``plugin:NAME``. The coordinator cannot import workers' code,
+# so it checks only the form; a worker without the plugin gives the trial back.
+PLUGIN_PREFIX = "plugin:"
+MAX_EVALUATOR_LENGTH = 32  # the coordinator's ``studies.evaluator`` column
+_PLUGIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+def check_evaluator_name(value: str) -> str:
+    """``value`` when it is a built-in evaluator or ``plugin:NAME`` (NAME: dot-separated
+    identifiers, the whole at most :data:`MAX_EVALUATOR_LENGTH` characters); else
+    ``ValueError`` saying what is accepted."""
+    if value in BUILTIN_EVALUATORS:
+        return value
+    if value.startswith(PLUGIN_PREFIX):
+        name = value[len(PLUGIN_PREFIX) :]
+        if _PLUGIN_NAME.fullmatch(name) and len(value) <= MAX_EVALUATOR_LENGTH:
+            return value
+        room = MAX_EVALUATOR_LENGTH - len(PLUGIN_PREFIX)
+        raise ValueError(
+            f"a plugin evaluator is plugin:NAME, NAME dot-separated identifiers (letters, "
+            f"digits, _) of at most {room} characters; got {value!r}"
+        )
+    raise ValueError(
+        "Input should be 'screen', 'train' or 'pairs', or 'plugin:NAME' for an evaluator "
+        f"an installed package provides; got {value!r}"
+    )
+
+
+# The OpenAPI document states the same rule as a pattern (validation is the function's).
+EVALUATOR_PATTERN = (
+    r"^(screen|train|pairs|plugin:[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*)$"
+)
+EvaluatorField = Annotated[
+    str,
+    AfterValidator(check_evaluator_name),
+    Field(json_schema_extra={"pattern": EVALUATOR_PATTERN, "maxLength": MAX_EVALUATOR_LENGTH}),
+]
 AlgorithmName = Literal["tpe", "random", "grid"]
 ReadoutName = Literal["ridge", "logistic", "svm"]
 

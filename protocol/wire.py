@@ -22,9 +22,12 @@ from .datasets import DATASET_URI_HELP, DATASET_URI_PATTERN
 from .options import (
     AlgorithmName,
     AlgorithmOptions,
-    EvaluatorName,
+    EvaluatorField,
     EvaluatorOptions,
     StrictModel,
+)
+from .options import (
+    EvaluatorName as EvaluatorName,  # re-exported: the built-in names (tests, readers)
 )
 from .states import StudyState, TrialSource, TrialState
 
@@ -111,7 +114,12 @@ class StudyCreate(BaseModel):
     dataset: Text = Field(
         min_length=1, max_length=4096, pattern=DATASET_URI_PATTERN, description=DATASET_URI_HELP
     )
-    evaluator: EvaluatorName = "screen"
+    evaluator: EvaluatorField = Field(
+        "screen",
+        description="screen | train | pairs, or plugin:NAME: an evaluator an installed "
+        "package registers in the entry-point group archsearch.evaluators (workers "
+        "without it give the trials back).",
+    )
     evaluator_options: EvaluatorOptions = Field(default_factory=EvaluatorOptions)
     algorithm: AlgorithmName = "tpe"
     algorithm_options: AlgorithmOptions = Field(default_factory=AlgorithmOptions)
@@ -255,7 +263,7 @@ class StudyBrief(BaseModel):
     name: str
     dataset: str
     dataset_fingerprint: str | None
-    evaluator: EvaluatorName
+    evaluator: EvaluatorField
     evaluator_options: BriefOptions
     seed: int
 

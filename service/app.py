@@ -99,6 +99,9 @@ def create_app(settings: Settings | None = None, *, maintenance: bool = True) ->
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             app.state.queue.close()
+            renderer = getattr(app.state, "model_renderer", None)  # the dashboard's, if any
+            if renderer is not None:
+                renderer.close()
             engine.dispose()
 
     app = FastAPI(

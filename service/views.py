@@ -49,7 +49,7 @@ def study_brief(facts: StudyFacts) -> StudyBrief:
         name=facts.name,
         dataset=facts.dataset,
         dataset_fingerprint=facts.dataset_fingerprint,
-        evaluator=facts.evaluator,  # type: ignore[arg-type]  # stored from an EvaluatorName
+        evaluator=facts.evaluator,
         evaluator_options=facts.evaluator_options,  # type: ignore[arg-type]  # validated here
         seed=facts.seed,
     )

@@ -32,6 +32,12 @@ Contract with the coordinator (docs/design.md sections 5 and 9), spoken through 
   claiming that study;
 * a trial past its study's ``trial_timeout_seconds`` is reported FAILED with the reason
   "timed out after N s (trial_timeout_seconds)", no traceback.
+* on a GPU (or with ``--group N``) consecutive ``screen`` trials of one study and split
+  in a batch are evaluated together (:mod:`workers.screen_group`), each with its own
+  heartbeat answers and report (and ``group`` x the study's timeout); the data of the
+  batch's next study are loaded in the background while a trial runs (not under
+  ``--max-memory``); every completed result carries the worker's ``threads`` and the
+  peak memory of its evaluation (``peak_rss_mb``; a group's shared peak).
 Imports ``search_space``, ``protocol`` and ``client``, never ``service``.
 """
 
@@ -57,7 +63,9 @@ from client import MAX_BATCH, ApiError, Client, complete_report, fail_report
 from protocol.wire import MAX_REASON, ClaimOut, CompleteReport, FailReport, StudyBrief, TrialOut
 from search_space import Architecture, InfeasibleArchitecture
 
+from .memory import MiB, PeakMemory, resident_bytes
 from .outcomes import Pruned, Stopped, TimedOut
+from .plugins import PluginMissing
 from .spool import Spool, SpoolEntry
 
 log = logging.getLogger("archsearch.worker")
@@ -80,6 +88,11 @@ BATCH_TARGET_SECONDS = 4.0
 FAST_TRIAL_SECONDS = 2.0
 REPORT_EVERY_SECONDS = 5.0
 IDLE_LEASE_SECONDS = 30.0
+# The least room --max-memory must leave beside what the worker holds when it starts.
+MIN_TRIAL_MEMORY = 64 * MiB
+# Screen trials of one study a GPU worker evaluates together by default (workers/
+# screen_group.py: one copy of each image batch, every model run on it before the next).
+GPU_GROUP = 8
 
 
 def _clean(value: Any) -> Any:
@@ -122,6 +135,16 @@ class DataMismatch(Exception):
     """This worker's copy of the data differs from the study's fingerprint."""
 
 
+class OverBudget(Exception):
+    """The worker holds (nearly) all of its ``--max-memory`` before a trial starts."""
+
+
+def _torch_threads() -> int:
+    import torch  # loaded by then; importing this module alone does not load it
+
+    return torch.get_num_threads()
+
+
 def pick_device(spec: str) -> str:
     """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; validates ``cuda:N``.
 
@@ -148,7 +171,8 @@ def pick_device(spec: str) -> str:
 @dataclass
 class WorkerConfig:
     """``batch``: the most trials one claim asks for (1..MAX_BATCH; 1 = one at a time);
-    the daemon claims fewer while trials are slow (see the module docstring)."""
+    the daemon claims fewer while trials are slow (see the module docstring).
+    ``max_memory``: the resident memory budget of the whole worker process, in bytes."""
 
     coordinator: str
     token: str | None
@@ -159,6 +183,12 @@ class WorkerConfig:
     idle_exit_seconds: float | None = None
     poll_seconds: float = 2.0
     batch: int = DEFAULT_BATCH
+    # Bytes of resident memory this worker may use (``--max-memory``; None: no limit). A
+    # candidate estimated to take more (workers.memory) is reported INFEASIBLE unstarted.
+    max_memory: int | None = None
+    # Screen trials of one study evaluated together (``--group``; 0: GPU_GROUP on a GPU,
+    # 1 on a CPU, which has no idle gaps between models for grouping to fill).
+    group: int = 0
     name: str = field(
         default_factory=lambda: f"{socket.gethostname()}-{random.getrandbits(24):06x}"
     )
@@ -166,6 +196,10 @@ class WorkerConfig:
     def __post_init__(self) -> None:
         if not 1 <= self.batch <= MAX_BATCH:
             raise ValueError(f"--batch must be 1..{MAX_BATCH}, got {self.batch}")
+        if self.max_memory is not None and self.max_memory < 1:
+            raise ValueError(f"--max-memory must be positive, got {self.max_memory}")
+        if not 0 <= self.group <= MAX_BATCH:
+            raise ValueError(f"--group must be 0..{MAX_BATCH}, got {self.group}")
 
 
 class Backoff:
@@ -332,8 +366,9 @@ def _report_item(entry: SpoolEntry) -> CompleteReport | FailReport:
 class WorkerDaemon:
     """Runs trials until told to stop, ``max_trials`` are done, or idle too long.
 
-    ``evaluate`` and ``load_data`` are injectable for tests; by default they are
-    :func:`workers.evaluators.evaluate` and a :class:`workers.datasets.DatasetCache`.
+    ``evaluate``, ``load_data`` and ``evaluate_group`` are injectable for tests; by
+    default they are :func:`workers.evaluators.evaluate`, a
+    :class:`workers.datasets.DatasetCache` and :func:`workers.screen_group.screen_group`.
     """
 
     def __init__(
@@ -343,6 +378,7 @@ class WorkerDaemon:
         client: Client | None = None,
         evaluate: Callable[..., Any] | None = None,
         load_data: Callable[..., Any] | None = None,
+        evaluate_group: Callable[..., Any] | None = None,
     ) -> None:
         self.config = config
         self.client = client or Client(config.coordinator, config.token, timeout=60)
@@ -355,8 +391,26 @@ class WorkerDaemon:
             from .datasets import DatasetCache
 
             load_data = DatasetCache().get
+        if evaluate_group is None:
+            from .screen_group import screen_group as evaluate_group
         self.evaluate = evaluate
         self.load_data = load_data
+        self.evaluate_group = evaluate_group
+        # Grouped screening makes no memory estimate per candidate: under --max-memory
+        # every trial is evaluated alone, so that each is checked against the budget.
+        self.group = config.group or (GPU_GROUP if self.device.startswith("cuda") else 1)
+        if config.max_memory is not None:
+            self.group = 1
+        if config.max_memory is not None:
+            held = resident_bytes()
+            if held + MIN_TRIAL_MEMORY > config.max_memory:
+                raise ValueError(
+                    f"--max-memory {config.max_memory / MiB:.0f} MiB leaves no room for a "
+                    f"trial: this worker already holds {held / MiB:.0f} MiB (torch and the "
+                    f"libraries); give it at least {(held + MIN_TRIAL_MEMORY) / MiB:.0f} MiB"
+                )
+        # The background load of the next trial's dataset (one at a time).
+        self._prefetch: threading.Thread | None = None
         self.spool = Spool(config.data_dir / "spool")
         self.stop_event = threading.Event()
         self.worker_id: int | None = None
@@ -371,11 +425,11 @@ class WorkerDaemon:
         # evaluated, and every id whose lease is kept alive (those two plus the finished
         # ones not yet acknowledged). Guarded by _signal_lock.
         self._pending: list[ClaimOut] = []
-        self._current: ClaimOut | None = None
+        self._current: list[ClaimOut] = []
         self._held: set[int] = set()
         self._evaluating = False
         # The trial given back because of a signal (by the watcher or the handler).
-        self._released_on_signal: int | None = None
+        self._released_on_signal: set[int] = set()
         self._signal_lock = threading.RLock()
         self._released_event = threading.Event()
 
@@ -412,18 +466,19 @@ class WorkerDaemon:
                 self._release_on_signal()
 
     def _release_on_signal(self) -> bool:
-        """Give back, once, the trial being evaluated (an attempt used) and the batch's
+        """Give back, once, the trials being evaluated (an attempt used) and the batch's
         unstarted trials (no attempt used), whichever thread comes first; True when a
         trial was being evaluated."""
         with self._signal_lock:
             unstarted = [c.trial.id for c in self._pending]
             self._pending = []
-            current = self._current if self._evaluating else None
-            if current is not None and self._released_on_signal != current.trial.id:
-                self._released_on_signal = current.trial.id
-                self._release(current.trial.id)
+            current = list(self._current) if self._evaluating else []
+            for claim in current:
+                if claim.trial.id not in self._released_on_signal:
+                    self._released_on_signal.add(claim.trial.id)
+                    self._release(claim.trial.id)
             self._give_back(unstarted)
-            if current is None:
+            if not current:
                 return False
             self._released_event.set()
             return True
@@ -434,7 +489,7 @@ class WorkerDaemon:
         # same signal from the wake-up fd); the handler waits for that, then unwinds.
         log.info("signal %s: stopping", signal.Signals(signum).name)
         self.stop_event.set()
-        if self._evaluating and self._current is not None:
+        if self._evaluating and self._current:
             if not self._released_event.wait(SIGNAL_RELEASE_WAIT):
                 log.warning("the trial was not released in time; its lease will expire")
             self._evaluating = False
@@ -746,7 +801,7 @@ class WorkerDaemon:
                     if hb.action(trial.id) == "stop" or claim.study.id in self._excluded:
                         self._give_back([trial.id])
                         continue
-                    if self._run_trial(claim, hb):
+                    if self._run_trials(self._group_with(claim, hb), hb):
                         first_unreported = first_unreported or time.monotonic()
                     self._skip_excluded()
                     self._trim_idle()
@@ -760,6 +815,39 @@ class WorkerDaemon:
             with self._signal_lock:
                 rest = [c.trial.id for c in self._pending]
             self._give_back(rest)
+
+    def _data_args(self, study: StudyBrief) -> tuple[str, dict[str, Any]]:
+        options = study.evaluator_options
+        return study.dataset, {
+            "color": options.color,
+            "seed": study.seed,
+            "max_per_class": options.max_per_class,
+        }
+
+    def _prefetch_next(self, current: StudyBrief) -> None:
+        """Load the dataset of the next unstarted trial of the batch in the background
+        while a trial of ``current`` runs (its own data loaded already), when the next
+        one needs other data. The load goes through
+        ``load_data`` (a :class:`~workers.datasets.DatasetCache`: the trial that needs it
+        takes the loaded copy, or waits for the load in flight). A failure here is only
+        logged: the trial's own load raises it again and reports it."""
+        with self._signal_lock:
+            upcoming = [c for c in self._pending if c.study.id not in self._excluded]
+        if not upcoming or (self._prefetch is not None and self._prefetch.is_alive()):
+            return
+        nxt = upcoming[0]
+        if self._data_args(nxt.study) == self._data_args(current):
+            return
+        uri, kwargs = self._data_args(nxt.study)
+
+        def load() -> None:
+            try:
+                self.load_data(uri, **kwargs)
+            except Exception as exc:  # the trial that needs it reports the error
+                log.debug("prefetch of %s failed: %s", uri, exc)
+
+        self._prefetch = threading.Thread(target=load, name="data-prefetch", daemon=True)
+        self._prefetch.start()
 
     def _held_ids(self) -> list[int]:
         with self._signal_lock:
@@ -783,50 +871,89 @@ class WorkerDaemon:
             log.info("trials got slower: giving back %d unstarted trial(s)", len(ids))
             self._give_back(ids)
 
-    def _run_trial(self, claimed: ClaimOut, hb: Heartbeat) -> bool:
-        """Evaluate one trial and spool its result; True when there is one to report."""
-        trial, study = claimed.trial, claimed.study
+    def _group_with(self, first: ClaimOut, hb: Heartbeat) -> list[ClaimOut]:
+        """``first`` and, when this worker screens in groups (``group`` > 1: a GPU),
+        the unstarted trials right behind it in the batch that can share its evaluation:
+        ``screen`` trials of the same study and split. They leave the batch here."""
+        group = [first]
+        if self.group < 2 or first.study.evaluator != "screen":
+            return group
+        with self._signal_lock:
+            while self._pending and len(group) < self.group:
+                nxt = self._pending[0]
+                if (
+                    nxt.study.id != first.study.id
+                    or nxt.trial.is_final != first.trial.is_final
+                    or hb.lost(nxt.trial.id)
+                    or hb.action(nxt.trial.id) == "stop"
+                ):
+                    break
+                group.append(self._pending.pop(0))
+        return group
+
+    def _run_trials(self, claims: list[ClaimOut], hb: Heartbeat) -> int:
+        """Evaluate one trial, or a group of one study's screen trials together (see
+        :meth:`_group_with`), and spool the results; returns how many there are to
+        report. Each trial has its own deadline, heartbeat answers and reports."""
         started = time.monotonic()
-        deadline = started + study.evaluator_options.trial_timeout_seconds
+        controls = [self._control(c, hb, started, len(claims)) for c in claims]
+        with self._signal_lock:
+            # A signal between taking the trials from the batch and here found them in
+            # neither place: they are given back now instead of being started.
+            stopping = self.stop_event.is_set()
+            if not stopping:
+                self._current = list(claims)
+                self._evaluating = True
+        if stopping:
+            self._give_back([c.trial.id for c in claims])
+            raise WorkerStopping
+        try:
+            entries = self._evaluate(claims, controls)
+        finally:
+            with self._signal_lock:
+                self._evaluating = False
+                self._current = []
+        if any(c.trial.id in self._released_on_signal for c in claims):
+            raise WorkerStopping  # given back on a signal: not ours now
+        seconds = time.monotonic() - started
+        reported = 0
+        for claim, entry in zip(claims, entries, strict=True):
+            if entry is None:  # released (stop, data mismatch): nothing to report
+                continue
+            self.spool.put(entry)
+            self.done += 1
+            reported += 1
+            self.sizer.record(seconds / len(claims))
+            self._log_result(claim.trial, entry, seconds)
+        return reported
+
+    def _control(
+        self, claim: ClaimOut, hb: Heartbeat, started: float, group: int = 1
+    ) -> tuple[Callable[[], str], Callable[[int, float], str], float]:
+        """The trial's ``tick``, ``report`` and deadline for the evaluator. In a group of
+        ``group`` trials each one's time includes the others' interleaved work, so each
+        gets ``group`` times the study's timeout from the group's start."""
+        trial_id = claim.trial.id
+        deadline = started + group * claim.study.evaluator_options.trial_timeout_seconds
 
         def tick() -> str:
             if time.monotonic() > deadline:
                 raise TimedOut("the trial ran past its deadline")
-            return hb.action(trial.id)
+            return hb.action(trial_id)
 
         def report(step: int, value: float) -> str:
             tick()
-            return hb.beat(trial.id, step, value)
+            return hb.beat(trial_id, step, value)
 
-        with self._signal_lock:
-            # A signal between taking the trial from the batch and here found it in
-            # neither place: it is given back now instead of being started.
-            stopping = self.stop_event.is_set()
-            if not stopping:
-                self._current = claimed
-                self._evaluating = True
-        if stopping:
-            self._give_back([trial.id])
-            raise WorkerStopping
-        try:
-            entry = self._evaluate(trial, study, tick, report, deadline)
-        finally:
-            with self._signal_lock:
-                self._evaluating = False
-                self._current = None
-        if self._released_on_signal == trial.id:  # given back on a signal: not ours now
-            raise WorkerStopping
-        if entry is None:  # released (stop, data mismatch): nothing to report
-            return False
-        self.spool.put(entry)
-        self.done += 1
-        seconds = time.monotonic() - started
-        self.sizer.record(seconds)
+        return tick, report, deadline
+
+    def _log_result(self, trial: TrialOut, entry: SpoolEntry, seconds: float) -> None:
         arch = Architecture.from_dict(trial.arch).summary() if trial.arch else "-"
         score = f"{entry.value:.4f}" if entry.value is not None else entry.kind.upper()
         ips = entry.metrics.get("images_per_s")
+        group = entry.metrics.get("group_size")
         log.info(
-            "trial %s #%s [%s] %s score=%s %.1fs%s",
+            "trial %s #%s [%s] %s score=%s %.1fs%s%s",
             trial.id,
             trial.number,
             trial.source.value,
@@ -834,34 +961,33 @@ class WorkerDaemon:
             score,
             seconds,
             f" {ips:.0f} img/s" if isinstance(ips, int | float) else "",
+            f" (group of {group})" if isinstance(group, int) and group > 1 else "",
         )
-        return True
 
     def _evaluate(
         self,
-        trial: TrialOut,
-        study: StudyBrief,
-        tick: Callable[[], str],
-        report: Callable[[int, float], str],
-        deadline: float,
-    ) -> SpoolEntry | None:
-        wid = self._worker_id()
+        claims: list[ClaimOut],
+        controls: list[tuple[Callable[[], str], Callable[[int, float], str], float]],
+    ) -> list[SpoolEntry | None]:
+        """Load the study's data once and evaluate the trials (one: ``evaluate``; a
+        group: ``evaluate_group``); one spool entry per trial, None for a trial given
+        back (stopped, data mismatch)."""
+        study = claims[0].study
         options = study.evaluator_options
         fingerprint: str | None = None
-
-        def fail(kind: str, reason: str, value: float | None = None) -> SpoolEntry:
-            return SpoolEntry(trial.id, wid, kind, value, {}, reason, fingerprint)  # type: ignore[arg-type]
-
+        peak = PeakMemory(self.device)
         try:
-            if trial.arch is None:
-                raise ValueError(f"trial {trial.id} carries no architecture")
-            arch = Architecture.from_dict(trial.arch)
-            data = self.load_data(
-                study.dataset,
-                color=options.color,
-                seed=study.seed,
-                max_per_class=options.max_per_class,
-            )
+            archs = []
+            for claim in claims:
+                if claim.trial.arch is None:
+                    raise ValueError(f"trial {claim.trial.id} carries no architecture")
+                archs.append(Architecture.from_dict(claim.trial.arch))
+            uri, data_kwargs = self._data_args(study)
+            data = self.load_data(uri, **data_kwargs)
+            if self.config.max_memory is None:
+                # Under a memory budget nothing loads beside a trial: the budget it was
+                # given (below) would not hold.
+                self._prefetch_next(study)
             fingerprint = data.fingerprint
             expected = study.dataset_fingerprint
             if expected and expected != data.fingerprint:
@@ -869,23 +995,84 @@ class WorkerDaemon:
                     f"this worker's copy of {study.dataset} has fingerprint "
                     f"{data.fingerprint[:12]}, the study's is {expected[:12]}"
                 )
-            result = self.evaluate(
-                study.evaluator,
-                arch,
-                data,
-                final=trial.is_final,
-                validation_fraction=options.validation_fraction,
-                seed=study.seed,
-                device=self.device,
-                readout=options.readout,
-                epochs=options.epochs,
-                max_features=options.max_features,
-                max_gflops_per_image=options.max_gflops_per_image,
-                max_activation_mb_per_image=options.max_activation_mb_per_image,
-                report=report,
-                tick=tick,
-                deadline=deadline,
+            budget = None
+            if self.config.max_memory is not None:
+                held = resident_bytes()
+                budget = self.config.max_memory - held
+                if budget < MIN_TRIAL_MEMORY:
+                    # The worker itself (its cached data) fills the budget: no candidate
+                    # is to blame, so none is refused; the trials go back to others.
+                    raise OverBudget(
+                        f"this worker holds {held / MiB:.0f} MiB of its --max-memory "
+                        f"{self.config.max_memory / MiB:.0f} MiB before any trial"
+                    )
+            shared: dict[str, Any] = {
+                "final": claims[0].trial.is_final,
+                "validation_fraction": options.validation_fraction,
+                "seed": study.seed,
+                "device": self.device,
+                "max_features": options.max_features,
+                "max_gflops_per_image": options.max_gflops_per_image,
+                "max_activation_mb_per_image": options.max_activation_mb_per_image,
+            }
+            with peak:
+                if len(claims) == 1:
+                    tick, report, deadline = controls[0]
+                    outcomes: list[Any] = []
+                    try:
+                        outcomes.append(
+                            self.evaluate(
+                                study.evaluator,
+                                archs[0],
+                                data,
+                                readout=options.readout,
+                                epochs=options.epochs,
+                                memory_budget=budget,
+                                report=report,
+                                tick=tick,
+                                deadline=deadline,
+                                **shared,
+                            )
+                        )
+                    except Exception as exc:
+                        outcomes.append(exc)
+                else:
+                    from .screen_group import GroupCandidate
+
+                    candidates = [
+                        GroupCandidate(arch, options.readout, tick, report, deadline)
+                        for arch, (tick, report, deadline) in zip(archs, controls, strict=True)
+                    ]
+                    outcomes = self.evaluate_group(candidates, data, **shared)
+        except WorkerStopping:
+            raise
+        except Exception as exc:
+            outcomes = [exc] * len(claims)
+        extra = {"device": self.device, "threads": _torch_threads(), **peak.metrics()}
+        return [
+            self._entry(claim, outcome, fingerprint, extra)
+            for claim, outcome in zip(claims, outcomes, strict=True)
+        ]
+
+    def _entry(
+        self, claim: ClaimOut, outcome: Any, fingerprint: str | None, extra: dict[str, Any]
+    ) -> SpoolEntry | None:
+        """The spool entry of one trial's outcome (a result or the exception that ended
+        it), or None when the trial is given back instead (stopped, data mismatch, a
+        missing plugin, a worker over its memory budget)."""
+        trial, study = claim.trial, claim.study
+        wid = self._worker_id()
+
+        def fail(kind: str, reason: str, value: float | None = None) -> SpoolEntry:
+            return SpoolEntry(trial.id, wid, kind, value, {}, reason, fingerprint)  # type: ignore[arg-type]
+
+        if not isinstance(outcome, BaseException):
+            metrics = {**outcome.metrics, **extra}
+            return SpoolEntry(
+                trial.id, wid, "complete", float(outcome.value), metrics, None, fingerprint
             )
+        try:
+            raise outcome
         except InfeasibleArchitecture as exc:
             return fail("infeasible", exc.reason)
         except Pruned as exc:
@@ -895,20 +1082,20 @@ class WorkerDaemon:
         except Stopped:
             self._release(trial.id)
             return None
-        except DataMismatch as exc:
-            log.error("%s: not running study %s here", exc, study.id)
+        except OverBudget as exc:
+            log.error("%s: giving trial %s back and stopping", exc, trial.id)
+            self.stop_event.set()
+            self._give_back([trial.id])
+            return None
+        except (DataMismatch, PluginMissing) as exc:  # not runnable here: skip the study
+            if study.id not in self._excluded:
+                log.error("%s: not running study %s here", exc, study.id)
             self._excluded.add(study.id)
-            self._release(trial.id)
+            self._give_back([trial.id])  # nothing of it ran: no attempt used
             return None
         except TimedOut:
-            timeout = options.trial_timeout_seconds
+            timeout = study.evaluator_options.trial_timeout_seconds
             return fail("error", f"timed out after {timeout:g} s (trial_timeout_seconds)")
-        except WorkerStopping:
-            raise
         except Exception as exc:
             tail = "".join(traceback.format_exception(exc)[-6:])
             return fail("error", f"{type(exc).__name__}: {exc}\n{tail}"[:20_000])
-        metrics = {**result.metrics, "device": self.device}
-        return SpoolEntry(
-            trial.id, wid, "complete", float(result.value), metrics, None, fingerprint
-        )

@@ -1,4 +1,5 @@
-"""The three evaluation protocols of docs/design.md section 4: ``screen``, ``train``, ``pairs``.
+"""The evaluation protocols of docs/design.md section 4: ``screen``, ``train``, ``pairs``, and
+``plugin:NAME`` evaluators from installed packages (:mod:`workers.plugins`).
 
 One entry point, :func:`evaluate`, used by the worker daemon::
 
@@ -37,7 +38,9 @@ which dispatches to one protocol; the code lives in
   prune / stop control, out-of-memory handling (:func:`is_oom`), JSON-safe metrics;
 * :mod:`workers.stages`: :func:`default_batch_size`, :func:`extract_features` (batched,
   halving on out of memory), the data splits and the readout fit the protocols share;
-* :mod:`workers.screen`, :mod:`workers.train`, :mod:`workers.pairs`: one protocol each.
+* :mod:`workers.screen`, :mod:`workers.train`, :mod:`workers.pairs`: one protocol each;
+  :mod:`workers.plugins`: ``plugin:NAME``;
+* :mod:`workers.memory`: the estimate behind ``memory_budget`` (``--max-memory``).
 
 Every name those modules held here before the split is re-exported, so imports from
 ``workers.evaluators`` (the daemon, the tests, bench/) keep working.
@@ -47,10 +50,21 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
+import numpy as np
 import torch
 
-from protocol.options import DEFAULT_MAX_ACTIVATION_MB_PER_IMAGE, DEFAULT_MAX_GFLOPS_PER_IMAGE
-from search_space.arch import Architecture, validate
+from protocol.options import (
+    DEFAULT_MAX_ACTIVATION_MB_PER_IMAGE,
+    DEFAULT_MAX_GFLOPS_PER_IMAGE,
+    PLUGIN_PREFIX,
+)
+from search_space.arch import (
+    Architecture,
+    InfeasibleArchitecture,
+    ShapeReport,
+    TrainSettings,
+    validate,
+)
 from search_space.model import build_model as build_model  # re-export
 
 from . import readout as ro
@@ -68,10 +82,11 @@ from .evaluation_control import _num as _num
 from .evaluation_control import _oom_at_one as _oom_at_one
 from .evaluation_control import _oom_is_infeasible as _oom_is_infeasible
 from .evaluation_control import _sync as _sync
+from .memory import MemoryEstimate, MiB, estimate_bytes, extraction_bytes
 from .outcomes import Pruned, Stopped, TimedOut
 from .pairs import PAIR_FEATURES_FINAL as PAIR_FEATURES_FINAL
 from .pairs import PAIR_FEATURES_SEARCH as PAIR_FEATURES_SEARCH
-from .pairs import _pairs
+from .pairs import _pairs, pair_sets, pairs_peak_bytes
 from .pairs import pair_features as pair_features
 from .screen import _screen
 from .stages import _extract_timed as _extract_timed
@@ -122,7 +137,7 @@ def _readout_kind(arch: Architecture, override: str | None) -> str:
 
 # -- entry point -----------------------------------------------------------------------
 def evaluate(
-    protocol: Protocol,
+    protocol: Protocol | str,  # or "plugin:NAME"
     arch: Architecture,
     ds: Dataset,
     *,
@@ -139,6 +154,7 @@ def evaluate(
     deadline: float | None = None,
     max_gflops_per_image: float = DEFAULT_MAX_GFLOPS_PER_IMAGE,
     max_activation_mb_per_image: float = DEFAULT_MAX_ACTIVATION_MB_PER_IMAGE,
+    memory_budget: int | None = None,
 ) -> EvalResult:
     """Score ``arch`` on ``ds`` with ``protocol`` (see the module docstring for the contract).
 
@@ -159,15 +175,25 @@ def evaluate(
       ``mult, absdiff, sqdiff, sqrtabsdiff``; each fold scored by a readout fitted on the
       other folds; value = mean, metrics ``folds`` and ``stderr`` (std, ddof=1, / sqrt K).
 
+    * ``plugin:NAME``: the callable an installed package registers under that name in the
+      entry-point group ``archsearch.evaluators`` (:mod:`workers.plugins`), after the
+      same architecture and data checks; ``PluginMissing`` when this worker lacks it.
+
     ``max_gflops_per_image`` / ``max_activation_mb_per_image`` are the study's cost caps
     (``EvaluatorOptions``); a candidate above them is infeasible before any work.
-    ``batch_size`` ``None`` picks :func:`default_batch_size`. Raises
+    ``batch_size`` ``None`` picks :func:`default_batch_size`. ``memory_budget``: the bytes
+    of host memory this evaluation may add (the worker's ``--max-memory`` less what it
+    holds); the batch is made smaller to fit it, and a candidate whose estimate
+    (:mod:`workers.memory`) exceeds it even at batch size 1 is ``InfeasibleArchitecture``
+    with the estimate in the reason, before any work. The metric ``memory_estimate_mb`` is
+    that estimate (host memory; 0 on a GPU). Raises
     ``InfeasibleArchitecture`` (infeasible or out of memory), :class:`Pruned`,
     :class:`Stopped`, :class:`TimedOut`, and ``ValueError`` for a bad request
     (unknown protocol / readout, channel mismatch, no test split, no pairs).
     """
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {protocol!r}; known: {PROTOCOLS}")
+    plugin = protocol.startswith(PLUGIN_PREFIX)
+    if protocol not in PROTOCOLS and not plugin:
+        raise ValueError(f"unknown protocol {protocol!r}; known: {PROTOCOLS} or plugin:NAME")
     rep = validate(
         arch,
         max_features=max_features,
@@ -177,10 +203,37 @@ def evaluate(
     device = torch.device(device)
     _check_data(arch, ds)
     control = _Control(report, tick, deadline)
+    if plugin:
+        # A plugin's code decides its own batches and memory (workers.plugins).
+        from .plugins import run_plugin
+
+        options = {
+            "readout": readout,
+            "epochs": epochs,
+            "validation_fraction": validation_fraction,
+            "max_features": max_features,
+            "max_gflops_per_image": max_gflops_per_image,
+            "max_activation_mb_per_image": max_activation_mb_per_image,
+        }
+        return run_plugin(
+            protocol, arch, ds, final=final, validation_fraction=validation_fraction,
+            seed=seed, device=device, options=options, control=control,
+            max_features=max_features,
+        )  # fmt: skip
     kind = _readout_kind(arch, readout)
     bs = int(batch_size) if batch_size else default_batch_size(rep, device)
+    if protocol == "train":
+        # The training micro-batch is what memory limits; the optimiser's batch stays.
+        step_batch = max(1, (arch.train or TrainSettings()).batch_size)
+        micro = max(1, min(step_batch, int(batch_size) if batch_size else step_batch))
+        micro, estimate = _fit_memory(protocol, rep, ds, micro, device, memory_budget, final)
+        batch_size = micro
+    else:
+        bs, estimate = _fit_memory(protocol, rep, ds, bs, device, memory_budget, final,
+                                   validation_fraction=validation_fraction, seed=seed,
+                                   kind=kind)  # fmt: skip
     if protocol == "screen":
-        return _screen(
+        result = _screen(
             arch,
             ds,
             rep,
@@ -193,8 +246,8 @@ def evaluate(
             max_features=max_features,
             control=control,
         )
-    if protocol == "pairs":
-        return _pairs(
+    elif protocol == "pairs":
+        result = _pairs(
             arch,
             ds,
             rep,
@@ -206,21 +259,94 @@ def evaluate(
             max_features=max_features,
             control=control,
         )
-    if epochs is None:
-        epochs = arch.train.epochs if arch.train is not None else 2
-    if epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {epochs}")
-    return _train(
-        arch,
-        ds,
-        rep,
-        final=final,
-        validation_fraction=validation_fraction,
-        seed=seed,
-        device=device,
-        epochs=int(epochs),
-        batch_size=batch_size,
-        eval_batch_size=bs,
-        max_features=max_features,
-        control=control,
-    )
+    else:
+        if epochs is None:
+            epochs = arch.train.epochs if arch.train is not None else 2
+        if epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {epochs}")
+        result = _train(
+            arch,
+            ds,
+            rep,
+            final=final,
+            validation_fraction=validation_fraction,
+            seed=seed,
+            device=device,
+            epochs=int(epochs),
+            batch_size=batch_size,
+            eval_batch_size=bs,
+            max_features=max_features,
+            control=control,
+        )
+    metrics = {**result.metrics, "memory_estimate_mb": round(estimate.total / MiB, 1)}
+    return EvalResult(result.value, metrics)
+
+
+def _estimate(
+    protocol: str,
+    rep: ShapeReport,
+    ds: Dataset,
+    batch_size: int,
+    device: torch.device,
+    final: bool,
+    validation_fraction: float,
+    seed: int,
+    kind: str,
+) -> MemoryEstimate:
+    """:func:`workers.memory.estimate_bytes` with this request's split sizes."""
+    n_classes = max(2, len(np.unique(np.asarray(ds.y))))
+    if protocol == "pairs":
+        if device.type != "cpu":
+            return MemoryEstimate()
+        sets = pair_sets(ds, final)
+        n_images = len(np.unique(np.concatenate([s.ravel() for s in sets])))
+        feats = n_images * rep.n_features * 4
+        sizes = [len(s) for s in sets]
+        readout = pairs_peak_bytes(n_images, rep.n_features, sizes, kind, final) - feats
+        return MemoryEstimate(
+            held={"features": feats},
+            stages={"extraction": extraction_bytes(rep, batch_size, device), "readout": readout},
+        )
+    if protocol == "train":
+        return estimate_bytes(
+            protocol, rep, n_images=0, n_fit=0, batch_size=batch_size, device=device,
+            n_classes=n_classes,
+        )  # fmt: skip
+    fit_idx, score_idx, _ = _splits(ds, final, validation_fraction, seed)
+    return estimate_bytes(
+        protocol, rep, n_images=len(fit_idx) + len(score_idx), n_fit=len(fit_idx),
+        batch_size=batch_size, device=device, n_classes=n_classes,
+    )  # fmt: skip
+
+
+def _fit_memory(
+    protocol: str,
+    rep: ShapeReport,
+    ds: Dataset,
+    batch_size: int,
+    device: torch.device,
+    budget: int | None,
+    final: bool,
+    *,
+    validation_fraction: float = 0.2,
+    seed: int = 0,
+    kind: str = "ridge",
+) -> tuple[int, MemoryEstimate]:
+    """The largest batch size up to ``batch_size`` whose estimate fits ``budget`` bytes
+    (halving), with its estimate; ``budget`` None: ``batch_size`` as it is. Raises
+    ``InfeasibleArchitecture`` naming the estimate when batch size 1 does not fit."""
+    args = (protocol, rep, ds)
+    rest = (device, final, validation_fraction, seed, kind)
+    est = _estimate(*args, batch_size, *rest)
+    if budget is None:
+        return batch_size, est
+    while est.total > budget and batch_size > 1:
+        batch_size = max(1, batch_size // 2)
+        est = _estimate(*args, batch_size, *rest)
+    if est.total > budget:
+        room = f"{max(0, budget) / MiB:.0f} MiB"
+        raise InfeasibleArchitecture(
+            f"needs about {est.describe()} of memory at batch size 1, more than the "
+            f"{room} this worker's --max-memory leaves for a trial"
+        )
+    return batch_size, est

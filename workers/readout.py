@@ -23,6 +23,9 @@ Features are standardised with the mean and standard deviation of the *training*
 ``select_and_fit`` is the entry point of the evaluators: with ``l2=None`` it picks ``l2``
 from a log grid by accuracy on a seeded, stratified inner split of the training rows, then
 refits on all training rows. Ridge evaluates the whole grid from one eigendecomposition.
+``ridge_kernel_grid_scores`` / ``ridge_kernel_decision`` / ``best_l2`` are the same ridge
+grid, tie rule and dual solution from precomputed Gram matrices, for callers that build the
+kernels without holding the feature matrix (:mod:`workers.pair_kernels`, LFW View 2).
 
 Every fit takes an optional ``check`` callable, called between its steps (Gram matrix,
 factorisation, each grid value, each L-BFGS function evaluation): the evaluators pass their
@@ -238,8 +241,10 @@ def fit_ridge(
     check = check or _noop
     X, y, dt, mean, std = _prepare(X, y, n_classes, l2, standardize)
     # One working copy: standardised, then centred in place (a no-op up to rounding when
-    # the statistics came from these rows, but needed for standardize=False).
-    Xc = (X.to(dt) - mean) / std
+    # the statistics came from these rows, but needed for standardize=False). The in-place
+    # division gives the same bits as ``(X - mean) / std`` without a second temporary.
+    Xc = X.to(dt) - mean
+    Xc /= std
     xm = Xc.mean(dim=0)
     Xc -= xm
     Y = _targets(y, n_classes, torch.float64)
@@ -283,8 +288,10 @@ def _ridge_grid_scores(
     check = check or _noop
     dt = _float_dtype(Xtr)
     mean, std = standardizer(Xtr)
-    Xc = (Xtr.to(dt) - mean) / std
-    Vc = (Xva.to(dt) - mean) / std
+    Xc = Xtr.to(dt) - mean  # new tensors, divided in place: same bits, one copy each
+    Xc /= std
+    Vc = Xva.to(dt) - mean
+    Vc /= std
     xm = Xc.mean(dim=0)
     Xc -= xm
     Vc -= xm
@@ -315,6 +322,83 @@ def _ridge_grid_scores(
         pred = (A @ (B / (s + l2)[:, None])).argmax(dim=1)
         scores.append(float((pred == yva).double().mean().item()))
     return scores
+
+
+# -- ridge from precomputed kernels --------------------------------------------------------
+# The same dual ridge as fit_ridge / _ridge_grid_scores, given the Gram matrices of the
+# standardised, centred rows instead of the rows: a caller that can build the kernels
+# without holding the feature matrix (workers.pair_kernels, for LFW View 2) gets the same
+# l2 choice and the same predictions up to rounding.
+def ridge_kernel_grid_scores(
+    K_fit: torch.Tensor,
+    K_held_fit: torch.Tensor,
+    y_fit: torch.Tensor,
+    y_held: torch.Tensor,
+    n_classes: int,
+    grid: Sequence[float],
+    check: Check = None,
+) -> list[float]:
+    """:func:`_ridge_grid_scores` (dual branch) from its kernels.
+
+    ``K_fit`` ``(nf, nf)`` float64 is ``Xc Xc'`` and ``K_held_fit`` ``(nh, nf)`` float64 is
+    ``Vc Xc'``, where ``Xc`` are the inner-fit rows standardised with their own column
+    mean / std (population, 0 -> 1) and centred by the mean of the standardised rows, and
+    ``Vc`` the held-out rows under the same transform. ``y_fit`` / ``y_held``: labels in
+    ``[0, n_classes)`` on the kernels' device. Returns the held-out accuracy for every
+    ``l2`` of ``grid``; like ``_ridge_grid_scores`` the prediction has no intercept. One
+    ``eigh`` of ``K_fit`` (its input is left intact: peak ~4 x ``K_fit``'s size with the
+    LAPACK workspace). ``check()`` runs between steps and grid values.
+    """
+    check = check or _noop
+    Y = _targets(y_fit, n_classes, torch.float64)
+    Yc = Y - Y.mean(dim=0)
+    check()
+    s, V = torch.linalg.eigh(K_fit)
+    check()
+    A = K_held_fit @ V
+    B = V.T @ Yc
+    del V
+    s = s.clamp_min(0.0)
+    scores = []
+    for l2 in grid:
+        check()
+        pred = (A @ (B / (s + l2)[:, None])).argmax(dim=1)
+        scores.append(float((pred == y_held).double().mean().item()))
+    return scores
+
+
+def ridge_kernel_decision(
+    K: torch.Tensor,
+    K_test_train: torch.Tensor,
+    y: torch.Tensor,
+    n_classes: int,
+    l2: float,
+    check: Check = None,
+) -> torch.Tensor:
+    """Scores ``(m, C)`` float64 of the dual :func:`fit_ridge` on test rows, from kernels.
+
+    ``K`` ``(n, n)`` float64 is ``Xc Xc'`` of the training rows (standardised with their
+    column mean / std, then centred by ``xm``, the mean of the standardised rows);
+    ``K_test_train`` ``(m, n)`` is ``Tc Xc'`` with ``Tc`` the test rows standardised with
+    the *training* statistics and centred by the same ``xm``. ``y``: training labels in
+    ``[0, n_classes)``. With ``A = (K + l2 I)^-1 Yc`` fit_ridge has ``W = Xc' A`` and
+    ``b = ym - xm W``, so its decision on a test row ``t`` (standardised) is
+    ``t W + b = (t - xm) Xc' A + ym``: ``K_test_train @ A + ym``, computed here in float64
+    (fit_ridge rounds ``A`` and ``W`` to float32 first: only rounding differs).
+    ``K``'s diagonal is increased by ``l2`` *in place* (no n x n copy); pass a copy to keep
+    it. Raises ``ValueError`` for a negative ``l2``. ``check()`` runs between steps.
+    """
+    if l2 < 0:
+        raise ValueError(f"l2 must be >= 0, got {l2}")
+    check = check or _noop
+    Y = _targets(y, n_classes, torch.float64)
+    ym = Y.mean(dim=0)
+    Yc = Y - ym
+    K.diagonal().add_(l2)
+    check()
+    A = _cholesky_solve(K, Yc)
+    check()
+    return K_test_train @ A + ym
 
 
 # -- L-BFGS readouts ----------------------------------------------------------------------
@@ -418,7 +502,8 @@ def _fit_lbfgs(
     check: Check = None,
 ) -> LinearClassifier:
     X, y, dt, mean, std = _prepare(X, y, n_classes, l2, standardize)
-    Xs = (X.to(dt) - mean) / std
+    Xs = X.to(dt) - mean  # a new tensor, divided in place: same bits as (X - mean) / std
+    Xs /= std
     W, b, it = _lbfgs(kind, Xs, y.long(), n_classes, l2, max_iter, init, check)
     return _classifier(kind, W, b, mean, std, n_classes, l2, n_iter=it)
 
@@ -447,6 +532,13 @@ def stratified_inner_split(
     mask = np.ones(len(y), dtype=bool)
     mask[held_idx] = False
     return np.flatnonzero(mask), held_idx
+
+
+def best_l2(curve: Sequence[tuple[float, float]]) -> float:
+    """The ``l2`` of ``(l2, score)`` pairs with the best score; ties: the largest l2 (the
+    simplest model). The rule of :func:`select_and_fit`."""
+    best = max(s for _, s in curve)
+    return max(v for v, s in curve if s == best)
 
 
 def select_and_fit(
@@ -502,17 +594,27 @@ def select_and_fit(
                 order = sorted(range(len(values)), key=lambda i: -values[i])
                 by_index: dict[int, float] = {}
                 mean, std = standardizer(Xf)
-                Xfs = (Xf.to(mean.dtype) - mean) / std
-                Xhs = (Xh.to(mean.dtype) - mean) / std
+                # Standardised copies made in place (same bits as (Xf - mean) / std); the
+                # raw subsets are dropped as soon as they are copied: one copy alive each.
+                Xfs = Xf.to(mean.dtype) - mean
+                del Xf
+                Xfs /= std
+                Xhs = Xh.to(mean.dtype) - mean
+                del Xh
+                Xhs /= std
                 for i in order:
                     W, b, _ = _lbfgs(kind, Xfs, yf, n_classes, values[i], max_iter, warm, check)
                     warm = (W, b)
                     pred = (Xhs @ W + b).argmax(dim=1)
                     by_index[i] = float((pred == yh).double().mean().item())
                 scores = [by_index[i] for i in range(len(values))]
+                del Xfs, Xhs, warm
+            # The inner split's copies are no longer needed: free them before the refit
+            # makes its own (the refit's peak is then X plus one standardised copy).
+            if kind == "ridge":
+                del Xf, Xh
             curve = list(zip(values, scores, strict=True))
-            best = max(scores)
-            l2 = max(v for v, s in curve if s == best)
+            l2 = best_l2(curve)
     if check is not None:
         check()
     if kind == "ridge":

@@ -10,6 +10,7 @@ after validation and the request checks; the contract is in that module's docstr
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -18,6 +19,7 @@ import torch
 from search_space.arch import Architecture, ShapeReport
 from search_space.model import build_model
 
+from . import readout as ro
 from .evaluation_control import EvalResult, _Control, _json_safe, _oom_is_infeasible, _sync
 from .stages import _extract_timed, _fit_readout, _labels, _splits
 
@@ -26,6 +28,30 @@ if TYPE_CHECKING:
 
 
 # -- screen ----------------------------------------------------------------------------
+def fit_and_score(
+    feats: torch.Tensor,
+    y: torch.Tensor,
+    n_fit: int,
+    kind: str,
+    l2: float | None,
+    seed: int,
+    device: torch.device,
+    check: Callable[[], None] | None = None,
+) -> tuple[ro.LinearClassifier, float, float, float]:
+    """The readout step of a screen evaluation, shared by :func:`_screen`, the group
+    screening (:mod:`workers.screen_group`) and the model export (:mod:`workers.export`):
+    fit ``kind`` (``l2`` fixed or chosen on the seeded inner split) on the first ``n_fit``
+    rows of checked, finite ``feats``; ``(readout, accuracy on the other rows, accuracy on
+    the fit rows, seconds)``. Out of memory while scoring is ``InfeasibleArchitecture``."""
+    t1 = time.perf_counter()
+    clf = _fit_readout(feats[:n_fit], y[:n_fit], kind, l2, seed, device, check)
+    with _oom_is_infeasible(device, "scoring the readout"):
+        acc = clf.accuracy(feats[n_fit:], y[n_fit:])
+        train_acc = clf.accuracy(feats[:n_fit], y[:n_fit])
+    _sync(device)
+    return clf, acc, train_acc, time.perf_counter() - t1
+
+
 def _screen(
     arch: Architecture,
     ds: Dataset,
@@ -49,13 +75,9 @@ def _screen(
     control.tick()
     nf = len(fit_idx)
     y = _labels(ds, index, device)
-    t1 = time.perf_counter()
-    clf = _fit_readout(feats[:nf], y[:nf], kind, arch.readout.l2, seed, device, control.check)
-    with _oom_is_infeasible(device, "scoring the readout"):
-        acc = clf.accuracy(feats[nf:], y[nf:])
-        train_acc = clf.accuracy(feats[:nf], y[:nf])
-    _sync(device)
-    readout_s = time.perf_counter() - t1
+    clf, acc, train_acc, readout_s = fit_and_score(
+        feats, y, nf, kind, arch.readout.l2, seed, device, control.check
+    )
     control.report(0, acc)
     metrics = {
         "protocol": "screen",

@@ -38,6 +38,7 @@ from .evaluation_control import (
     _oom_is_infeasible,
     _sync,
 )
+from .memory import extraction_bytes
 
 if TYPE_CHECKING:
     from .datasets import Dataset
@@ -56,17 +57,24 @@ FIRST_BATCH_FLOPS = {"cpu": 2e10, "cuda": 2e12}
 
 
 # -- batching --------------------------------------------------------------------------
+# The features are checked for NaN / inf this many bytes of rows at a time.
+FINITE_CHECK_BYTES = 16 << 20
+
+
 def default_batch_size(report: ShapeReport, device: torch.device | str) -> int:
-    """A batch size whose working set fits: ~6 float32 copies of the largest map per image
-    within 30% of the free GPU memory (cap 512), or within 512 MiB on a CPU (cap 64)."""
+    """A batch size whose working set fits: on a GPU ~6 float32 copies of the largest map
+    per image within 30% of the free memory (cap 512); on a CPU, where inference runs in
+    chunks of a few maps (:func:`workers.memory.extraction_bytes`: the batch's input and
+    features plus one chunk's maps), within 512 MiB (cap 64)."""
     device = torch.device(device)
-    per_image = max(1, 6 * report.activation_bytes)
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        budget, cap = int(0.3 * free), 512
-    else:
-        budget, cap = 512 << 20, 64
-    return int(max(1, min(cap, budget // per_image)))
+        per_image = max(1, 6 * report.activation_bytes)
+        return int(max(1, min(512, int(0.3 * free) // per_image)))
+    budget, cap = 512 << 20, 64
+    fixed = extraction_bytes(report, 0, device)
+    per_image = max(1, extraction_bytes(report, 1, device) - fixed)
+    return int(max(1, min(cap, (budget - fixed) // per_image)))
 
 
 def extract_features(
@@ -129,6 +137,22 @@ def extract_features(
     return out, bs, halvings
 
 
+def check_finite(feats: torch.Tensor, device: torch.device) -> None:
+    """Raise ``InfeasibleArchitecture`` when a feature is NaN or inf. Checked in row
+    chunks of :data:`FINITE_CHECK_BYTES`: ``isfinite`` over a whole matrix allocated ~1.75x
+    the matrix (measured), which set the peak of an LFW-size pairs final."""
+    with _oom_is_infeasible(device, "checking the features"):
+        rows = max(1, FINITE_CHECK_BYTES // max(1, 4 * feats.shape[1]))
+        finite = all(
+            bool(torch.isfinite(feats[i : i + rows]).all()) for i in range(0, len(feats), rows)
+        )
+    if not finite:
+        raise InfeasibleArchitecture(
+            "the features are not finite (NaN or inf): the architecture is numerically "
+            "unusable on these data"
+        )
+
+
 def _extract_timed(
     model: FeatureExtractor,
     ds: Dataset,
@@ -149,13 +173,7 @@ def _extract_timed(
     )
     _sync(device)
     seconds = time.perf_counter() - t0
-    with _oom_is_infeasible(device, "checking the features"):
-        finite = bool(torch.isfinite(feats).all())
-    if not finite:
-        raise InfeasibleArchitecture(
-            "the features are not finite (NaN or inf): the architecture is numerically "
-            "unusable on these data"
-        )
+    check_finite(feats, device)
     n = len(index)
     flops = model.report.flops
     return feats, {

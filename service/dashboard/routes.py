@@ -16,6 +16,11 @@ installs ``service.dashboard.redact``'s filter on the ``uvicorn.access`` logger,
 writes ``token=[redacted]`` instead of the value.
 A page that may not be shown answers an HTML page with the reason (401/403/404).
 
+The trial page's model section (``model_view``): the layer diagram is rendered with the
+page; the first layer's filters (``.../filters.png``) and the feature maps of one image
+(``.../features/{stage}.png``) are images the browser fetches after the page, rendered on
+the dashboard's own render thread and cached (never on a request thread).
+
 ``?partial=1`` answers only the page's live section (what the 5-second refresh loop in
 ``static/dashboard.js`` swaps in); its ``data-version`` changes when the data does, which
 is when the charts are fetched again.
@@ -28,21 +33,27 @@ import hashlib
 from collections.abc import Callable
 from datetime import datetime
 from functools import cache
-from pathlib import Path
+from pathlib import Path as FilePath
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Cookie, Depends, Header, Query, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi import APIRouter, Cookie, Depends, Header, Path, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader
+from sqlalchemy import select
 
+from search_space.arch import Architecture
+
+from .. import studies as studies_mod
+from ..db import close_quietly
 from ..deps import MAX_ID, SessionDep, require
 from ..errors import Forbidden, NotFound, Unauthorized
-from ..models import Role
-from . import study_queries, worker_queries
+from ..models import Role, Study, Trial
+from . import model_view, render_thread, study_queries, worker_queries
 from .common import as_utc
 
-HERE = Path(__file__).parent
+HERE = FilePath(__file__).parent
 COOKIE = "archsearch_token"
 COOKIE_MAX_AGE = 30 * 24 * 3600
 REFRESH_SECONDS = 5
@@ -219,13 +230,124 @@ def trial_page(
     """One trial: parameters, architecture, intermediate values, timings, worker, attempts,
     reason."""
     data = _or_404(study_queries.trial_detail, session, study_id, number)
+    if partial:  # the model does not change: only the full page draws it
+        return render(request, "_trial_live.html", d=data, t=data.trial, version=_version(data))
+    dataset = studies_mod.get_study(session, study_id).dataset  # loaded by trial_detail
     return render(
         request,
-        "_trial_live.html" if partial else "trial.html",
+        "trial.html",
         d=data,
         t=data.trial,
         version=_version(data),
+        model=model_view.model_section(data.trial.arch, dataset),
     )
+
+
+# -- the model's pictures (model_view) ------------------------------------------------------
+PNG_HEADERS = {"Cache-Control": "private, max-age=86400"}  # a trial's model never changes
+
+
+def _trial_model(request: Request, study_id: int, number: int) -> tuple[Architecture, str]:
+    """The trial's architecture and its study's dataset; :class:`PageError` 404 when there
+    is no such trial or it has no (readable) architecture. Blocking: run in a thread."""
+    if not (1 <= study_id <= MAX_ID and 1 <= number <= MAX_ID):
+        raise PageError(404, "no such page: an id out of range")
+    session = request.app.state.sessions()
+    try:
+        study = session.get(Study, study_id)
+        arch = session.scalar(
+            select(Trial.arch).where(Trial.study_id == study_id, Trial.number == number)
+        )
+        if study is None or arch is None:
+            raise PageError(404, f"study {study_id} has no trial {number} with an architecture")
+        dataset = study.dataset
+    finally:
+        close_quietly(session)
+    try:
+        return Architecture.from_dict(arch), dataset
+    except ValueError as exc:
+        raise PageError(404, f"the architecture cannot be read: {exc}") from None
+
+
+def _refused(status: int, message: str, retry_after: int | None = None) -> JSONResponse:
+    headers = {"Retry-After": str(retry_after)} if retry_after else None
+    return JSONResponse({"detail": message}, status_code=status, headers=headers)
+
+
+async def _render(request: Request, key: Any, fn: Callable[[], Any]) -> Any:
+    """``fn()`` through the app's :class:`render_thread.Renderer` (cached, on its thread)."""
+    renderer: render_thread.Renderer = request.app.state.model_renderer
+    return await renderer.get(key, fn)
+
+
+PNG_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"image/png": {}}, "description": "A PNG"},
+    404: {"description": "HTML page: no such study or trial, or no architecture"},
+    422: {"description": "JSON: the model cannot be drawn (why, in detail)"},
+    503: {"description": "JSON: the render queue is full or slow; Retry-After"},
+}
+
+
+@router.get(
+    "/studies/{study_id}/trials/{number}/filters.png",
+    response_class=Response,
+    responses=PNG_RESPONSES,
+)
+async def trial_filters(request: Request, study_id: int, number: int, _: PageReader) -> Response:
+    """Layer 1's filters as a PNG grid, generated from the architecture's seed as the
+    workers build them (``model_view.filters_png``). Cached by filter bank."""
+    arch, _dataset = await run_in_threadpool(_trial_model, request, study_id, number)
+    if not arch.layers:
+        return _refused(422, "the architecture has no layer, hence no filters")
+    try:
+        png = await _render(
+            request, model_view.filters_key(arch), lambda: model_view.filters_png(arch)
+        )
+    except render_thread.RendererBusy as exc:
+        return _refused(503, f"busy: {exc}; try again", retry_after=2)
+    except TimeoutError:
+        return _refused(503, "the render is slow; try again", retry_after=5)
+    return Response(png, media_type="image/png", headers=PNG_HEADERS)
+
+
+@router.get(
+    "/studies/{study_id}/trials/{number}/features/{stage}.png",
+    response_class=Response,
+    responses=PNG_RESPONSES,
+)
+async def trial_features(
+    request: Request,
+    study_id: int,
+    number: int,
+    stage: Annotated[int, Path(ge=0, le=64, description="Index into the diagram's drawn stages.")],
+    _: PageReader,
+) -> Response:
+    """The first maps of one image after the ``stage``-th drawn stage (0: the preprocessed
+    input, then L0 lnorm if any, then each layer), computed with the real model on the
+    render thread; all stages are rendered and cached together. Models above the
+    dashboard's cost caps answer 422 with the reason instead."""
+    arch, dataset = await run_in_threadpool(_trial_model, request, study_id, number)
+    try:
+        refused = model_view.refusal(arch)
+    except model_view.InfeasibleArchitecture as exc:
+        return _refused(422, f"infeasible: {exc.reason}")
+    if refused is not None:
+        return _refused(422, refused)
+    if stage >= len(model_view.feature_stage_names(arch)):
+        raise PageError(404, f"the model has no drawn stage {stage}")
+    try:
+        pngs = await _render(
+            request,
+            model_view.features_key(arch, dataset),
+            lambda: model_view.render_features(arch, dataset),
+        )
+    except render_thread.RendererBusy as exc:
+        return _refused(503, f"busy: {exc}; try again", retry_after=2)
+    except TimeoutError:
+        return _refused(503, "the render is slow; try again", retry_after=5)
+    except (ValueError, model_view.InfeasibleArchitecture) as exc:
+        return _refused(422, f"the model cannot be run: {exc}")
+    return Response(pngs[stage], media_type="image/png", headers=PNG_HEADERS)
 
 
 @router.get("/workers", response_class=HTMLResponse)
@@ -256,7 +378,7 @@ def _plotly() -> tuple[bytes, bytes, str]:
     """``(plotly.min.js, its gzip, an ETag)``, read and compressed once per process."""
     import plotly
 
-    path = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+    path = FilePath(plotly.__file__).parent / "package_data" / "plotly.min.js"
     data = path.read_bytes()
     etag = f'"plotly-{plotly.__version__}-{hashlib.sha1(data).hexdigest()[:12]}"'
     return data, gzip.compress(data, compresslevel=6, mtime=0), etag

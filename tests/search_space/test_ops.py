@@ -539,3 +539,16 @@ def test_low_precision_pool_and_norm_do_not_overflow(dtype: torch.dtype) -> None
     assert out.dtype == dtype
     expected, mag, _ = ref.lnorm(x_in, 3, True, 1.0, 1.0)
     assert_close_to_reference(out, expected, mag, rtol=loose)
+
+
+@pytest.mark.parametrize("order", [2.0, 0.5, 1.5])
+def test_lpool_scaled_pass_equals_the_unscaled_one(order: float) -> None:
+    # On a GPU the pooling always takes the scaled pass (no host read of the map's range);
+    # on a CPU small orders take the unscaled one. Both must agree.
+    x = torch.rand(3, 5, 17, 19, generator=torch.Generator().manual_seed(1)) * 4 - 2
+    pool = ops.LPool(3, order, 2)
+    scale = ops._pow2_above(ops._map_absmax(x))
+    assert bool((scale != 1.0).any())
+    unscaled = pool._fused(x, None, False)
+    scaled = pool._fused(x, scale, False)
+    torch.testing.assert_close(scaled, unscaled, rtol=1e-6, atol=1e-6)

@@ -3,10 +3,12 @@
 port, ``ARCHSEARCH_OPEN_READS=true``) whose study was filled through the API.
 
 Every page is opened; the charts must have drawn (plotly's SVG in each chart div), the
-browser console must hold no SEVERE entry, the live refresh must pick up a new best
-score, and a hostile study name must show as text (no script runs). Screenshots go to
-``$ARCHSEARCH_SCREENSHOT_DIR`` when set (e.g. ``bench/out/screenshots``), else to the
-test's temporary directory; the folder is written to stderr.
+trial page's model section must show its layer diagram and load its pictures (filters,
+feature maps: ``naturalWidth > 0``), the browser console must hold no SEVERE entry, the
+live refresh must pick up a new best score, and a hostile study name must show as text
+(no script runs). Screenshots go to ``$ARCHSEARCH_SCREENSHOT_DIR`` when set (e.g.
+``bench/out/screenshots``), else to the test's temporary directory; the folder is written
+to stderr.
 
 Without ``/usr/bin/chromium`` the test is SKIPPED with the reason, unless
 ``ARCHSEARCH_REQUIRE_BROWSER=1`` (CI, ``.ci/run``), where it FAILS.
@@ -25,7 +27,9 @@ import pytest
 from archsearch.launch import LiveCoordinator, start_coordinator, stop_coordinator
 from client import Client
 from protocol import TrialOut
+from search_space.arch import walk
 from tests.helpers.coordinator import ADMIN_TOKEN, migrate
+from tests.service.test_model_view import SMALL, set_arch
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -132,7 +136,7 @@ def fill(c: Client) -> tuple[int, int, int, TrialOut]:
     raise AssertionError("unreachable")
 
 
-def test_every_page_renders_in_chromium(driver, coordinator, tmp_path):
+def test_every_page_renders_in_chromium(driver, coordinator, sqlite_url, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -142,13 +146,17 @@ def test_every_page_renders_in_chromium(driver, coordinator, tmp_path):
     base = coordinator.base_url
     with Client(base, ADMIN_TOKEN) as c:
         sid, wid, scored, running = fill(c)
+        # A known small model on the trial page: its pictures are rendered (below the cap).
+        set_arch(sqlite_url, sid, scored, SMALL)
 
-        def visit(name: str, path: str, charts: list[str]) -> None:
+        def visit(name: str, path: str, charts: list[str], ready=None) -> None:
             driver.get(base + path)
             if charts:
                 WebDriverWait(driver, 30).until(
                     lambda d: d.execute_script("return document.body.dataset.chartsDrawn")
                 )
+            if ready is not None:
+                ready()
             for chart in charts:
                 drawn = driver.find_elements(By.CSS_SELECTOR, f"#{chart}.js-plotly-plot .main-svg")
                 assert drawn, f"{name}: chart #{chart} did not draw"
@@ -176,7 +184,27 @@ def test_every_page_renders_in_chromium(driver, coordinator, tmp_path):
         )
         assert not [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
 
-        visit("trial", f"/studies/{sid}/trials/{scored}", CHARTS["trial"])
+        def pictures_loaded() -> None:
+            images = driver.find_elements(By.CSS_SELECTOR, "#model img.model-img")
+            assert len(images) == 5, "filters + 4 feature-map stages"  # input, L0, L1, L2
+            for img in images:  # lazy images load once scrolled to
+                driver.execute_script("arguments[0].scrollIntoView()", img)
+                WebDriverWait(driver, 60).until(
+                    lambda d, img=img: d.execute_script(
+                        "return arguments[0].complete && arguments[0].naturalWidth > 0", img
+                    ),
+                    message=f"{img.get_attribute('src')} did not load",
+                )
+            driver.execute_script("window.scrollTo(0, 0)")
+
+        visit("trial", f"/studies/{sid}/trials/{scored}", CHARTS["trial"], pictures_loaded)
+        report = walk(SMALL)
+        rows = driver.find_elements(By.CSS_SELECTOR, "#model-diagram tbody tr")
+        assert [r.find_element(By.TAG_NAME, "td").text for r in rows] == [
+            name for name, *_ in report.shapes
+        ]
+        assert f"{report.flops:,}" in driver.find_element(By.ID, "model-flops").text
+        assert f"{report.n_params:,}" == driver.find_element(By.ID, "model-params").text
         lines = driver.find_elements(By.CSS_SELECTOR, "#chart-intermediate .scatterlayer .trace")
         assert lines, "no intermediate values drawn"
         visit("workers", "/workers", [])

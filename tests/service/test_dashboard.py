@@ -420,6 +420,19 @@ def test_openapi_documents_the_results_queries(api):
     assert "/studies/{study_id}" in doc["paths"]
 
 
+@SQLITE_ONLY
+def test_openapi_documents_the_model_pictures(api):
+    """The trial page's pictures (tests/service/test_model_view.py tests them)."""
+    paths = api.client.get("/openapi.json").json()["paths"]
+    for path in (
+        "/studies/{study_id}/trials/{number}/filters.png",
+        "/studies/{study_id}/trials/{number}/features/{stage}.png",
+    ):
+        responses = paths[path]["get"]["responses"]
+        assert "image/png" in responses["200"]["content"], path
+        assert {"401", "404", "422", "503"} <= set(responses), path
+
+
 @pytest.mark.parametrize(
     "seconds, text",
     [

@@ -21,11 +21,11 @@ from archsearch.launch import start_coordinator, stop_coordinator
 from client import Client
 from protocol import TrialOut
 from protocol.wire import CompleteIn, FailIn, ReportsIn
-from search_space import InfeasibleArchitecture
+from search_space import Architecture, InfeasibleArchitecture
 from service.models import Role
 from tests.helpers.coordinator import ADMIN_TOKEN, FG11_STUDY, make_token, migrate
 from tests.helpers.waiting import wait_for
-from tests.workers.fake_worker import FakeResult, fake_evaluate, fake_load, spawn
+from tests.workers.fake_worker import FakeData, FakeResult, fake_evaluate, fake_load, spawn
 from workers import daemon as daemon_module
 from workers.daemon import WorkerConfig, WorkerDaemon
 from workers.outcomes import Stopped
@@ -728,3 +728,95 @@ def test_a_batch_answered_unavailable_is_kept_and_never_counted(tmp_path, status
         assert daemon.deliver_spool() == 0
     assert len(seen["batches"]) == 3 and seen["singles"] == []
     assert [e.attempts for e in daemon.spool.pending()] == [0, 0, 0, 0]
+
+
+def test_next_studys_data_load_while_the_current_trial_runs(coordinator, tmp_path):
+    # A batch [study A, study B]: B's dataset is loaded by the prefetch thread while A's
+    # trial is being evaluated, so B's trial finds it loaded (one load of each).
+    live, _, token = coordinator
+    events: list[tuple[str, str, float, float]] = []
+    loaded: dict[str, FakeData] = {}
+    lock = threading.Lock()
+
+    def load(uri: str, **_: object) -> FakeData:
+        with lock:  # a cache, as DatasetCache: one load per dataset
+            if uri in loaded:
+                return loaded[uri]
+            start = time.monotonic()
+            time.sleep(0.6)
+            events.append(("load", uri, start, time.monotonic()))
+            loaded[uri] = FakeData()
+            return loaded[uri]
+
+    def evaluate(protocol, arch, data, **kw):
+        start = time.monotonic()
+        time.sleep(1.0)
+        events.append(("evaluate", threading.current_thread().name, start, time.monotonic()))
+        return FakeResult(0.5, {})
+
+    with Client(live.base_url, ADMIN_TOKEN) as admin:
+        body = {**FG11_STUDY, "max_trials": 1, "max_parallel": 1, "top_k": 0}
+        a = admin.create_study(name="a", **{**body, "dataset": "builtin:digits"}).id
+        b = admin.create_study(name="b", **{**body, "dataset": "builtin:mnist5k"}).id
+        daemon = daemon_for(live.base_url, token, tmp_path, evaluate=evaluate, load_data=load)
+        wid = daemon.register()
+        claimed = daemon.client.claim_many(wid, 2, None, [])
+        assert sorted(c.study.id for c in claimed) == [a, b]
+        claimed.sort(key=lambda c: c.study.id != a)  # A first, then B
+        daemon._run_batch(claimed)
+        daemon.deliver_spool()
+        assert [t.state for t in admin.trials(b)] == ["COMPLETE"]
+    loads = {uri: (s, e) for kind, uri, s, e in events if kind == "load"}
+    evals = [(s, e) for kind, _, s, e in events if kind == "evaluate"]
+    assert set(loads) == {"builtin:digits", "builtin:mnist5k"}
+    (_, a_end), (second_start, _) = sorted(evals)
+    b_start, b_end = loads["builtin:mnist5k"]
+    # B's load began once A's data were there and ran beside A's evaluation, so B's
+    # trial started right after A's instead of 0.6 s later.
+    assert loads["builtin:digits"][1] <= b_start < a_end and b_end <= second_start, (loads, evals)
+    assert second_start - a_end < 0.3, (loads, evals)
+
+
+def test_group_screening_in_the_daemon_equals_one_by_one(coordinator, tmp_path):
+    # --group 4 on the CPU (a GPU worker groups by default): the batch's screen trials
+    # of the study run together through workers.screen_group, each scored as it would
+    # be alone, each reported as its own trial.
+    from workers.datasets import DatasetCache, load_dataset
+    from workers.evaluators import evaluate as evaluate_alone
+
+    live, _, token = coordinator
+    space = {
+        "name": "small",
+        "input_size": 16,
+        "layers": [
+            {
+                "n_filters": {"type": "choice", "options": list(range(4, 33, 2))},
+                "filter_size": {"type": "choice", "options": [3, 5]},
+                "min_out": 0,
+                "max_out": "inf",
+                "pool_size": 3,
+                "pool_order": 2,
+                "pool_stride": 2,
+                "norm_size": 3,
+            }
+        ],
+    }
+    options = {"max_per_class": {"train": 40, "test": 10}}
+    with Client(live.base_url, ADMIN_TOKEN) as admin:
+        sid = admin.create_study(
+            name="group", dataset="builtin:digits", space=space, algorithm="random",
+            max_trials=12, max_parallel=12, top_k=0, evaluator_options=options,
+        ).id  # fmt: skip
+        daemon = daemon_for(
+            live.base_url, token, tmp_path, evaluate=evaluate_alone,
+            load_data=DatasetCache().get, group=4, batch=8,
+        )  # fmt: skip
+        daemon.run()
+        trials = [t for t in admin.trials(sid) if t.state == "COMPLETE"]
+    grouped = [t for t in trials if t.metrics.get("group_size", 1) > 1]
+    assert len(trials) == 12 and grouped, [t.metrics.get("group_size") for t in trials]
+    ds = load_dataset("builtin:digits", color="gray", max_per_class=options["max_per_class"])
+    for t in grouped[:3]:
+        alone = evaluate_alone("screen", Architecture.from_dict(t.arch), ds, seed=0)  # study seed
+        assert t.value == pytest.approx(alone.value, abs=1e-9), (t.metrics, alone.metrics)
+        assert t.metrics["peak_rss_mb"] > 0 and t.metrics["threads"] >= 1

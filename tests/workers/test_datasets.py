@@ -14,6 +14,8 @@ import io
 import os
 import pickle
 import struct
+import threading
+import time
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -695,6 +697,42 @@ def test_dataset_cache_loads_once_and_evicts(tmp_path: Path) -> None:
     cache.get(uri, color="gray", size=3)  # third entry: the oldest (first) goes
     assert len(cache) == 2
     assert cache.get(uri, color="gray") is not first
+
+
+def test_dataset_cache_loads_other_arguments_while_one_loads(monkeypatch) -> None:
+    # A slow load (the prefetch of the next study's data) must not hold up a get of other
+    # arguments; concurrent gets of the same arguments load once; a failed load is not
+    # cached and the next get loads again.
+    from workers.datasets import load as load_module
+
+    calls: list[str] = []
+    gate = threading.Event()
+
+    def fake_load(uri: str, **_: object) -> str:
+        calls.append(uri)
+        if uri == "slow:":
+            gate.wait(10)
+        if uri == "bad:" and calls.count("bad:") == 1:
+            raise OSError("disk on fire")
+        return f"data of {uri}"
+
+    monkeypatch.setattr(load_module, "load_dataset", fake_load)
+    cache = DatasetCache()
+    slow = [threading.Thread(target=cache.get, args=("slow:",), kwargs={"color": "gray"})
+            for _ in range(3)]  # fmt: skip
+    for t in slow:
+        t.start()
+    t0 = time.monotonic()
+    assert cache.get("fast:", color="gray") == "data of fast:"
+    assert time.monotonic() - t0 < 2.0  # not behind the slow load
+    gate.set()
+    for t in slow:
+        t.join(10)
+    assert calls.count("slow:") == 1 and calls.count("fast:") == 1
+    with pytest.raises(OSError, match="disk on fire"):
+        cache.get("bad:", color="gray")
+    assert cache.get("bad:", color="gray") == "data of bad:"
+    assert calls.count("bad:") == 2
 
 
 def test_check_dataset_location(tmp_path: Path) -> None:

@@ -101,8 +101,9 @@ class DatasetCache:
 
     ``get`` takes the arguments of :func:`load_dataset` and returns the same
     :class:`Dataset` object for the same arguments. At most ``max_entries`` datasets are
-    kept (least recently used dropped first). Thread-safe: concurrent ``get`` calls load
-    once.
+    kept (least recently used dropped first). Thread-safe: concurrent ``get`` calls for
+    the same arguments load once; calls for other arguments do not wait for that load (the
+    worker loads the next study's data in the background while a trial runs).
     """
 
     def __init__(self, max_entries: int = 4) -> None:
@@ -111,6 +112,8 @@ class DatasetCache:
         self.max_entries = max_entries
         self._entries: OrderedDict[tuple[Any, ...], Dataset] = OrderedDict()
         self._lock = threading.Lock()
+        # Keys being loaded now, each with the event its loader sets when done.
+        self._loading: dict[tuple[Any, ...], threading.Event] = {}
 
     def get(
         self,
@@ -129,10 +132,17 @@ class DatasetCache:
             else max_per_class
         )
         key = (uri, color, float(test_fraction), seed, size, caps)
-        with self._lock:
-            if key in self._entries:
-                self._entries.move_to_end(key)
-                return self._entries[key]
+        while True:
+            with self._lock:
+                if key in self._entries:
+                    self._entries.move_to_end(key)
+                    return self._entries[key]
+                loading = self._loading.get(key)
+                if loading is None:
+                    self._loading[key] = threading.Event()
+                    break
+            loading.wait()  # another thread loads these arguments: take its result
+        try:
             ds = load_dataset(
                 uri,
                 color=color,
@@ -141,10 +151,16 @@ class DatasetCache:
                 size=size,
                 max_per_class=max_per_class,
             )
-            self._entries[key] = ds
-            while len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
+            with self._lock:
+                self._entries[key] = ds
+                while len(self._entries) > self.max_entries:
+                    self._entries.popitem(last=False)
             return ds
+        finally:
+            # On failure the waiters find no entry and the first of them loads again
+            # (and raises the error itself).
+            with self._lock:
+                self._loading.pop(key).set()
 
     def clear(self) -> None:
         """Forget every loaded dataset."""

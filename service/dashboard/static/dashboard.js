@@ -4,7 +4,8 @@
  * Contract with the templates: <body data-root data-refresh>, one element #live whose
  * data-version changes when its data does (the page URL with ?partial=1 answers it alone),
  * #study-charts[data-study] or #trial-charts[data-study][data-number] for the charts, and
- * .chart[data-chart] divs. After each draw, body[data-charts-drawn] counts the draws.
+ * .chart[data-chart] divs; img[data-retry] pictures are asked again when refused. After
+ * each draw, body[data-charts-drawn] counts the draws.
  * Everything shown from the server's data is set through textContent or plotly, never as
  * HTML, except the server-rendered (escaped) #live fragment.
  */
@@ -224,6 +225,35 @@
     }));
   }
 
+  // -- the trial page's model pictures ----------------------------------------------------
+  // img[data-retry=N]: a picture the render queue turned away (503) is asked again up to N
+  // times, 2 s apart; then a note replaces it.
+  function retryImage(img) {
+    const left = Number(img.dataset.retry) || 0;
+    if (left <= 0) {
+      const note = document.createElement("p");
+      note.className = "empty";
+      note.textContent = "could not load " + (img.alt || "the picture") + "; reload to try again";
+      img.replaceWith(note);
+      return;
+    }
+    img.dataset.retry = String(left - 1);
+    window.setTimeout(function () {
+      const url = new URL(img.src, window.location.href);
+      url.searchParams.set("retry", String(left));
+      img.src = url.toString();
+    }, 2000);
+  }
+
+  function watchImages() {
+    for (const img of document.querySelectorAll("img[data-retry]")) {
+      img.addEventListener("error", function () { retryImage(img); });
+      // complete and empty: it failed before this ran (a lazy one not yet asked for is
+      // not complete).
+      if (img.complete && img.naturalWidth === 0) { retryImage(img); }
+    }
+  }
+
   // -- drawing and refreshing -----------------------------------------------------------------
   async function drawCharts() {
     if (typeof Plotly === "undefined") { return; }
@@ -273,6 +303,7 @@
   }
 
   document.addEventListener("DOMContentLoaded", function () {
+    watchImages();
     drawCharts().catch(function (error) { setStatus("charts: " + error.message, true); });
     loop();
   });
