@@ -1,8 +1,7 @@
 """How many CPU threads a worker's torch uses: its share of the node.
 
-Several workers on one node that each take every core contend: on a 2-core machine two
-workers with two threads each ran screening trials slower than with one each. A worker
-therefore takes, in this order:
+Several workers on one node that each take every core oversubscribe it: each torch
+thread pool assumes the cores are its own. A worker therefore takes, in this order:
 
 1. ``--threads N`` (``ARCHSEARCH_WORKER_THREADS``): what the user asked for;
 2. ``ARCHSEARCH_LOCAL_WORKERS=K``, set by the launchers that start K workers on one node
