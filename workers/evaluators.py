@@ -48,6 +48,7 @@ Every name those modules held here before the split is re-exported, so imports f
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -222,16 +223,14 @@ def evaluate(
         )  # fmt: skip
     kind = _readout_kind(arch, readout)
     bs = int(batch_size) if batch_size else default_batch_size(rep, device)
+    memory = _memory_model(protocol, rep, ds, device, final, validation_fraction, seed, kind)
     if protocol == "train":
         # The training micro-batch is what memory limits; the optimiser's batch stays.
         step_batch = max(1, (arch.train or TrainSettings()).batch_size)
         micro = max(1, min(step_batch, int(batch_size) if batch_size else step_batch))
-        micro, estimate = _fit_memory(protocol, rep, ds, micro, device, memory_budget, final)
-        batch_size = micro
+        batch_size, estimate = _fit_memory(memory, micro, memory_budget)
     else:
-        bs, estimate = _fit_memory(protocol, rep, ds, bs, device, memory_budget, final,
-                                   validation_fraction=validation_fraction, seed=seed,
-                                   kind=kind)  # fmt: skip
+        bs, estimate = _fit_memory(memory, bs, memory_budget)
     if protocol == "screen":
         result = _screen(
             arch,
@@ -282,67 +281,55 @@ def evaluate(
     return EvalResult(result.value, metrics)
 
 
-def _estimate(
+def _memory_model(
     protocol: str,
     rep: ShapeReport,
     ds: Dataset,
-    batch_size: int,
     device: torch.device,
     final: bool,
     validation_fraction: float,
     seed: int,
     kind: str,
-) -> MemoryEstimate:
-    """:func:`workers.memory.estimate_bytes` with this request's split sizes."""
-    n_classes = max(2, len(np.unique(np.asarray(ds.y))))
+) -> Callable[[int], MemoryEstimate]:
+    """The estimate of :mod:`workers.memory` as a function of the batch size, with this
+    request's split sizes (read once: only the extraction stage depends on the batch)."""
     if protocol == "pairs":
         if device.type != "cpu":
-            return MemoryEstimate()
+            return lambda _: MemoryEstimate()
         sets = pair_sets(ds, final)
         n_images = len(np.unique(np.concatenate([s.ravel() for s in sets])))
         feats = n_images * rep.n_features * 4
         sizes = [len(s) for s in sets]
         readout = pairs_peak_bytes(n_images, rep.n_features, sizes, kind, final) - feats
-        return MemoryEstimate(
+        return lambda bs: MemoryEstimate(
             held={"features": feats},
-            stages={"extraction": extraction_bytes(rep, batch_size, device), "readout": readout},
+            stages={"extraction": extraction_bytes(rep, bs, device), "readout": readout},
         )
     if protocol == "train":
-        return estimate_bytes(
-            protocol, rep, n_images=0, n_fit=0, batch_size=batch_size, device=device,
+        n_classes = max(2, len(np.unique(np.asarray(ds.y))))
+        return lambda bs: estimate_bytes(
+            protocol, rep, n_images=0, n_fit=0, batch_size=bs, device=device,
             n_classes=n_classes,
         )  # fmt: skip
     fit_idx, score_idx, _ = _splits(ds, final, validation_fraction, seed)
-    return estimate_bytes(
-        protocol, rep, n_images=len(fit_idx) + len(score_idx), n_fit=len(fit_idx),
-        batch_size=batch_size, device=device, n_classes=n_classes,
-    )  # fmt: skip
+    n_images, n_fit = len(fit_idx) + len(score_idx), len(fit_idx)
+    return lambda bs: estimate_bytes(
+        protocol, rep, n_images=n_images, n_fit=n_fit, batch_size=bs, device=device
+    )
 
 
 def _fit_memory(
-    protocol: str,
-    rep: ShapeReport,
-    ds: Dataset,
-    batch_size: int,
-    device: torch.device,
-    budget: int | None,
-    final: bool,
-    *,
-    validation_fraction: float = 0.2,
-    seed: int = 0,
-    kind: str = "ridge",
+    estimate: Callable[[int], MemoryEstimate], batch_size: int, budget: int | None
 ) -> tuple[int, MemoryEstimate]:
-    """The largest batch size up to ``batch_size`` whose estimate fits ``budget`` bytes
-    (halving), with its estimate; ``budget`` None: ``batch_size`` as it is. Raises
+    """The largest batch size up to ``batch_size`` whose ``estimate`` fits ``budget``
+    bytes (halving), with its estimate; ``budget`` None: ``batch_size`` as it is. Raises
     ``InfeasibleArchitecture`` naming the estimate when batch size 1 does not fit."""
-    args = (protocol, rep, ds)
-    rest = (device, final, validation_fraction, seed, kind)
-    est = _estimate(*args, batch_size, *rest)
+    est = estimate(batch_size)
     if budget is None:
         return batch_size, est
     while est.total > budget and batch_size > 1:
         batch_size = max(1, batch_size // 2)
-        est = _estimate(*args, batch_size, *rest)
+        est = estimate(batch_size)
     if est.total > budget:
         room = f"{max(0, budget) / MiB:.0f} MiB"
         raise InfeasibleArchitecture(

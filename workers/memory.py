@@ -19,10 +19,8 @@ measured peak and within a small factor of it.
 
 from __future__ import annotations
 
-import contextlib
 import re
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -139,13 +137,6 @@ class PeakMemory:
         if self.peak_cuda is not None:
             out["peak_cuda_mb"] = round(self.peak_cuda / MiB, 1)
         return out
-
-
-@contextlib.contextmanager
-def measured(device: torch.device | str = "cpu") -> Iterator[PeakMemory]:
-    """``with measured(device) as peak:`` -- :class:`PeakMemory` as a function."""
-    with PeakMemory(device) as peak:
-        yield peak
 
 
 # -- the estimate -------------------------------------------------------------------------
