@@ -5,11 +5,16 @@ Exit codes: 0 success, 1 a runtime failure with a one-line reason on stderr, 2 b
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 from pydantic import ValidationError
 
 from archsearch.slurm import slurm_app
 from service import __version__
+
+if TYPE_CHECKING:
+    from protocol.wire import ParetoOut
 
 app = typer.Typer(
     help="archsearch: architecture search for Pinto & Cox style convnets.",
@@ -345,12 +350,29 @@ def study_create(
     max_parallel: int = typer.Option(4, help="Suggestion queue depth (parallel workers)."),
     seed: int = typer.Option(0, help="Study seed (splits, suggestions)."),
     top_k: int = typer.Option(5, help="Best trials re-scored on the test split at the end."),
+    blend_k: int = typer.Option(
+        0, help="After the finals, blend the best blend_k models (screen/pairs; 0: none)."
+    ),
+    blend_weights: str = typer.Option("uniform", help="Blend weights: uniform | validation."),
+    schedule: str = typer.Option(
+        None,
+        help='ASHA successive halving as JSON, e.g. \'{"resource": "train_per_class", '
+        '"min": 50, "max": 800, "eta": 3}\' (screen) or resource "epochs" (train); '
+        "max-trials then counts configurations.",
+    ),
     coordinator: str = CoordinatorOpt,
     token: str = TokenOpt,
 ) -> None:
     """Create a study and print it as JSON."""
     import json
     from pathlib import Path
+
+    schedule_value = None
+    if schedule is not None:
+        try:
+            schedule_value = json.loads(schedule)
+        except ValueError as exc:
+            raise _fail(f"--schedule is not JSON: {exc}") from None
 
     space_value: object = space
     if space.startswith("@"):
@@ -371,7 +393,11 @@ def study_create(
         max_parallel=max_parallel,
         seed=seed,
         top_k=top_k,
+        blend_k=blend_k,
+        blend_weights=blend_weights,
     )
+    if schedule_value is not None:
+        body["schedule"] = schedule_value  # the coordinator checks it (422 names the field)
     _print_json(_call(coordinator, token, lambda c: c.create_study(**body)))
 
 
@@ -394,19 +420,82 @@ def study_show(study_id: int, coordinator: str = CoordinatorOpt, token: str = To
     _print_json(_call(coordinator, token, lambda c: c.study(study_id)))
 
 
+def _print_pareto(front: ParetoOut) -> None:
+    """The Pareto set as a table, cheapest first (``study best --pareto``)."""
+
+    def num(value: float | None, fmt: str) -> str:
+        return "-" if value is None else format(value, fmt)
+
+    typer.echo(
+        f"{'#':>5}  {'value':>8}  {'test':>8}  {'GFLOPs':>9}  {'params':>11}  "
+        f"{'features':>9}  {'s/img':>9}  {'rung':>4}  architecture"
+    )
+    for p in front.front:
+        typer.echo(
+            f"{p.number:>5}  {p.value:>8.4f}  {num(p.test_value, '.4f'):>8}  "
+            f"{p.gflops_per_image:>9.4g}  {num(p.n_params, ','):>11}  "
+            f"{num(p.n_features, ','):>9}  {num(p.seconds_per_image, '.3g'):>9}  "
+            f"{p.rung:>4}  {p.arch_summary or '-'}"
+        )
+    note = f"{len(front.front)} of {front.n_configurations} COMPLETE configurations on the front"
+    if front.n_unknown_cost:
+        note += f"; {front.n_unknown_cost} of unknown cost left out"
+    if front.scheduled:
+        note += "; values are at each configuration's highest rung (lower rungs: less data)"
+    typer.echo(note, err=True)
+
+
 @study_app.command("best")
 def study_best(
     study_id: int,
     k: int = typer.Option(5, help="How many."),
+    pareto: bool = typer.Option(
+        False,
+        "--pareto",
+        help="Instead: the Pareto set of validation score against GFLOP per image.",
+    ),
     coordinator: str = CoordinatorOpt,
     token: str = TokenOpt,
 ) -> None:
-    """The k best trials: number, validation score, test score, architecture."""
-    trials = _call(coordinator, token, lambda c: c.best(study_id, k))
+    """The k best trials: number, validation score, test score, architecture; then the
+    study's blends, marked ``blend``, with their members' numbers. ``--pareto``: the
+    configurations no other is both cheaper (GFLOP per image) and better than, with their
+    cost (GFLOPs, parameters, features, measured seconds per image) and rung."""
+    if pareto:
+        _print_pareto(_call(coordinator, token, lambda c: c.pareto(study_id)))
+        return
+    best = _call(coordinator, token, lambda c: c.best_out(study_id, k))
     typer.echo(f"{'#':>5}  {'value':>8}  {'test':>8}  architecture")
-    for t in trials:
+    for t in best.trials:
         test = "-" if t.test_value is None else f"{t.test_value:.4f}"
         typer.echo(f"{t.number:>5}  {t.value or 0:>8.4f}  {test:>8}  {t.arch_summary}")
+    for b in best.blends:
+        value = "-" if b.value is None else f"{b.value:.4f}"
+        test = "-" if b.test_value is None else f"{b.test_value:.4f}"
+        members = " ".join(f"#{n}" for n in b.member_numbers)
+        weights = b.params.get("weights", "uniform")
+        typer.echo(
+            f"{b.number:>5}  {value:>8}  {test:>8}  blend of {len(b.member_numbers)}: "
+            f"{members} ({weights} weights; {b.state.value})"
+        )
+
+
+@study_app.command("blend")
+def study_blend(
+    study_id: int,
+    k: int = typer.Option(..., "--k", help="Blend the best k COMPLETE search trials."),
+    weights: str = typer.Option("uniform", help="uniform | validation"),
+    coordinator: str = CoordinatorOpt,
+    token: str = TokenOpt,
+) -> None:
+    """Queue a blend of a finished (or stopped) study's best k models; prints what was
+    queued. Its scores appear in `study best` once a worker has run it."""
+    t = _call(coordinator, token, lambda c: c.blend(study_id, k, weights))
+    members = " ".join(f"#{n}" for n in t.member_numbers)
+    typer.echo(
+        f"queued blend trial {t.number} of study {study_id}: the best "
+        f"{len(t.member_numbers)} ({members}), {weights} weights"
+    )
 
 
 @study_app.command("export")
@@ -435,6 +524,12 @@ def study_export_model(
         None, "--trial", help="Trial number (default: the best test score, else validation)."
     ),
     device: str = typer.Option("cpu", help="Where to re-fit the readout: cpu, cuda, cuda:1."),
+    file_format: str = typer.Option(
+        "pt",
+        "--format",
+        help="pt: the archsearch model file; onnx: an ONNX graph (uint8 images in, class "
+        "scores out; needs the onnx extra), checked against torch with onnxruntime.",
+    ),
     coordinator: str = CoordinatorOpt,
     token: str = TokenOpt,
 ) -> None:
@@ -442,36 +537,62 @@ def study_export_model(
 
     The readout is re-fitted here exactly as the trial's final evaluation did (the study's
     data, split, seed and l2 choice), so the data must be readable on this machine.
-    ``screen`` studies only. Load the file with ``workers.model_file.load_model`` or
+    ``screen`` and ``pairs`` studies (a pairs model is View 1's: its readout fitted on
+    pairsDevTrain). Load the file with ``workers.model_file.load_model`` or
     ``torch.load(path, weights_only=True)``; label images with ``archsearch predict``.
     """
     from workers.datasets import DatasetError
-    from workers.export import ExportError, check_exportable, choose_trial, export_trial
+    from workers.export import (
+        ExportError,
+        check_exportable,
+        choose_trial,
+        export_trial,
+        export_trial_onnx,
+    )
     from workers.model_file import save_model
 
+    if file_format not in ("pt", "onnx"):
+        raise _fail(f"--format must be pt or onnx, got {file_format!r}")
     study, trials = _call(
         coordinator, token, lambda c: (c.study(study_id), list(c.trials(study_id)))
     )
     try:
         check_exportable(study)
         chosen = choose_trial(trials, trial)
-        exported = export_trial(study, chosen, device=device)
-    except (ExportError, DatasetError, ValueError, RuntimeError) as exc:
-        # ValueError: no test split, an infeasible architecture; RuntimeError: a device.
+        if file_format == "onnx":
+            exported, diff = export_trial_onnx(study, chosen, output, device=device)
+            digest = f"max relative difference to torch {diff:.1e}"
+        else:
+            exported = export_trial(study, chosen, device=device)
+    except (ExportError, DatasetError, ValueError, RuntimeError, ImportError) as exc:
+        # ValueError: no test split, an infeasible architecture, an ONNX check that
+        # failed; RuntimeError: a device; ImportError: the onnx extra is not installed.
         raise _fail(str(exc).strip().splitlines()[0]) from None
-    try:
-        digest = save_model(exported, output)
     except OSError as exc:
         raise _fail(f"cannot write {output}: {exc}") from None
+    if file_format == "pt":
+        try:
+            digest = f"sha256 {save_model(exported, output)[:12]}"
+        except OSError as exc:
+            raise _fail(f"cannot write {output}: {exc}") from None
     meta = exported.meta
 
     def score(value: float | None) -> str:
         return "-" if value is None else f"{value:.4f}"
 
+    if exported.protocol == "pairs":
+        scored = (
+            f"View 1 accuracy {score(meta['export_view1_value'])} on "
+            f"{meta['n_view1_test']} pairsDevTest pairs (the trial's value: "
+            f"{score(meta['value'])})"
+        )
+    else:
+        scored = (
+            f"test accuracy {score(meta['export_test_value'])} on {meta['n_test']} images "
+            f"(the trial's test_value: {score(meta['test_value'])})"
+        )
     typer.echo(
-        f"wrote {output}: study {study_id} trial {chosen.number}, test accuracy "
-        f"{score(meta['export_test_value'])} on {meta['n_test']} images (the trial's "
-        f"test_value: {score(meta['test_value'])}), sha256 {digest[:12]}",
+        f"wrote {output}: study {study_id} trial {chosen.number}, {scored}, {digest}",
         err=True,
     )
 
@@ -479,7 +600,13 @@ def study_export_model(
 @app.command()
 def predict(
     model: str = typer.Argument(..., help="A model file from `study export-model`."),
-    images: list[str] = typer.Argument(..., help="Image files and/or directories."),
+    images: list[str] = typer.Argument(None, help="Image files and/or directories."),
+    pairs: str = typer.Option(
+        None,
+        "--pairs",
+        help="A pairs model: the file of pairs to compare, one per line, 'IMG1 IMG2' or "
+        "CSV 'IMG1,IMG2' (paths relative to the file).",
+    ),
     csv_out: bool = typer.Option(False, "--csv", help="CSV (path,label) with a header."),
     convert: bool = typer.Option(
         False,
@@ -489,22 +616,60 @@ def predict(
     ),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:1."),
 ) -> None:
-    """Print one label per image (``PATH<TAB>LABEL``; ``--csv`` for CSV)."""
+    """Print one label per image (``PATH<TAB>LABEL``; ``--csv`` for CSV), or for a pairs
+    model and ``--pairs FILE`` one line per pair (``IMG1<TAB>IMG2<TAB>same|different<TAB>
+    SCORE``, the score > 0 for same)."""
     import csv
     import sys
 
     from workers.model_file import ModelFileError, load_model
-    from workers.predict import PredictInputError, image_paths, read_images
+    from workers.predict import PredictInputError, image_paths, read_images, read_pair_file
 
     try:
         loaded = load_model(model, device=device)
-        paths = image_paths(images)
-        pixels = read_images(paths, color=loaded.color, size=loaded.image_size, convert=convert)
-        labels = loaded.predict(pixels)
+        if loaded.protocol == "pairs":
+            if pairs is None or images:
+                raise PredictInputError(
+                    f"{model} is a pairs model: give the pairs with --pairs FILE (no images)"
+                )
+            listed = read_pair_file(pairs)
+            read = [
+                read_images(
+                    [p[k] for p in listed],
+                    color=loaded.color,
+                    size=loaded.image_size,
+                    convert=convert,
+                )
+                for k in (0, 1)
+            ]
+            labels, scores = loaded.predict_pairs(read[0], read[1])
+        else:
+            if pairs is not None:
+                raise PredictInputError(
+                    f"{model} labels single images (a {loaded.protocol} model): --pairs "
+                    "needs a model exported from a pairs study"
+                )
+            paths = image_paths(images or [])
+            pixels = read_images(paths, color=loaded.color, size=loaded.image_size, convert=convert)
+            labels = loaded.predict(pixels)
     except (ModelFileError, PredictInputError) as exc:
         raise _fail(str(exc)) from None
     except RuntimeError as exc:  # a device that is not there, out of memory
         raise _fail(str(exc).strip().splitlines()[0]) from None
+    if loaded.protocol == "pairs":
+        rows = [
+            [str(a), str(b), label, f"{score:.6g}"]
+            for (a, b), label, score in zip(listed, labels, scores, strict=True)
+        ]
+        if csv_out:
+            writer = csv.writer(sys.stdout, lineterminator="\n")
+            writer.writerow(["image1", "image2", "label", "score"])
+            writer.writerows(rows)
+            sys.stdout.flush()
+        else:
+            for row in rows:
+                typer.echo("\t".join(row))
+        return
     if csv_out:
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(["path", "label"])

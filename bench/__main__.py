@@ -6,7 +6,16 @@ import argparse
 import importlib
 import sys
 
-BENCHMARKS = ["coordinator", "suggest", "dashboard", "evaluator", "search", "pairs"]
+BENCHMARKS = [
+    "coordinator",
+    "suggest",
+    "dashboard",
+    "evaluator",
+    "search",
+    "pairs",
+    "blend",
+    "asha",
+]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from protocol.wire import (
     MAX_BATCH,
     BestOut,
+    BlendOut,
     ClaimOut,
     ClaimsOut,
     CompleteReport,
@@ -28,6 +29,7 @@ from protocol.wire import (
     FailReport,
     HeartbeatOut,
     HeartbeatsOut,
+    ParetoOut,
     ReleasesOut,
     ReportResult,
     ReportsOut,
@@ -227,8 +229,24 @@ class Client:
         return self._model(TrialOut, "POST", f"/api/v1/studies/{study_id}/trials", json=body)
 
     def best(self, study_id: int, k: int = 5) -> list[TrialOut]:
+        return self.best_out(study_id, k).trials
+
+    def best_out(self, study_id: int, k: int = 5) -> BestOut:
+        """GET .../best: the k best search trials and the study's blends."""
         path = f"/api/v1/studies/{study_id}/best"
-        return self._model(BestOut, "GET", path, params={"k": k}).trials
+        return self._model(BestOut, "GET", path, params={"k": k})
+
+    def blend(self, study_id: int, k: int, weights: str = "uniform") -> BlendOut:
+        """Queue a blend of the best ``k`` of a finished or stopped study (its trial)."""
+        body = {"k": k, "weights": weights}
+        return self._model(BlendOut, "POST", f"/api/v1/studies/{study_id}/blend", json=body)
+
+    def pareto(self, study_id: int, *, include_dominated: bool = False) -> ParetoOut:
+        """GET .../pareto: the Pareto set of validation score against GFLOP per image
+        (``include_dominated``: the other COMPLETE configurations too)."""
+        path = f"/api/v1/studies/{study_id}/pareto"
+        params = {"include_dominated": "true"} if include_dominated else None
+        return self._model(ParetoOut, "GET", path, params=params)
 
     def export_csv(self, study_id: int) -> str:
         return self._request("GET", f"/api/v1/studies/{study_id}/export").text

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from .datasets import Color, default_color
 
@@ -72,7 +72,81 @@ EvaluatorField = Annotated[
     Field(json_schema_extra={"pattern": EVALUATOR_PATTERN, "maxLength": MAX_EVALUATOR_LENGTH}),
 ]
 AlgorithmName = Literal["tpe", "random", "grid"]
+
+
+def _storable_options(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A free-form options object both database backends store (no NUL, finite numbers);
+    checked here so that a 422 names ``evaluator_options.plugin_options``."""
+    from .wire import _storable  # wire imports this module
+
+    return None if value is None else _storable(value)
+
+
 ReadoutName = Literal["ridge", "logistic", "svm"]
+ResourceName = Literal["train_per_class", "epochs"]
+# The resource each built-in evaluator can spend in rungs: screen fits its readout on at
+# most N training images per class; train runs N epochs. pairs has no such budget (its
+# View 1 split is fixed), and a plugin's budget is its own business.
+EVALUATOR_RESOURCES: dict[str, tuple[str, ...]] = {
+    "screen": ("train_per_class",),
+    "train": ("epochs",),
+    "pairs": (),
+}
+MAX_RUNGS = 16
+# Blends combine the features of fixed-filter models; a train study keeps no weights.
+BLENDABLE_EVALUATORS: tuple[str, ...] = ("screen", "pairs")
+BlendWeights = Literal["uniform", "validation"]
+
+
+class ScheduleOptions(BaseModel):
+    """Asynchronous successive halving (ASHA; Li et al., MLSys 2020) over one resource.
+
+    Rung ``k`` spends ``resources()[k]``: ``min * eta**k`` rounded, capped at ``max``;
+    the last rung spends ``max``. A configuration is promoted to rung ``k + 1`` as soon as
+    it is in the top ``1/eta`` of the COMPLETE results rung ``k`` has so far
+    (:mod:`service.schedule`). Final (test split) evaluations spend ``max``.
+    """
+
+    model_config = StrictModel
+    kind: Literal["asha"] = "asha"
+    resource: ResourceName = Field(
+        description="train_per_class (screen: training images per class in the readout's "
+        "fit split; the validation split is the same at every rung) or epochs (train)."
+    )
+    min: int = Field(ge=1, le=1_000_000, description="The first rung's resource.")
+    max: int = Field(ge=2, le=1_000_000, description="The last rung's resource (> min).")
+    eta: int = Field(3, ge=2, le=100, description="Reduction factor: the top 1/eta go up.")
+
+    @field_validator("max")
+    @classmethod
+    def _above_min(cls, value: int, info: ValidationInfo) -> int:
+        low = info.data.get("min")
+        if low is not None and value <= low:
+            raise ValueError(f"max must be > min, got min={low} and max={value}")
+        return value
+
+    def resources(self) -> list[int]:
+        """Each rung's resource, lowest first; the last is ``max``. Raises ``ValueError``
+        when more than :data:`MAX_RUNGS` rungs would be needed."""
+        out = [self.min]
+        while out[-1] < self.max:
+            out.append(min(self.max, max(out[-1] + 1, round(self.min * self.eta ** len(out)))))
+            if len(out) > MAX_RUNGS:
+                raise ValueError(
+                    f"min={self.min}, max={self.max}, eta={self.eta} need more than "
+                    f"{MAX_RUNGS} rungs"
+                )
+        return out
+
+    def resource_of(self, rung: int, *, final: bool = False) -> int:
+        """The resource of ``rung`` (``final``: ``max``). Raises ``ValueError`` for a rung
+        past the last."""
+        levels = self.resources()
+        if final:
+            return levels[-1]
+        if not 0 <= rung < len(levels):
+            raise ValueError(f"rung {rung} is outside 0..{len(levels) - 1}")
+        return levels[rung]
 
 
 class AlgorithmOptions(BaseModel):
@@ -124,6 +198,11 @@ class EvaluatorOptions(BaseModel):
     validation_fraction: float = Field(0.2, gt=0, lt=1)
     trial_timeout_seconds: float = Field(3600, gt=0)
     filter_seed: int = Field(42, ge=0, le=2**31 - 1)
+    plugin_options: Annotated[dict[str, Any] | None, AfterValidator(_storable_options)] = Field(
+        None,
+        description="A plugin evaluator's own options (a JSON object it reads); only with "
+        "evaluator plugin:NAME.",
+    )
     max_per_class: int | dict[Literal["train", "test"], int] | None = Field(
         None,
         description="Screen on a class-balanced subset: at most this many images per "

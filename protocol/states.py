@@ -48,11 +48,27 @@ class TrialState(enum.StrEnum):
 
 class TrialSource(enum.StrEnum):
     """Where a trial came from. FINAL trials re-score a search trial on the test split;
-    they never enter the history the suggester sees."""
+    a BLEND trial combines the kernels of a study's best models (its ``params`` list the
+    member trials). Both belong to the study's end (:meth:`finals`): they run after the
+    search (also in a stopped study) and never enter the history the suggester sees."""
 
     SUGGESTED = "suggested"
     USER = "user"
     FINAL = "final"
+    BLEND = "blend"
+
+    @classmethod
+    def finals(cls) -> tuple[TrialSource, ...]:
+        """Sources of the study's end phase: test-split re-scores and blends."""
+        return (cls.FINAL, cls.BLEND)
+
+    @classmethod
+    def search(cls) -> tuple[TrialSource, ...]:
+        """Sources of search trials (the suggester's history)."""
+        return (cls.SUGGESTED, cls.USER)
+
+    def is_final(self) -> bool:
+        return self in self.finals()
 
 
 class StudyState(enum.StrEnum):

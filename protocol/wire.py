@@ -22,8 +22,10 @@ from .datasets import DATASET_URI_HELP, DATASET_URI_PATTERN
 from .options import (
     AlgorithmName,
     AlgorithmOptions,
+    BlendWeights,
     EvaluatorField,
     EvaluatorOptions,
+    ScheduleOptions,
     StrictModel,
 )
 from .options import (
@@ -127,6 +129,23 @@ class StudyCreate(BaseModel):
     max_parallel: int = Field(4, ge=1, le=4096, description="Depth of the suggestion queue.")
     top_k: int = Field(5, ge=0, le=100, description="Trials re-scored on the test split.")
     seed: int = Field(0, ge=0, le=2**31 - 1)
+    schedule: ScheduleOptions | None = Field(
+        None,
+        description="Successive halving (ASHA) over a resource, e.g. "
+        '{"kind": "asha", "resource": "train_per_class", "min": 50, "max": 800, "eta": 3}; '
+        "max_trials then counts configurations (their first rung).",
+    )
+    blend_k: int = Field(
+        0,
+        ge=0,
+        le=100,
+        description="After the finals, blend the best blend_k models (sum of their "
+        "normalised linear kernels, the study's readout on it); 0: no blend.",
+    )
+    blend_weights: BlendWeights = Field(
+        "uniform",
+        description="uniform, or validation: member weights chosen on the validation split.",
+    )
 
 
 class StudyPatch(BaseModel):
@@ -159,9 +178,16 @@ class StudyOut(BaseModel):
     error: str | None = Field(
         None, description="Why the coordinator paused this study on its own, if it did."
     )
-    search_done: int = Field(0, description="Search trials (not finals) that have finished.")
-    finals: int = Field(0, description="Final (test split) evaluations queued in all.")
-    finals_done: int = Field(0, description="Final evaluations that have finished.")
+    schedule: dict[str, Any] | None = Field(None, description="The ASHA schedule, if any.")
+    blend_k: int = Field(0, description="Models blended after the finals (0: none).")
+    blend_weights: str = "uniform"
+    search_done: int = Field(
+        0, description="Configurations (first-rung search trials) that have finished."
+    )
+    finals: int = Field(
+        0, description="End-phase trials queued in all: test-split re-scores and blends."
+    )
+    finals_done: int = Field(0, description="End-phase trials that have finished.")
 
     def is_over(self) -> bool:
         """Nothing of this study will run any more."""
@@ -181,7 +207,10 @@ class TrialOut(BaseModel):
     study_id: int
     number: int
     state: TrialState
-    source: TrialSource = Field(description="suggested | user | final (a test-split re-score)")
+    source: TrialSource = Field(
+        description="suggested | user | final (a test-split re-score) | blend (a kernel "
+        "blend of the best models; params.members lists them)"
+    )
     final_of_id: int | None = Field(None, description="For a final trial: the trial re-scored")
     params: dict[str, Any]
     arch: dict[str, Any] | None
@@ -199,10 +228,18 @@ class TrialOut(BaseModel):
     created_at: UtcDatetime
     started_at: UtcDatetime | None
     finished_at: UtcDatetime | None
+    rung: int = Field(0, description="ASHA rung (0: the first, or no schedule).")
+    rung_of_id: int | None = Field(
+        None, description="For a promoted trial (rung > 0): the configuration's rung-0 trial."
+    )
+    gflops_per_image: float | None = Field(None, description="Model cost: GFLOP per image.")
+    n_params: int | None = Field(None, description="Model cost: filter parameters.")
+    n_features: int | None = Field(None, description="Model cost: output features.")
 
     @property
     def is_final(self) -> bool:
-        return self.source == TrialSource.FINAL
+        """A trial of the study's end phase (a final re-score or a blend)."""
+        return self.source.is_final()
 
 
 class TrialPage(BaseModel):
@@ -210,8 +247,33 @@ class TrialPage(BaseModel):
     next: str | None = Field(description="Cursor for the next page (pass as after=), or null.")
 
 
+class BlendOut(TrialOut):
+    """A blend trial (source ``blend``) with its members' trial numbers."""
+
+    member_numbers: list[int] = Field(
+        default_factory=list,
+        description="The members' trial numbers, best first (params.members: their ids).",
+    )
+
+
 class BestOut(BaseModel):
     trials: list[TrialOut]
+    blends: list[BlendOut] = Field(
+        default_factory=list,
+        description="The study's blends: COMPLETE ones by value (best first), then the "
+        "others by number; value is the validation score, test_value the test score.",
+    )
+
+
+class BlendCreate(BaseModel):
+    """A blend queued by hand for a finished or stopped study."""
+
+    model_config = StrictModel
+    k: int = Field(ge=1, le=100, description="Blend the best k COMPLETE search trials.")
+    weights: BlendWeights = Field(
+        "uniform",
+        description="uniform, or validation: member weights chosen on the validation split.",
+    )
 
 
 class EnqueueTrial(BaseModel):
@@ -266,6 +328,9 @@ class StudyBrief(BaseModel):
     evaluator: EvaluatorField
     evaluator_options: BriefOptions
     seed: int
+    schedule: ScheduleOptions | None = Field(
+        None, description="The study's ASHA schedule: a trial's resource is its rung's."
+    )
 
 
 class Lease(BaseModel):
@@ -480,3 +545,44 @@ class SpaceOut(BaseModel):
     description: str
     document: dict[str, Any]
     labels: list[str]
+
+
+# -- the Pareto front (issue 14) -------------------------------------------------------------
+class ParetoPoint(BaseModel):
+    """One COMPLETE search configuration, at its highest COMPLETE rung."""
+
+    id: int = Field(description="The trial's id (the configuration's highest COMPLETE rung).")
+    number: int
+    value: float = Field(description="Validation score (higher is better).")
+    test_value: float | None = Field(description="Test-split score once a final ran.")
+    gflops_per_image: float = Field(description="GFLOP per image (lower is better).")
+    n_params: int | None
+    n_features: int | None
+    seconds_per_image: float | None = Field(
+        description="Measured by the worker (metrics.seconds_per_image); null if not reported."
+    )
+    rung: int = Field(description="The rung the value was measured at (0 without a schedule).")
+    arch_summary: str | None
+    on_front: bool
+
+
+class ParetoOut(BaseModel):
+    """The Pareto set of validation score (maximised) against GFLOP per image (minimised)
+    over the COMPLETE search configurations, each once at its highest COMPLETE rung (as
+    ``GET /best`` ranks them). A point is on the front when no other point is at least as
+    cheap and at least as good and strictly better in one; exact ties are all on it."""
+
+    study_id: int
+    scheduled: bool = Field(
+        description="The study has an ASHA schedule: a point's value is from its rung, and "
+        "lower rungs score on less data (fewer images per class or epochs)."
+    )
+    n_configurations: int = Field(description="COMPLETE configurations considered.")
+    n_unknown_cost: int = Field(
+        description="Configurations left out because their cost cannot be computed."
+    )
+    front: list[ParetoPoint] = Field(description="The Pareto set, by GFLOP per image.")
+    dominated: list[ParetoPoint] = Field(
+        description="The other configurations by GFLOP per image (only with "
+        "include_dominated=true, else empty)."
+    )

@@ -99,6 +99,12 @@ class Study(Base):
     max_parallel: Mapped[int] = mapped_column(Integer)
     top_k: Mapped[int] = mapped_column(Integer, default=5)
     seed: Mapped[int] = mapped_column(Integer, default=0)
+    # protocol.options.ScheduleOptions as given (None: every trial at the full budget).
+    schedule: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    blend_k: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    blend_weights: Mapped[str] = mapped_column(
+        String(16), default="uniform", server_default="uniform"
+    )
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
@@ -167,12 +173,23 @@ class Trial(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # ASHA (migration 0005): the rung this trial runs at; a promoted trial (rung > 0)
+    # points at its configuration's rung-0 trial. 0 / None without a schedule.
+    rung: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    rung_of_id: Mapped[int | None] = mapped_column(
+        ForeignKey("trials.id", ondelete="CASCADE"), index=True
+    )
+    # The candidate's cost per image, from search_space.arch.walk at insertion.
+    gflops_per_image: Mapped[float | None] = mapped_column(Float)
+    n_params: Mapped[int | None] = mapped_column(BigInteger)
+    n_features: Mapped[int | None] = mapped_column(Integer)
 
     study: Mapped[Study] = relationship(back_populates="trials")
 
     @property
     def is_final(self) -> bool:
-        return self.source == TrialSource.FINAL
+        """A trial of the study's end phase (a final re-score or a blend)."""
+        return TrialSource(self.source).is_final()
 
 
 class ApiToken(Base):

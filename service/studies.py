@@ -15,7 +15,12 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from protocol.options import EvaluatorOptions
+from protocol.options import (
+    BLENDABLE_EVALUATORS,
+    EVALUATOR_RESOURCES,
+    PLUGIN_PREFIX,
+    EvaluatorOptions,
+)
 from protocol.wire import StudyCreate
 from search_space import (
     MAX_GRID_POINTS,
@@ -131,7 +136,46 @@ def check_study(body: StudyCreate) -> CheckedStudy:
         get_suggester(body.algorithm, **body.algorithm_options.model_dump())
     except ValueError as exc:
         raise InvalidInput(str(exc), field="algorithm_options") from None
+    _check_evaluator_fit(body)
     return CheckedStudy(body, space_name, space)
+
+
+def _check_evaluator_fit(body: StudyCreate) -> None:
+    """The options that depend on the evaluator: the schedule's resource must be one the
+    evaluator spends, plugin options need a plugin. Raises :class:`InvalidInput`."""
+    plugin = body.evaluator.startswith(PLUGIN_PREFIX)
+    if body.evaluator_options.plugin_options is not None and not plugin:
+        raise InvalidInput(
+            f"plugin_options are read only by a plugin evaluator (plugin:NAME); this "
+            f"study's evaluator is {body.evaluator!r}",
+            field="evaluator_options.plugin_options",
+        )
+    if body.blend_k and body.evaluator not in BLENDABLE_EVALUATORS:
+        raise InvalidInput(
+            f"a blend combines fixed-filter features ({' or '.join(BLENDABLE_EVALUATORS)} "
+            f"studies); evaluator {body.evaluator!r} keeps no model to blend",
+            field="blend_k",
+        )
+    readout = body.evaluator_options.readout
+    if body.blend_k and readout not in (None, "ridge"):
+        raise InvalidInput(
+            f"a blend fits a ridge readout on the members' combined kernel; readout "
+            f"{readout!r} has no kernel form here (use ridge, or blend_k 0)",
+            field="evaluator_options.readout",
+        )
+    if body.schedule is None:
+        return
+    known = () if plugin else EVALUATOR_RESOURCES[body.evaluator]
+    if body.schedule.resource not in known:
+        has = f"only {', '.join(known)}" if known else "no resource a schedule can set"
+        raise InvalidInput(
+            f"evaluator {body.evaluator!r} has {has}; got resource {body.schedule.resource!r}",
+            field="schedule.resource",
+        )
+    try:
+        body.schedule.resources()
+    except ValueError as exc:
+        raise InvalidInput(str(exc), field="schedule") from None
 
 
 def create_study(session: Session, body: StudyCreate, checked: CheckedStudy | None = None) -> Study:
@@ -154,6 +198,9 @@ def create_study(session: Session, body: StudyCreate, checked: CheckedStudy | No
         max_parallel=body.max_parallel,
         top_k=body.top_k,
         seed=body.seed,
+        schedule=body.schedule.model_dump() if body.schedule else None,
+        blend_k=body.blend_k,
+        blend_weights=body.blend_weights,
     )
     session.add(study)
     session.flush()
@@ -176,19 +223,22 @@ def stats(session: Session, study_ids: list[int]) -> dict[int, StudyStats]:
     two grouped queries."""
     counts: dict[int, dict[str, int]] = {sid: {} for sid in study_ids}
     progress: dict[int, list[int]] = {sid: [0, 0, 0] for sid in study_ids}
+    # One expression object in SELECT and GROUP BY: two copies of ``rung == 0`` get two
+    # bind parameters, which PostgreSQL does not see as the same expression.
+    first_rung = (Trial.rung == 0).label("first_rung")
     rows = session.execute(
-        select(Trial.study_id, Trial.state, Trial.source, func.count())
+        select(Trial.study_id, Trial.state, Trial.source, first_rung, func.count())
         .where(Trial.study_id.in_(study_ids))
-        .group_by(Trial.study_id, Trial.state, Trial.source)
+        .group_by(Trial.study_id, Trial.state, Trial.source, first_rung)
     )
-    for sid, state, source, n in rows:
-        state, final = TrialState(state), source == TrialSource.FINAL
+    for sid, state, source, first_rung, n in rows:
+        state, final = TrialState(state), TrialSource(source).is_final()
         counts[sid][state.value] = counts[sid].get(state.value, 0) + n
         done = state.is_finished()
         if final:
             progress[sid][1] += n
             progress[sid][2] += n if done else 0
-        elif done:
+        elif done and first_rung:  # configurations, as max_trials counts them
             progress[sid][0] += n
     best = dict(
         session.execute(
@@ -196,7 +246,7 @@ def stats(session: Session, study_ids: list[int]) -> dict[int, StudyStats]:
             .where(
                 Trial.study_id.in_(study_ids),
                 Trial.state == TrialState.COMPLETE,
-                Trial.source != TrialSource.FINAL.value,
+                Trial.source.in_([s.value for s in TrialSource.search()]),
             )
             .group_by(Trial.study_id)
         ).all()

@@ -42,9 +42,11 @@ from search_space import (
     EncodedHistory,
     HistoryItem,
     InfeasibleArchitecture,
+    ShapeReport,
     Space,
     get_suggester,
     validate,
+    walk,
 )
 
 from .db import make_engine
@@ -132,7 +134,9 @@ def new_trial(
     """
     arch = space.to_arch(raw, input_channels=options.input_channels, seed=options.filter_seed)
     reason = None
+    cost: dict[str, Any] = {}
     try:
+        cost = _cost(walk(arch))  # known even when a cap below refuses the candidate
         validate(
             arch,
             max_features=options.max_features,
@@ -149,7 +153,17 @@ def new_trial(
         source=source,
         priority=priority,
         infeasible_reason=reason,
+        **cost,
     )
+
+
+def _cost(report: ShapeReport) -> dict[str, Any]:
+    """A trial's cost columns from the architecture's walk."""
+    return {
+        "gflops_per_image": report.gflops,
+        "n_params": report.n_params,
+        "n_features": report.n_features,
+    }
 
 
 def watch_parent(interval: float = 1.0) -> None:
@@ -225,14 +239,33 @@ def _state_name(state: Any) -> str:
 
 
 def read_history(engine: Engine, study_id: int, encoded: EncodedHistory) -> None:
-    """Bring ``encoded`` up to the study's current search history (finals left out):
-    all states and values, the parameters of trials it does not know yet. One read
-    transaction. Raises ``SQLAlchemyError``."""
-    search = (Trial.study_id == study_id) & (Trial.source != TrialSource.FINAL.value)
+    """Bring ``encoded`` up to the study's current search history (finals and blends left
+    out): all states and values, the parameters of trials it does not know yet. One read
+    transaction. Raises ``SQLAlchemyError``.
+
+    With an ASHA schedule each configuration is one point, keyed by its rung-0 trial,
+    whose value is the score at the configuration's highest COMPLETE rung (a promoted
+    trial still running leaves the lower rung's score in place).
+    """
+    search = (Trial.study_id == study_id) & Trial.source.in_(
+        [s.value for s in TrialSource.search()]
+    )
     with engine.connect() as conn:
-        rows = conn.execute(
-            select(Trial.id, Trial.state, Trial.value).where(search).order_by(Trial.id)
+        everything = conn.execute(
+            select(Trial.id, Trial.state, Trial.value, Trial.rung, Trial.rung_of_id)
+            .where(search)
+            .order_by(Trial.id)
         ).all()
+        higher: dict[int, tuple[int, float]] = {}
+        for _, state, value, rung, root in everything:
+            complete = _state_name(state) == TrialState.COMPLETE.value
+            if root is not None and complete and rung > higher.get(root, (-1, 0.0))[0]:
+                higher[root] = (rung, value)
+        rows = [
+            (tid, state, higher[tid][1] if tid in higher else value)
+            for tid, state, value, _, root in everything
+            if root is None
+        ]
         missing = encoded.missing([r[0] for r in rows])
         params: dict[int, Any] = {}
         if missing:

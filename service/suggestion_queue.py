@@ -278,7 +278,7 @@ class SuggestionQueue:
                 self._end_search(study_id, "the suggester has no configuration left")
                 return added
             with self.store.transaction(lock_study=study_id) as s:
-                fresh = s.get(Study, study_id, populate_existing=True)
+                fresh = _locked_study(s, study_id)
                 if fresh is None or fresh.state != StudyState.RUNNING:
                     return added
                 total, waiting_now = _counts(s, study_id)
@@ -340,6 +340,7 @@ class SuggestionQueue:
                 f"params are not a point of the study's space: {exc}", field="params"
             ) from None
         with self.store.transaction(lock_study=study.id) as s:
+            _locked_study(s, study.id)
             total, _ = _counts(s, study.id)
             if total >= study.max_trials:
                 raise InvalidInput(
@@ -353,7 +354,25 @@ class SuggestionQueue:
                     f"(config_hash {item.config_hash[:12]})",
                     field="params",
                 )
+            if rows[0].state == TrialState.INFEASIBLE:
+                # Its finished_at is the database clock (an SQL expression): read it back
+                # while the session is open, or the detached row cannot answer it (a 500).
+                s.refresh(rows[0], ["finished_at"])
             return rows[0]
+
+
+def _locked_study(session: Any, study_id: int) -> Study | None:
+    """The study row, locked FOR UPDATE for the rest of the transaction (PostgreSQL).
+
+    Every transaction that adds trials to a study holds this lock -- the lifecycle takes
+    it before it queues promotions and finals -- because trial numbers are the study's
+    max + 1: two inserters not serialised on one lock would pick the same number, and
+    the unique (study_id, number) would fail a worker's report. The advisory lock this
+    module also takes only serialises refills among themselves. Lock order: advisory,
+    then the study row (a report's transaction holds trial rows, then the study row,
+    and never the advisory lock). The lifecycle's own lock, so both take it alike.
+    """
+    return lifecycle._locked_study(session, study_id)
 
 
 def _waiting(session: Any, study_id: int) -> int:
@@ -374,9 +393,10 @@ def _waiting(session: Any, study_id: int) -> int:
 def _counts(session: Any, study_id: int) -> tuple[int, int]:
     from sqlalchemy import func
 
+    # total: configurations (first-rung trials; promotions are not new configurations).
     total, waiting = session.execute(
         select(
-            func.count(),
+            func.count().filter(lifecycle.IS_FIRST_RUNG),
             func.count().filter(Trial.state == TrialState.WAITING),
         ).where(Trial.study_id == study_id, ~lifecycle.IS_FINAL)
     ).one()

@@ -36,7 +36,8 @@ is :class:`~service.errors.Forbidden` (403, field ``worker_id``), and a revoked 
 
 Scores: a reported value (complete, fail, heartbeat) must lie in the range of the study's
 evaluator (:data:`SCORE_RANGES`), else :class:`~service.errors.InvalidInput` (field
-``value``).
+``value``); a blend's complete report must carry its test score the same way (field
+``metrics.test_value``), stored as the blend's ``test_value``.
 
 Errors: :class:`~service.errors.NotFound` (no such trial / worker),
 :class:`~service.errors.Conflict` (lost lease, wrong worker, contradicting report) and
@@ -135,7 +136,7 @@ _STUDY_FINGERPRINT = (
 # still run their finals (docs/design.md section 5).
 _CLAIMABLE = _STUDIES.c.state.in_([s for s in StudyState if s.claims_search()]) | (
     _STUDIES.c.state.in_([s for s in StudyState if s.claims_finals()])
-    & (_TRIALS.c.source == TrialSource.FINAL.value)
+    & _TRIALS.c.source.in_([s.value for s in TrialSource.finals()])
 )
 _KIND_STATE = {
     "complete": TrialState.COMPLETE,
@@ -174,10 +175,16 @@ class TrialRow:
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    rung: int
+    rung_of_id: int | None
+    gflops_per_image: float | None
+    n_params: int | None
+    n_features: int | None
 
     @property
     def is_final(self) -> bool:
-        return self.source == TrialSource.FINAL
+        """A trial of the study's end phase (a final re-score or a blend)."""
+        return TrialSource(self.source).is_final()
 
 
 # A row of ``select(*_TRIALS.c)`` is a TrialRow's positional arguments.
@@ -197,13 +204,21 @@ class StudyFacts:
     evaluator: str
     evaluator_options: dict[str, Any]
     seed: int
+    schedule: dict[str, Any] | None = None
 
     @classmethod
     def of(cls, row: Any) -> StudyFacts:
         # evaluator_options() reads .evaluator_options and .dataset of the row.
         options = evaluator_options(row).model_dump()
         return cls(
-            row.id, row.name, row.dataset, row.dataset_fingerprint, row.evaluator, options, row.seed
+            row.id,
+            row.name,
+            row.dataset,
+            row.dataset_fingerprint,
+            row.evaluator,
+            options,
+            row.seed,
+            row.schedule,
         )
 
 
@@ -217,6 +232,7 @@ _FACT_COLUMNS = [
         "evaluator",
         "evaluator_options",
         "seed",
+        "schedule",
     )
 ]
 
@@ -252,7 +268,7 @@ class BeatBrief:
 
     @property
     def is_final(self) -> bool:
-        return self.source == TrialSource.FINAL
+        return TrialSource(self.source).is_final()
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,6 +310,25 @@ class NewTrial:
     infeasible_reason: str | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     final_of_id: int | None = None
+    # ASHA: the rung, and for a promoted configuration (rung > 0) its rung-0 trial.
+    rung: int = 0
+    rung_of_id: int | None = None
+    # The candidate's cost per image (search_space.arch.walk); None when unknown.
+    gflops_per_image: float | None = None
+    n_params: int | None = None
+    n_features: int | None = None
+
+
+def blend_hash(weights: str, member_ids: Sequence[int]) -> str:
+    """The ``config_hash`` of a blend: the same members (in order) and weights are the
+    same blend, which the unique (study_id, config_hash) keeps from being queued twice."""
+    key = f"blend:{weights}:{','.join(str(i) for i in member_ids)}"
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _cost_sum(costs: Sequence[float | int | None]) -> Any:
+    # A blend extracts every member's features: its cost is theirs added up.
+    return None if any(c is None for c in costs) else sum(costs)  # type: ignore[arg-type]
 
 
 class TrialStore:
@@ -405,6 +440,11 @@ class TrialStore:
                 metrics=item.metrics,
                 intermediate=[],
                 attempt=1,
+                rung=item.rung,
+                rung_of_id=item.rung_of_id,
+                gflops_per_image=item.gflops_per_image,
+                n_params=item.n_params,
+                n_features=item.n_features,
             )
             if infeasible:
                 trial.finished_at = db_now_plus(0)
@@ -426,10 +466,41 @@ class TrialStore:
                 source=TrialSource.FINAL,
                 priority=0,
                 final_of_id=t.id,
+                gflops_per_image=t.gflops_per_image,
+                n_params=t.n_params,
+                n_features=t.n_features,
             )
             for t in top
         ]
         return self.add_trials(session, study_id, new)
+
+    def add_blend(
+        self, session: Session, study_id: int, members: Sequence[Trial], weights: str
+    ) -> Trial | None:
+        """Queue a blend of ``members`` (search trials, best first) ahead of everything
+        else, unless the same blend (members in that order and weights) is already a trial
+        of the study: then ``None``. Only :mod:`service.lifecycle` calls it.
+
+        The row (docs/design.md section 5): source ``blend``, params ``{"members": [trial
+        ids], "weights": ...}``, arch ``{"members": [their architectures]}``, the cost
+        columns the members' sums (unknown when one member's is). Raises ``ValueError`` for
+        no members."""
+        if not members:
+            raise ValueError("a blend needs at least one member")
+        ids = [t.id for t in members]
+        item = NewTrial(
+            params={"members": ids, "weights": weights},
+            arch={"members": [t.arch for t in members]},
+            config_hash=blend_hash(weights, ids),
+            seed=members[0].seed,
+            source=TrialSource.BLEND,
+            priority=0,
+            gflops_per_image=_cost_sum([t.gflops_per_image for t in members]),
+            n_params=_cost_sum([t.n_params for t in members]),
+            n_features=_cost_sum([t.n_features for t in members]),
+        )
+        added = self.add_trials(session, study_id, [item])
+        return added[0] if added else None
 
     # -- worker side: shared steps ---------------------------------------------------------
     def _touch_worker(
@@ -517,6 +588,25 @@ class TrialStore:
                 f"value {value!r} is outside [{low}, {high}], the score range of the "
                 f"{facts.evaluator} evaluator",
                 field="value",
+            )
+
+    def _check_blend_test_value(self, facts: StudyFacts, metrics: dict[str, Any]) -> None:
+        """A blend's result carries its test score (``metrics["test_value"]``), a finite
+        number in the evaluator's range: stored as the blend's ``test_value``, it is the
+        blend's end result. Anything else is :class:`InvalidInput` (field
+        ``metrics.test_value``)."""
+        test = metrics.get("test_value")
+        low, high = SCORE_RANGES.get(facts.evaluator, (-math.inf, math.inf))
+        if (
+            isinstance(test, bool)
+            or not isinstance(test, int | float)
+            or not (math.isfinite(test) and low <= test <= high)
+        ):
+            raise InvalidInput(
+                f"a blend's complete report needs metrics.test_value, its test score: a "
+                f"number in [{low}, {high}] (the {facts.evaluator} evaluator's range); "
+                f"got {test!r}",
+                field="metrics.test_value",
             )
 
     def _statement(self, key: str, build: Callable[[], Any]) -> Any:
@@ -896,6 +986,8 @@ class TrialStore:
                 if trial is None:
                     raise NotFound(f"trial {report.trial_id} does not exist", field="trial_id")
                 self._check_range(facts[trial.study_id], report.value)
+                if report.kind == "complete" and trial.source == TrialSource.BLEND:
+                    self._check_blend_test_value(facts[trial.study_id], report.metrics)
                 if _is_repeat(trial, report, worker_id):
                     outcomes.append(ReportOutcome(report.trial_id, trial, first=False))
                     continue
@@ -909,6 +1001,7 @@ class TrialStore:
                 value=trial.value if report.value is None else report.value,
                 metrics=report.metrics if report.kind == "complete" else trial.metrics,
                 reason=trial.reason if report.kind == "complete" else report.reason,
+                test_value=_reported_test_value(trial, report),
                 lease_expires_at=None,
                 finished_at=now,
             )
@@ -926,7 +1019,8 @@ class TrialStore:
         facts: dict[int, StudyFacts],
     ) -> None:
         """Write checked results: one executemany for the trials, the search trials'
-        ``test_value`` for finals, the first fingerprint of a study that has none."""
+        ``test_value`` for finals and a blend's own, the first fingerprint of a study that
+        has none."""
         t = _TRIALS.c
         store = self._statement(
             "report store",
@@ -956,13 +1050,18 @@ class TrialStore:
         ]
         # One row is a plain execute: the driver's executemany has a set-up cost of its own.
         s.execute(store, rows[0] if len(rows) == 1 else rows)
+        # A final evaluation's score is the search trial's test score; a blend reports
+        # its own test score (checked in _report) beside its validation value.
         finals = [
             {"b_id": done.final_of_id, "b_test_value": done.value}
             for done, _ in accepted
             if done.final_of_id is not None and done.state == TrialState.COMPLETE
+        ] + [
+            {"b_id": done.id, "b_test_value": done.test_value}
+            for done, _ in accepted
+            if done.source == TrialSource.BLEND and done.state == TrialState.COMPLETE
         ]
         if finals:
-            # A final evaluation's score is the search trial's test score.
             test_value = self._statement(
                 "report test_value",
                 lambda: (
@@ -1109,6 +1208,14 @@ def _lease_conflict(
         f"(state {state.value}, attempt {attempt})",
         field="worker_id",
     )
+
+
+def _reported_test_value(trial: TrialRow, report: Report) -> float | None:
+    # A blend's complete report carries its own test score (checked in _report); a final
+    # re-score's value is written to its search trial instead (_store_reports).
+    if report.kind == "complete" and trial.source == TrialSource.BLEND:
+        return float(report.metrics["test_value"])
+    return trial.test_value
 
 
 def _is_repeat(trial: TrialRow, report: Report, worker_id: int) -> bool:

@@ -52,6 +52,7 @@ def study_brief(facts: StudyFacts) -> StudyBrief:
         evaluator=facts.evaluator,
         evaluator_options=facts.evaluator_options,  # type: ignore[arg-type]  # validated here
         seed=facts.seed,
+        schedule=facts.schedule,  # type: ignore[arg-type]  # validated at creation
     )
 
 
@@ -92,6 +93,9 @@ def study_out(study: Study, stats: StudyStats) -> StudyOut:
         best_value=stats.best_value,
         infeasible_rate=stats.infeasible_rate,
         error=study.error,
+        schedule=study.schedule,
+        blend_k=study.blend_k,
+        blend_weights=study.blend_weights,
         search_done=stats.search_done,
         finals=stats.finals,
         finals_done=stats.finals_done,

@@ -38,6 +38,9 @@ Contract with the coordinator (docs/design.md sections 5 and 9), spoken through 
   batch's next study are loaded in the background while a trial runs (not under
   ``--max-memory``); every completed result carries the worker's ``threads`` and the
   peak memory of its evaluation (``peak_rss_mb``; a group's shared peak).
+* a trial of source ``blend`` (``arch == {"members": [architectures]}``, ``params.weights``)
+  runs alone through :func:`workers.blend.blend` with the study's options; its complete
+  report carries the test score as ``metrics.test_value``.
 Imports ``search_space``, ``protocol`` and ``client``, never ``service``.
 """
 
@@ -60,12 +63,13 @@ from typing import Any
 import httpx
 
 from client import MAX_BATCH, ApiError, Client, complete_report, fail_report
+from protocol import TrialSource
 from protocol.wire import MAX_REASON, ClaimOut, CompleteReport, FailReport, StudyBrief, TrialOut
 from search_space import Architecture, InfeasibleArchitecture
 
 from .memory import MiB, PeakMemory, resident_bytes
 from .outcomes import Pruned, Stopped, TimedOut
-from .plugins import PluginMissing
+from .plugins import PluginMissing, check_plugin
 from .spool import Spool, SpoolEntry
 
 log = logging.getLogger("archsearch.worker")
@@ -337,6 +341,31 @@ class BatchSizer:
         return max(0, int(IDLE_LEASE_SECONDS / self.mean))
 
 
+def _rung_budget(claim: ClaimOut) -> tuple[int | None, int | None]:
+    """``(train_per_class, epochs)`` of a claimed trial under its study's ASHA schedule:
+    its rung's resource (a final: the schedule's max), ``None`` for what the schedule
+    does not set. Raises ``ValueError`` for a rung past the schedule's last."""
+    schedule = claim.study.schedule
+    if schedule is None:
+        return None, None
+    amount = schedule.resource_of(claim.trial.rung, final=claim.trial.is_final)
+    if schedule.resource == "train_per_class":
+        return amount, None
+    return None, amount
+
+
+def _is_blend(trial: TrialOut) -> bool:
+    return trial.source == TrialSource.BLEND
+
+
+@dataclass(frozen=True)
+class _BlendOutcome:
+    """A finished blend as :meth:`WorkerDaemon._entry` reads a result."""
+
+    value: float
+    metrics: dict[str, Any]
+
+
 def _route_missing(exc: ApiError) -> bool:
     """A coordinator without this route (older than the batch routes) answered: 404 or
     405 naming no field (an unknown worker names ``worker_id``)."""
@@ -366,9 +395,10 @@ def _report_item(entry: SpoolEntry) -> CompleteReport | FailReport:
 class WorkerDaemon:
     """Runs trials until told to stop, ``max_trials`` are done, or idle too long.
 
-    ``evaluate``, ``load_data`` and ``evaluate_group`` are injectable for tests; by
-    default they are :func:`workers.evaluators.evaluate`, a
-    :class:`workers.datasets.DatasetCache` and :func:`workers.screen_group.screen_group`.
+    ``evaluate``, ``load_data``, ``evaluate_group`` and ``blend`` are injectable for
+    tests; by default they are :func:`workers.evaluators.evaluate`, a
+    :class:`workers.datasets.DatasetCache`, :func:`workers.screen_group.screen_group` and
+    :func:`workers.blend.blend`.
     """
 
     def __init__(
@@ -379,6 +409,7 @@ class WorkerDaemon:
         evaluate: Callable[..., Any] | None = None,
         load_data: Callable[..., Any] | None = None,
         evaluate_group: Callable[..., Any] | None = None,
+        blend: Callable[..., Any] | None = None,
     ) -> None:
         self.config = config
         self.client = client or Client(config.coordinator, config.token, timeout=60)
@@ -393,6 +424,9 @@ class WorkerDaemon:
             load_data = DatasetCache().get
         if evaluate_group is None:
             from .screen_group import screen_group as evaluate_group
+        if blend is None:
+            from .blend import blend
+        self.blend = blend
         self.evaluate = evaluate
         self.load_data = load_data
         self.evaluate_group = evaluate_group
@@ -842,6 +876,7 @@ class WorkerDaemon:
 
         def load() -> None:
             try:
+                check_plugin(nxt.study.evaluator)  # no load for a plugin this worker lacks
                 self.load_data(uri, **kwargs)
             except Exception as exc:  # the trial that needs it reports the error
                 log.debug("prefetch of %s failed: %s", uri, exc)
@@ -876,7 +911,7 @@ class WorkerDaemon:
         the unstarted trials right behind it in the batch that can share its evaluation:
         ``screen`` trials of the same study and split. They leave the batch here."""
         group = [first]
-        if self.group < 2 or first.study.evaluator != "screen":
+        if self.group < 2 or first.study.evaluator != "screen" or _is_blend(first.trial):
             return group
         with self._signal_lock:
             while self._pending and len(group) < self.group:
@@ -884,6 +919,8 @@ class WorkerDaemon:
                 if (
                     nxt.study.id != first.study.id
                     or nxt.trial.is_final != first.trial.is_final
+                    or nxt.trial.rung != first.trial.rung  # one resource per group
+                    or _is_blend(nxt.trial)  # a blend always runs alone
                     or hb.lost(nxt.trial.id)
                     or hb.action(nxt.trial.id) == "stop"
                 ):
@@ -948,7 +985,10 @@ class WorkerDaemon:
         return tick, report, deadline
 
     def _log_result(self, trial: TrialOut, entry: SpoolEntry, seconds: float) -> None:
-        arch = Architecture.from_dict(trial.arch).summary() if trial.arch else "-"
+        if _is_blend(trial):
+            arch = f"blend of {len((trial.arch or {}).get('members') or [])}"
+        else:
+            arch = Architecture.from_dict(trial.arch).summary() if trial.arch else "-"
         score = f"{entry.value:.4f}" if entry.value is not None else entry.kind.upper()
         ips = entry.metrics.get("images_per_s")
         group = entry.metrics.get("group_size")
@@ -981,7 +1021,9 @@ class WorkerDaemon:
             for claim in claims:
                 if claim.trial.arch is None:
                     raise ValueError(f"trial {claim.trial.id} carries no architecture")
-                archs.append(Architecture.from_dict(claim.trial.arch))
+                if not _is_blend(claim.trial):  # a blend's members are read by _blend
+                    archs.append(Architecture.from_dict(claim.trial.arch))
+            check_plugin(study.evaluator)  # a missing plugin: skip the study before any load
             uri, data_kwargs = self._data_args(study)
             data = self.load_data(uri, **data_kwargs)
             if self.config.max_memory is None:
@@ -1015,8 +1057,15 @@ class WorkerDaemon:
                 "max_gflops_per_image": options.max_gflops_per_image,
                 "max_activation_mb_per_image": options.max_activation_mb_per_image,
             }
+            if options.plugin_options is not None:  # only a plugin study has them
+                shared["plugin_options"] = options.plugin_options
+            train_per_class, epochs = _rung_budget(claims[0])
+            if train_per_class is not None:
+                shared["train_per_class"] = train_per_class
             with peak:
-                if len(claims) == 1:
+                if _is_blend(claims[0].trial):  # alone: _group_with never groups a blend
+                    outcomes = [self._blend(claims[0], data, budget, controls[0], shared)]
+                elif len(claims) == 1:
                     tick, report, deadline = controls[0]
                     outcomes: list[Any] = []
                     try:
@@ -1026,7 +1075,7 @@ class WorkerDaemon:
                                 archs[0],
                                 data,
                                 readout=options.readout,
-                                epochs=options.epochs,
+                                epochs=options.epochs if epochs is None else epochs,
                                 memory_budget=budget,
                                 report=report,
                                 tick=tick,
@@ -1053,6 +1102,45 @@ class WorkerDaemon:
             self._entry(claim, outcome, fingerprint, extra)
             for claim, outcome in zip(claims, outcomes, strict=True)
         ]
+
+    def _blend(
+        self,
+        claim: ClaimOut,
+        data: Any,
+        budget: int | None,
+        control: tuple[Callable[[], str], Callable[[int, float], str], float],
+        shared: dict[str, Any],
+    ) -> Any:
+        """Run one blend trial with the study's options; the result (its test score in
+        ``metrics.test_value``) or the exception that ended it, for :meth:`_entry`."""
+        trial, study = claim.trial, claim.study
+        tick, _, deadline = control
+        # A scheduled study's members ran their top rung and finals at its max.
+        capped = {k: shared[k] for k in ("train_per_class",) if k in shared}
+        try:
+            members = (trial.arch or {}).get("members")
+            if not isinstance(members, list) or not members:
+                raise ValueError(f"blend trial {trial.id} carries no member architectures")
+            result = self.blend(
+                study.evaluator,
+                [Architecture.from_dict(a) for a in members],
+                data,
+                weights=trial.params.get("weights", "uniform"),
+                readout=study.evaluator_options.readout,
+                validation_fraction=shared["validation_fraction"],
+                seed=shared["seed"],
+                device=shared["device"],
+                max_features=shared["max_features"],
+                max_gflops_per_image=shared["max_gflops_per_image"],
+                max_activation_mb_per_image=shared["max_activation_mb_per_image"],
+                memory_budget=budget,
+                tick=tick,
+                deadline=deadline,
+                **capped,
+            )
+        except Exception as exc:
+            return exc
+        return _BlendOutcome(result.value, {**result.metrics, "test_value": result.test_value})
 
     def _entry(
         self, claim: ClaimOut, outcome: Any, fingerprint: str | None, extra: dict[str, Any]

@@ -49,7 +49,7 @@ Every name those modules held here before the split is re-exported, so imports f
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -90,6 +90,7 @@ from .pairs import PAIR_FEATURES_SEARCH as PAIR_FEATURES_SEARCH
 from .pairs import _pairs, pair_sets, pairs_peak_bytes
 from .pairs import pair_features as pair_features
 from .screen import _screen
+from .stages import _check_data as _check_data
 from .stages import _extract_timed as _extract_timed
 from .stages import _fit_readout as _fit_readout
 from .stages import _labels as _labels
@@ -116,17 +117,6 @@ __all__ = [
 
 Protocol = Literal["screen", "train", "pairs"]
 PROTOCOLS: tuple[str, ...] = ("screen", "train", "pairs")
-
-
-# -- request checks --------------------------------------------------------------------
-def _check_data(arch: Architecture, ds: Dataset) -> None:
-    if ds.x.ndim != 4:
-        raise ValueError(f"dataset images must be (N, C, H, W), got {ds.x.shape}")
-    if ds.x.shape[1] != arch.input_channels:
-        raise ValueError(
-            f"the architecture expects {arch.input_channels} input channel(s) but "
-            f"{ds.uri} was loaded with {ds.x.shape[1]}: load it with the study's color"
-        )
 
 
 def _readout_kind(arch: Architecture, override: str | None) -> str:
@@ -156,6 +146,8 @@ def evaluate(
     max_gflops_per_image: float = DEFAULT_MAX_GFLOPS_PER_IMAGE,
     max_activation_mb_per_image: float = DEFAULT_MAX_ACTIVATION_MB_PER_IMAGE,
     memory_budget: int | None = None,
+    train_per_class: int | None = None,
+    plugin_options: dict[str, Any] | None = None,
 ) -> EvalResult:
     """Score ``arch`` on ``ds`` with ``protocol`` (see the module docstring for the contract).
 
@@ -179,6 +171,8 @@ def evaluate(
     * ``plugin:NAME``: the callable an installed package registers under that name in the
       entry-point group ``archsearch.evaluators`` (:mod:`workers.plugins`), after the
       same architecture and data checks; ``PluginMissing`` when this worker lacks it.
+      ``plugin_options`` (the study's ``evaluator_options.plugin_options``) reaches it as
+      ``options["plugin"]`` (``{}`` when unset).
 
     ``max_gflops_per_image`` / ``max_activation_mb_per_image`` are the study's cost caps
     (``EvaluatorOptions``); a candidate above them is infeasible before any work.
@@ -187,7 +181,10 @@ def evaluate(
     holds); the batch is made smaller to fit it, and a candidate whose estimate
     (:mod:`workers.memory`) exceeds it even at batch size 1 is ``InfeasibleArchitecture``
     with the estimate in the reason, before any work. The metric ``memory_estimate_mb`` is
-    that estimate (host memory; 0 on a GPU). Raises
+    that estimate (host memory; 0 on a GPU). ``train_per_class`` (screen only: an ASHA
+    rung's resource) fits the readout on at most that many images per class of the fit
+    split (nested subsets, :func:`workers.stages.cap_per_class`); the scored split is the
+    same at every rung. Raises
     ``InfeasibleArchitecture`` (infeasible or out of memory), :class:`Pruned`,
     :class:`Stopped`, :class:`TimedOut`, and ``ValueError`` for a bad request
     (unknown protocol / readout, channel mismatch, no test split, no pairs).
@@ -215,15 +212,20 @@ def evaluate(
             "max_features": max_features,
             "max_gflops_per_image": max_gflops_per_image,
             "max_activation_mb_per_image": max_activation_mb_per_image,
+            "plugin": dict(plugin_options or {}),
         }
         return run_plugin(
             protocol, arch, ds, final=final, validation_fraction=validation_fraction,
             seed=seed, device=device, options=options, control=control,
             max_features=max_features,
         )  # fmt: skip
+    if train_per_class is not None and protocol != "screen":
+        raise ValueError(f"train_per_class is a screen resource; protocol {protocol!r} has none")
     kind = _readout_kind(arch, readout)
     bs = int(batch_size) if batch_size else default_batch_size(rep, device)
-    memory = _memory_model(protocol, rep, ds, device, final, validation_fraction, seed, kind)
+    memory = _memory_model(
+        protocol, rep, ds, device, final, validation_fraction, seed, kind, train_per_class
+    )
     if protocol == "train":
         # The training micro-batch is what memory limits; the optimiser's batch stays.
         step_batch = max(1, (arch.train or TrainSettings()).batch_size)
@@ -244,6 +246,7 @@ def evaluate(
             batch_size=bs,
             max_features=max_features,
             control=control,
+            train_per_class=train_per_class,
         )
     elif protocol == "pairs":
         result = _pairs(
@@ -290,6 +293,7 @@ def _memory_model(
     validation_fraction: float,
     seed: int,
     kind: str,
+    train_per_class: int | None = None,
 ) -> Callable[[int], MemoryEstimate]:
     """The estimate of :mod:`workers.memory` as a function of the batch size, with this
     request's split sizes (read once: only the extraction stage depends on the batch)."""
@@ -311,7 +315,7 @@ def _memory_model(
             protocol, rep, n_images=0, n_fit=0, batch_size=bs, device=device,
             n_classes=n_classes,
         )  # fmt: skip
-    fit_idx, score_idx, _ = _splits(ds, final, validation_fraction, seed)
+    fit_idx, score_idx, _ = _splits(ds, final, validation_fraction, seed, train_per_class)
     n_images, n_fit = len(fit_idx) + len(score_idx), len(fit_idx)
     return lambda bs: estimate_bytes(
         protocol, rep, n_images=n_images, n_fit=n_fit, batch_size=bs, device=device

@@ -1,11 +1,14 @@
 """The exported model file (``archsearch study export-model``): format, writer, checked loader.
 
-One file holds everything a ``screen`` candidate needs to label new images: the
-architecture (JSON), the filters of every layer, the fitted linear readout (``W``, ``b``,
-the feature standardisation ``mean`` / ``std``, the column -> class map and the class
-names) and the input contract (image size and colour the dataset gave the model; the
-model's own resize / rescale is in the architecture, see
-:func:`search_space.model.preprocess`).
+One file holds everything a ``screen`` candidate needs to label new images, or a ``pairs``
+candidate to call pairs of images same or different: the architecture (JSON), the filters
+of every layer, the fitted linear readout (``W``, ``b``, the feature standardisation
+``mean`` / ``std``, the column -> class map and the class names) and the input contract
+(image size and colour the dataset gave the model; the model's own resize / rescale is in
+the architecture, see :func:`search_space.model.preprocess`). A pairs model's readout
+takes the comparison features (:func:`workers.pairs.pair_features` of the two images'
+features, kinds in ``meta["pair_features"]``) and its classes are ``different`` (0) and
+``same`` (1).
 
 Layout: a ``torch.save`` archive of plain containers and tensors only, so
 ``torch.load(path, weights_only=True)`` reads it anywhere, with no archsearch class::
@@ -14,6 +17,10 @@ Layout: a ``torch.save`` archive of plain containers and tensors only, so
      "meta": {...JSON: arch, protocol, readout kind / l2, class_names, input, provenance},
      "weights": {"layers.0.fbcorr.weight": tensor, ...},   # the FeatureExtractor's state
      "readout": {"W": (d, C) , "b": (C,), "mean": (d,), "std": (d,), "classes": (C,) int64}}
+
+Version 1 is a screen model; version 2 (the same layout) a pairs model, with
+``meta["protocol"] == "pairs"`` and ``meta["pair_features"]``: a reader of version 1 only
+refuses it by its version instead of misreading it.
 
 ``sha256`` is over the canonical content (:func:`content_digest`): the tag and version,
 the meta as sorted compact JSON, then every tensor's group, name, dtype, shape and bytes in
@@ -48,7 +55,12 @@ from .readout import LinearClassifier
 from .stages import extract_features
 
 FORMAT = "archsearch-model"
-VERSION = 1
+VERSION = 1  # a screen model
+PAIRS_VERSION = 2  # a pairs model (see the module docstring)
+VERSIONS = (VERSION, PAIRS_VERSION)
+PROTOCOL_VERSIONS = {"screen": VERSION, "pairs": PAIRS_VERSION}
+# A pairs model's readout columns: pairs.py labels a same pair 1, a different one 0.
+PAIR_CLASSES = ("different", "same")
 # The pickle of a model file holds names and small metadata only (tensor bytes are separate
 # zip members): a larger one is not ours.
 MAX_PICKLE_BYTES = 16 << 20
@@ -57,6 +69,7 @@ PREDICT_BATCH = 64
 
 __all__ = [
     "FORMAT",
+    "PAIR_CLASSES",
     "VERSION",
     "ExportedModel",
     "ModelFileError",
@@ -73,12 +86,14 @@ class ModelFileError(ValueError):
 # -- the in-memory model --------------------------------------------------------------
 @dataclass
 class ExportedModel:
-    """A loaded (or freshly exported) screen model: features, then the linear readout.
+    """A loaded (or freshly exported) model: features, then the linear readout.
 
     ``image_size`` ``(H, W)`` and ``color`` (``"gray"`` / ``"rgb"``) are the images the
     dataset loader gave the model; :meth:`predict` takes exactly those. ``meta`` is the
     file's JSON metadata (architecture, readout kind and ``l2``, provenance: study, trial,
-    ``test_value``, dataset URI and fingerprint).
+    ``test_value``, dataset URI and fingerprint). ``protocol`` ``"screen"`` labels images
+    (:meth:`predict`); ``"pairs"`` compares two (:meth:`predict_pairs`), its readout on
+    the ``pair_features`` of the two feature rows, classes :data:`PAIR_CLASSES`.
     """
 
     arch: Architecture
@@ -88,6 +103,8 @@ class ExportedModel:
     image_size: tuple[int, int]
     color: str
     meta: dict[str, Any]
+    protocol: str = "screen"
+    pair_features: tuple[str, ...] = ()
 
     @property
     def channels(self) -> int:
@@ -133,17 +150,49 @@ class ExportedModel:
         )
         return feats
 
+    def _require(self, protocol: str) -> None:
+        if self.protocol != protocol:
+            what = "labels single images" if self.protocol == "screen" else "compares pairs"
+            raise ValueError(f"this is a {self.protocol} model: it {what}")
+
     def decision(self, images: np.ndarray) -> torch.Tensor:
-        """Readout scores ``(N, n_classes)``; column ``j`` is ``class_names[classes[j]]``."""
+        """Readout scores ``(N, n_classes)``; column ``j`` is ``class_names[classes[j]]``.
+        Screen models only (``ValueError`` for a pairs model)."""
+        self._require("screen")
         return self.readout.decision(self.features(images))
 
     def predict_indices(self, images: np.ndarray) -> np.ndarray:
-        """Class indices ``(N,)`` int64 (into :attr:`class_names`)."""
+        """Class indices ``(N,)`` int64 (into :attr:`class_names`). Screen models only."""
+        self._require("screen")
         return self.readout.predict(self.features(images)).cpu().numpy()
 
     def predict(self, images: np.ndarray) -> list[str]:
-        """One class name per image."""
+        """One class name per image. Screen models only."""
         return [self.class_names[int(i)] for i in self.predict_indices(images)]
+
+    def pair_decision(self, first: np.ndarray, second: np.ndarray) -> torch.Tensor:
+        """Readout scores ``(N, 2)`` of the pairs ``(first[i], second[i])``, as the pairs
+        protocol computes them (features of both images, then their comparison features).
+        Pairs models only; ``ValueError`` for unequal counts or a wrong image shape."""
+        self._require("pairs")
+        from .pairs import pair_features
+
+        if len(first) != len(second):
+            raise ValueError(f"{len(first)} first images but {len(second)} second ones")
+        f1, f2 = self.features(first), self.features(second)
+        return self.readout.decision(pair_features(f1, f2, self.pair_features))
+
+    def predict_pairs(self, first: np.ndarray, second: np.ndarray) -> tuple[list[str], np.ndarray]:
+        """``(labels, scores)``: ``same`` / ``different`` per pair and the score, the
+        ``same`` column's readout value minus the ``different`` one's (> 0: same; the
+        label is the larger column, as the protocol's accuracy counts it)."""
+        d = self.pair_decision(first, second)
+        labels = [self.class_names[int(i)] for i in self.readout.classes[d.argmax(dim=1)]]
+        col = {int(c): j for j, c in enumerate(self.readout.classes.tolist())}
+        same = PAIR_CLASSES.index("same")
+        other = PAIR_CLASSES.index("different")
+        scores = (d[:, col[same]] - d[:, col[other]]).detach().to("cpu").double().numpy()
+        return labels, scores
 
 
 # -- content, digest, writer ----------------------------------------------------------
@@ -153,10 +202,12 @@ def _canonical_json(value: Any) -> bytes:
     ).encode()
 
 
-def content_digest(meta: dict[str, Any], tensors: dict[str, dict[str, torch.Tensor]]) -> str:
+def content_digest(
+    meta: dict[str, Any], tensors: dict[str, dict[str, torch.Tensor]], version: int = VERSION
+) -> str:
     """sha256 hex of the canonical content: tag, version, the meta (sorted compact JSON),
     then per tensor (groups and names sorted) its group, name, dtype, shape and bytes."""
-    h = hashlib.sha256(f"{FORMAT}\0{VERSION}\0".encode())
+    h = hashlib.sha256(f"{FORMAT}\0{version}\0".encode())
     h.update(_canonical_json(meta))
     for group in sorted(tensors):
         for name in sorted(tensors[group]):
@@ -174,18 +225,21 @@ def _content(model: ExportedModel) -> dict[str, Any]:
     meta = dict(model.meta)
     meta.update(
         arch=model.arch.to_dict(),
-        protocol="screen",
+        protocol=model.protocol,
         readout_kind=r.kind,
         l2=r.l2,
         class_names=list(model.class_names),
         input={"height": model.image_size[0], "width": model.image_size[1], "color": model.color},
     )
+    if model.protocol == "pairs":
+        meta["pair_features"] = list(model.pair_features)
+    version = PROTOCOL_VERSIONS[model.protocol]
     tensors = {"weights": weights, "readout": readout}
     # "format" first: load_model reads it from the pickle's opening opcodes.
     return {
         "format": FORMAT,
-        "version": VERSION,
-        "sha256": content_digest(meta, tensors),
+        "version": version,
+        "sha256": content_digest(meta, tensors, version),
         "meta": meta,
         **tensors,
     }
@@ -262,9 +316,10 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> Expor
     if not isinstance(content, dict) or content.get("format") != FORMAT:
         raise ModelFileError(f"{where} is not an archsearch model file")
     version = content.get("version")
-    if version != VERSION:
+    if version not in VERSIONS or isinstance(version, bool):
         raise ModelFileError(
-            f"{where}: model file version {version!r}; this archsearch reads version {VERSION}"
+            f"{where}: model file version {version!r}; this archsearch reads versions "
+            f"{', '.join(map(str, VERSIONS))}"
         )
     meta, weights, readout = content.get("meta"), content.get("weights"), content.get("readout")
     if not (isinstance(meta, dict) and isinstance(weights, dict) and isinstance(readout, dict)):
@@ -274,14 +329,14 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> Expor
         if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in items.items()):
             raise ModelFileError(f"{where}: {group} must map names to tensors")
     try:
-        digest = content_digest(meta, tensors)
+        digest = content_digest(meta, tensors, int(version))
     except (TypeError, ValueError) as exc:
         raise ModelFileError(f"{where}: metadata is not plain JSON: {exc}") from None
     if digest != content.get("sha256"):
         raise ModelFileError(
             f"{where}: checksum mismatch: the file was changed after export (or is damaged)"
         )
-    return _build(meta, weights, readout, where, torch.device(device))
+    return _build(meta, weights, readout, where, torch.device(device), int(version))
 
 
 # The most filter weights a model file may hold (1 GiB of float32).
@@ -294,10 +349,19 @@ def _build(
     readout: dict[str, torch.Tensor],
     where: str,
     device: torch.device,
+    version: int,
 ) -> ExportedModel:
     """The :class:`ExportedModel` of checked content; a file whose parts do not fit
     together (our digest, but hand-made) -> :class:`ModelFileError`."""
+    from .pairs import PAIR_FEATURES_FINAL
+
     try:
+        protocol = str(meta.get("protocol", "screen"))
+        if PROTOCOL_VERSIONS.get(protocol) != version:
+            raise ValueError(f"protocol {protocol!r} in a version {version} file")
+        kinds = tuple(str(k) for k in meta.get("pair_features", ()))
+        if (protocol == "pairs") != bool(kinds) or not set(kinds) <= set(PAIR_FEATURES_FINAL):
+            raise ValueError(f"pair features {list(kinds)} for protocol {protocol!r}")
         arch = Architecture.from_dict(meta["arch"])
         # Sizes first: a hand-made file could otherwise ask for any allocation.
         rep = walk(arch)
@@ -325,7 +389,8 @@ def _build(
         raise ModelFileError(f"{where}: inconsistent model file: {first}") from None
     d, c = clf.W.shape if clf.W.ndim == 2 else (-1, -1)
     if (
-        d != model.n_features
+        d != model.n_features * max(1, len(kinds))
+        or (protocol == "pairs" and names != PAIR_CLASSES)
         or clf.b.shape != (c,)
         or clf.mean.shape != (d,)
         or clf.std.shape != (d,)
@@ -340,4 +405,4 @@ def _build(
     model = model.to(device).eval()
     for k in READOUT_KEYS:
         setattr(clf, k, getattr(clf, k).to(device))
-    return ExportedModel(arch, model, clf, names, size, color, dict(meta))
+    return ExportedModel(arch, model, clf, names, size, color, dict(meta), protocol, kinds)

@@ -10,16 +10,19 @@ and the callable takes one :class:`PluginCall` and returns the score: a float, o
 ``(score, metrics)`` pair (metrics: a JSON-safe dict). The call carries the candidate's
 built torch model (filters trainable, initialised from ``arch.seed``), the architecture,
 the dataset with the rows to fit and to score (the search split, or all non-test rows and
-the test rows for a final evaluation), the study's evaluator options, the device and
+the test rows for a final evaluation), the study's evaluator options (the plugin's own,
+``evaluator_options.plugin_options``, as ``options["plugin"]``), the device and
 ``report(step, value)``, which raises :class:`~workers.outcomes.Pruned` or
-:class:`~workers.outcomes.Stopped` when the coordinator says so (let them propagate).
+:class:`~workers.outcomes.Stopped` when the coordinator says so (let them propagate). The
+coordinator's median stopping rule answers plugin studies: report a learning curve
+(the same step numbers in every trial, higher is better), not unrelated numbers.
 
 :func:`run_plugin` is called by :func:`workers.evaluators.evaluate` after the architecture
 and data checks. Outcomes, as the worker reports them:
 
 * the plugin is not installed here (or its module fails to import): :class:`PluginMissing`;
   the daemon gives the trial back and skips the study, as for a dataset fingerprint
-  mismatch;
+  mismatch (it calls :func:`check_plugin` before it loads the study's data);
 * the plugin raises: the trial is FAILED with its error (the daemon's report of any
   exception: type, message, traceback tail);
 * it returns a non-finite score, or something that is not a score: :class:`PluginError`
@@ -49,7 +52,15 @@ if TYPE_CHECKING:  # torch and the model stack load on first use: the daemon imp
 
 GROUP = "archsearch.evaluators"
 
-__all__ = ["GROUP", "PluginCall", "PluginError", "PluginMissing", "load_plugin", "run_plugin"]
+__all__ = [
+    "GROUP",
+    "PluginCall",
+    "PluginError",
+    "PluginMissing",
+    "check_plugin",
+    "load_plugin",
+    "run_plugin",
+]
 
 
 class PluginMissing(Exception):
@@ -66,8 +77,10 @@ class PluginCall:
 
     ``data.x`` is uint8 ``(N, C, H, W)``, ``data.y`` int64 labels, ``data.classes`` the
     names; ``fit_idx`` / ``score_idx`` index its rows. ``options`` is the study's evaluator
-    options (a dict, defaults filled). ``preprocess(images)`` turns uint8 images into the
-    model's input (:func:`search_space.model.preprocess`). Call ``tick()`` now and then in
+    options (a dict, defaults filled); ``options["plugin"]`` is the study's
+    ``plugin_options`` (a JSON object; ``{}`` when the study set none).
+    ``preprocess(images)`` turns uint8 images into the model's input
+    (:func:`search_space.model.preprocess`). Call ``tick()`` now and then in
     a long loop without reports (deadline, stop) and ``report(step, value)`` for
     intermediate values.
     """
@@ -102,6 +115,13 @@ def load_plugin(evaluator: str) -> Callable[[PluginCall], Any]:
     if not callable(plugin):
         raise PluginMissing(f"the evaluator plugin {name!r} is not callable")
     return plugin
+
+
+def check_plugin(evaluator: str) -> None:
+    """Nothing for a built-in protocol; for ``plugin:NAME``, :class:`PluginMissing` when
+    this worker cannot load it (the daemon asks before it loads a study's data)."""
+    if evaluator.startswith(PLUGIN_PREFIX):
+        load_plugin(evaluator)
 
 
 def _score(name: str, answer: Any) -> tuple[float, dict[str, Any]]:

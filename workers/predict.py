@@ -3,6 +3,7 @@
 :func:`image_paths` expands the command line (files, and directories searched
 recursively for image files, sorted); :func:`read_images` decodes them with Pillow into the
 uint8 ``(N, C, H, W)`` batch :meth:`workers.model_file.ExportedModel.predict` takes.
+:func:`read_pair_file` reads the pairs a pairs model compares (``predict --pairs FILE``).
 
 Size and colour are checked, not fixed: an image whose size is not the size of the
 model's dataset images, or whose channels are not the model's (1 for a gray model: modes
@@ -16,6 +17,7 @@ Pillow ``convert("L")`` / ``convert("RGB")`` and a bilinear resize to the datase
 
 from __future__ import annotations
 
+import csv
 import io
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,7 +32,10 @@ IMAGE_SUFFIXES = frozenset(
 # Pillow modes whose pixels have one channel (alpha aside); every other mode is colour.
 GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 
-__all__ = ["PredictInputError", "image_paths", "read_images"]
+__all__ = ["PredictInputError", "image_paths", "read_images", "read_pair_file"]
+
+# A pairs file larger than this is not a list of image pairs.
+MAX_PAIR_FILE_BYTES = 64 << 20
 
 
 class PredictInputError(ValueError):
@@ -100,3 +105,43 @@ def read_images(
                 f"{path}: cannot decode the image: {type(exc).__name__}: {exc}"
             ) from None
     return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
+
+
+def read_pair_file(path: str | Path) -> list[tuple[Path, Path]]:
+    """The pairs of a pairs file: one pair per line, ``IMG1 IMG2`` (whitespace) or CSV
+    ``IMG1,IMG2`` (quoted fields for names with commas or spaces); blank lines and lines
+    starting with ``#`` are skipped. Relative paths are relative to the file's directory.
+
+    Raises :class:`PredictInputError` naming the file and line for a line that is not two
+    paths, a path that is not a file, an unreadable or non-UTF-8 file, or no pair at all.
+    """
+    path = Path(path)
+    try:
+        if path.stat().st_size > MAX_PAIR_FILE_BYTES:
+            raise PredictInputError(f"{path}: larger than {MAX_PAIR_FILE_BYTES} bytes")
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise PredictInputError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PredictInputError(f"{path}: cannot read the pairs file: {exc}") from None
+    base = path.parent
+    out: list[tuple[Path, Path]] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        fields = next(csv.reader([stripped])) if "," in stripped else stripped.split()
+        fields = [f.strip() for f in fields]
+        if len(fields) != 2 or not all(fields):
+            raise PredictInputError(
+                f"{path}:{number}: expected two image paths (IMG1 IMG2, or IMG1,IMG2), "
+                f"got {len([f for f in fields if f])} field(s): {stripped[:80]!r}"
+            )
+        pair = tuple(p if p.is_absolute() else base / p for p in map(Path, fields))
+        for p in pair:
+            if not p.is_file():
+                raise PredictInputError(f"{path}:{number}: {p}: no such image file")
+        out.append((pair[0], pair[1]))
+    if not out:
+        raise PredictInputError(f"{path}: no pairs in the file")
+    return out

@@ -65,9 +65,10 @@ def _screen(
     batch_size: int,
     max_features: int,
     control: _Control,
+    train_per_class: int | None = None,
 ) -> EvalResult:
     t0 = time.perf_counter()
-    fit_idx, score_idx, split = _splits(ds, final, validation_fraction, seed)
+    fit_idx, score_idx, split = _splits(ds, final, validation_fraction, seed, train_per_class)
     with _oom_is_infeasible(device, "building the model"):
         model = build_model(arch, device=device, max_features=max_features)
     index = np.concatenate([fit_idx, score_idx])
@@ -89,6 +90,7 @@ def _screen(
         "n_features": model.n_features,
         "n_fit": nf,
         "n_scored": len(score_idx),
+        "train_per_class": train_per_class,
         "train_accuracy": train_acc,
         **ext,
         "readout_seconds": readout_s,

@@ -436,6 +436,7 @@ def screen_group(
     max_activation_mb_per_image: float = DEFAULT_MAX_ACTIVATION_MB_PER_IMAGE,
     streams: bool | None = None,
     feature_budget: int | None = None,
+    train_per_class: int | None = None,
 ) -> list[EvalResult | Exception]:
     """Screen ``candidates`` on ``ds`` together; one result per candidate, in order.
 
@@ -471,7 +472,9 @@ def screen_group(
         members.append(_Member(pos, cand.arch, rep, kind, control))
     if members:
         try:
-            fit_idx, score_idx, split = _splits(ds, final, validation_fraction, seed)
+            fit_idx, score_idx, split = _splits(
+                ds, final, validation_fraction, seed, train_per_class
+            )
         except Exception as exc:
             for m in members:
                 results[m.pos] = exc
@@ -610,6 +613,7 @@ def _score(
         "oom_halvings": ext.oom_halvings,
         "extract_seconds": own,
         "images_per_s": n / own if own > 0 else None,
+        "seconds_per_image": own / n if n else None,
         "flops_per_image": flops,
         "gflops_per_s": flops * n / own / 1e9 if own > 0 else None,
         **group_metrics,

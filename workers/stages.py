@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from search_space.arch import InfeasibleArchitecture, ShapeReport
+from search_space.arch import Architecture, InfeasibleArchitecture, ShapeReport
 from search_space.model import FeatureExtractor, preprocess
 
 from . import readout as ro
@@ -182,30 +182,71 @@ def _extract_timed(
         "oom_halvings": halvings,
         "extract_seconds": seconds,
         "images_per_s": n / seconds if seconds > 0 else None,
+        # The model's measured cost (the feature pass), next to its GFLOPs.
+        "seconds_per_image": seconds / n if n else None,
         "flops_per_image": flops,
         "gflops_per_s": flops * n / seconds / 1e9 if seconds > 0 else None,
     }
 
 
-# -- splits, labels, readout -----------------------------------------------------------
+# -- request checks, splits, labels, readout --------------------------------------------
+def _check_data(arch: Architecture, ds: Dataset) -> None:
+    """``ValueError`` for images that are not ``(N, C, H, W)`` or whose channels are not
+    the architecture's (``evaluate``, ``screen_group`` and ``blend`` check first)."""
+    if ds.x.ndim != 4:
+        raise ValueError(f"dataset images must be (N, C, H, W), got {ds.x.shape}")
+    if ds.x.shape[1] != arch.input_channels:
+        raise ValueError(
+            f"the architecture expects {arch.input_channels} input channel(s) but "
+            f"{ds.uri} was loaded with {ds.x.shape[1]}: load it with the study's color"
+        )
+
+
 def _splits(
-    ds: Dataset, final: bool, validation_fraction: float, seed: int
+    ds: Dataset,
+    final: bool,
+    validation_fraction: float,
+    seed: int,
+    train_per_class: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, str]:
-    """``(fit_idx, score_idx, split name)``: search train/validation, or non-test/test."""
+    """``(fit_idx, score_idx, split name)``: search train/validation, or non-test/test.
+    ``train_per_class`` (an ASHA rung's resource) caps the fit rows at that many per
+    class (:func:`cap_per_class`); the scored rows never change."""
     if final:
         fit_idx = np.flatnonzero(~np.asarray(ds.is_test, dtype=bool))
         score_idx = np.flatnonzero(np.asarray(ds.is_test, dtype=bool))
         if score_idx.size == 0:
             raise ValueError(f"{ds.uri} has no test images: a final evaluation needs them")
-        return fit_idx, score_idx, "test"
-    from .datasets import search_split
+        split = "test"
+    else:
+        from .datasets import search_split
 
-    train_idx, val_idx = search_split(ds, validation_fraction, seed)
-    if len(val_idx) == 0:
-        raise ValueError(
-            f"the validation split of {ds.uri} is empty (validation_fraction={validation_fraction})"
-        )
-    return np.asarray(train_idx), np.asarray(val_idx), "validation"
+        train_idx, val_idx = search_split(ds, validation_fraction, seed)
+        if len(val_idx) == 0:
+            raise ValueError(
+                f"the validation split of {ds.uri} is empty "
+                f"(validation_fraction={validation_fraction})"
+            )
+        fit_idx, score_idx, split = np.asarray(train_idx), np.asarray(val_idx), "validation"
+    if train_per_class is not None:
+        fit_idx = cap_per_class(fit_idx, np.asarray(ds.y), train_per_class, seed)
+    return fit_idx, score_idx, split
+
+
+def cap_per_class(idx: np.ndarray, y: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """At most ``n`` of ``idx`` per class of ``y[idx]``, sorted: the first ``n`` of a
+    seeded permutation of each class. The permutations do not depend on ``n``, so the
+    subsets are nested (a rung's images include the rung below's). Raises ``ValueError``
+    for ``n < 1``."""
+    if n < 1:
+        raise ValueError(f"train_per_class must be >= 1, got {n}")
+    rng = np.random.default_rng([int(seed), 0xA5A])
+    labels = y[idx]
+    keep = []
+    for c in np.unique(labels):
+        members = idx[labels == c]
+        keep.append(members[rng.permutation(len(members))[:n]])
+    return np.sort(np.concatenate(keep)) if keep else idx[:0]
 
 
 def _labels(ds: Dataset, idx: np.ndarray, device: torch.device) -> torch.Tensor:

@@ -148,6 +148,8 @@ def _train(
         "train_seconds": train_s,
         # forward + backward ~ 3x the forward FLOPs
         "images_per_s": images_seen / train_s if train_s > 0 else None,
+        # A training step's seconds per image (forward + backward), the model's cost here.
+        "seconds_per_image": train_s / images_seen if images_seen else None,
         "flops_per_image": flops,
         "gflops_per_s": 3 * flops * images_seen / train_s / 1e9 if train_s > 0 else None,
         "seconds": time.perf_counter() - t0,

@@ -1,10 +1,11 @@
-"""The results-dashboard queries as JSON: /api/v1/studies/{id}/history|parallel|... and
-/api/v1/workers/status.
+"""The results-dashboard queries as JSON: /api/v1/studies/{id}/history|parallel|pareto|
+rungs|... and /api/v1/workers/status.
 
 Each route is the data of one dashboard chart or table, computed by
-``service.dashboard.study_queries``, ``.importance`` or ``.worker_queries`` (the pages use
-the same functions). Reader role; with ``open_reads`` no token is needed, and a browser
-may send the ``archsearch_token`` cookie instead of the header.
+``service.dashboard.study_queries``, ``.importance``, ``.cost_queries``, ``.rung_queries``
+or ``.worker_queries`` (the pages use the same functions). Reader role; with
+``open_reads`` no token is needed, and a browser may send the ``archsearch_token``
+cookie instead of the header.
 """
 
 from __future__ import annotations
@@ -15,9 +16,18 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel
 
+from protocol.wire import ParetoOut
+
+from ..dashboard import cost_queries, rung_queries, study_queries, worker_queries
 from ..dashboard import importance as importance_queries
-from ..dashboard import study_queries, worker_queries
-from ..dashboard.schemas import History, Importance, Parallel, StudySummary, WorkersStatus
+from ..dashboard.schemas import (
+    History,
+    Importance,
+    Parallel,
+    Rungs,
+    StudySummary,
+    WorkersStatus,
+)
 from ..deps import Reader, SessionDep, StudyId
 from ..errors import ErrorBody
 
@@ -64,6 +74,30 @@ def parallel(
     """Parameters and score of every COMPLETE search trial, column by column (the
     parallel-coordinates chart; it asks for its few most important labels)."""
     return _json(study_queries.parallel(session, study_id, labels))
+
+
+@router.get("/studies/{study_id}/pareto", response_model=ParetoOut, responses=NOT_FOUND)
+def pareto(
+    study_id: StudyId,
+    _: Reader,
+    session: SessionDep,
+    include_dominated: Annotated[
+        bool, Query(description="Also list the configurations off the front (the chart).")
+    ] = False,
+) -> Response:
+    """The Pareto set of validation score (higher is better) against GFLOP per image
+    (lower is better) over the COMPLETE search configurations, each at its highest
+    COMPLETE rung (with a schedule, lower rungs score on less data), by GFLOP per image:
+    trial number and id, scores, cost (GFLOPs, parameters, features, measured seconds
+    per image), rung and architecture line."""
+    return _json(cost_queries.pareto(session, study_id, include_dominated=include_dominated))
+
+
+@router.get("/studies/{study_id}/rungs", response_model=Rungs, responses=NOT_FOUND)
+def rungs(study_id: StudyId, _: Reader, session: SessionDep) -> Response:
+    """Per rung of the study's ASHA schedule: its resource, how many configurations
+    reached it and their scores there (empty without a schedule)."""
+    return _json(rung_queries.rungs(session, study_id))
 
 
 @router.get("/studies/{study_id}/summary", response_model=StudySummary, responses=NOT_FOUND)

@@ -18,6 +18,8 @@ from sqlalchemy.orm import Session
 
 from protocol.wire import (
     BestOut,
+    BlendCreate,
+    BlendOut,
     EnqueueTrial,
     StudyCreate,
     StudyList,
@@ -40,7 +42,7 @@ from ..deps import (
     TrialNumber,
 )
 from ..errors import ErrorBody, InvalidInput, NotFound
-from ..models import Trial, TrialState
+from ..models import Trial, TrialSource, TrialState
 from ..views import study_out, trial_out
 
 ERRORS = {
@@ -238,15 +240,66 @@ def enqueue_trial(
     return trial_out(trial)
 
 
+@router.post(
+    "/{study_id}/blend",
+    response_model=BlendOut,
+    status_code=201,
+    responses={409: {"model": ErrorBody}},
+)
+def queue_blend(study_id: StudyId, body: BlendCreate, _: Admin, store: StoreDep) -> BlendOut:
+    """Queue a blend of the study's best ``k`` COMPLETE search trials (a finished study is
+    ``finishing`` again until it ends; a stopped one stays stopped). 409 (field
+    ``state``) for a study still searching or finishing, 409 (field ``k``) for a blend
+    already queued; 422 (field ``k``) for more members than the study has, (field
+    ``evaluator``) for a train or plugin study."""
+    with store.transaction() as s:
+        trial = lifecycle.queue_blend(store, s, study_id, body.k, body.weights)
+        return _blend_outs(s, [trial])[0]
+
+
+def blend_outs(session: Session, study_id: int) -> list[BlendOut]:
+    """Every blend trial of the study with its members' numbers: COMPLETE ones by value
+    (best first), then the others by number."""
+    blends = session.scalars(
+        select(Trial)
+        .where(Trial.study_id == study_id, Trial.source == TrialSource.BLEND.value)
+        .order_by(Trial.number)
+    )
+    outs = _blend_outs(session, list(blends))
+    done = sorted(
+        (o for o in outs if o.state == TrialState.COMPLETE),
+        key=lambda o: (-(o.value or 0.0), o.number),
+    )
+    return done + [o for o in outs if o.state != TrialState.COMPLETE]
+
+
+def _blend_outs(session: Session, blends: list[Trial]) -> list[BlendOut]:
+    ids = {m for b in blends for m in _member_ids(b)}
+    numbers = dict(session.execute(select(Trial.id, Trial.number).where(Trial.id.in_(ids))).all())
+    return [
+        BlendOut(
+            **trial_out(b).model_dump(),
+            member_numbers=[numbers[m] for m in _member_ids(b) if m in numbers],
+        )
+        for b in blends
+    ]
+
+
+def _member_ids(blend: Trial) -> list[int]:
+    members = blend.params.get("members") if isinstance(blend.params, dict) else None
+    return [m for m in members if isinstance(m, int)] if isinstance(members, list) else []
+
+
 @router.get("/{study_id}/best", response_model=BestOut)
 def best(
     study_id: StudyId, _: Reader, session: SessionDep, k: Annotated[int, Query(ge=1, le=1000)] = 5
 ) -> BestOut:
     """The k best COMPLETE search trials by search score (highest first), with their
-    ``test_value`` once the final evaluation ran."""
+    ``test_value`` once the final evaluation ran; and the study's blends (``blends``),
+    each with its validation (``value``) and test score and its members' numbers."""
     studies_mod.get_study(session, study_id)
     rows = session.scalars(lifecycle.top_trials(study_id, k))
-    return BestOut(trials=[trial_out(t) for t in rows])
+    return BestOut(trials=[trial_out(t) for t in rows], blends=blend_outs(session, study_id))
 
 
 EXPORT_COLUMNS = [
@@ -282,13 +335,23 @@ def csv_cell(value: object) -> object:
     return value
 
 
+def _blend_summary(trial: TrialOut, numbers: dict[int, int]) -> str:
+    """A blend's architecture cell: its members by trial number and its weights."""
+    members = trial.params.get("members")
+    ids = members if isinstance(members, list) else []
+    listed = " ".join(f"#{numbers[i]}" if i in numbers else f"id {i}" for i in ids)
+    return f"blend of {len(ids)}: {listed} ({trial.params.get('weights', 'uniform')} weights)"
+
+
 @router.get(
     "/{study_id}/export",
     response_class=Response,
     responses={200: {"content": {"text/csv": {}}, "description": "All trials as CSV"}},
 )
 def export(study_id: StudyId, _: Reader, session: SessionDep) -> Response:
-    """Every trial as CSV: fixed columns, then one ``param:<label>`` column per label."""
+    """Every trial as CSV: fixed columns, then one ``param:<label>`` column per label. A
+    blend's row (source ``blend``) has its test score in ``test_value`` and its members
+    in ``architecture`` (``blend of 3: #4 #1 #7 (uniform weights)``)."""
     studies_mod.get_study(session, study_id)
     trials = [
         trial_out(t)
@@ -296,6 +359,7 @@ def export(study_id: StudyId, _: Reader, session: SessionDep) -> Response:
             select(Trial).where(Trial.study_id == study_id).order_by(Trial.number)
         )
     ]
+    numbers = {t.id: t.number for t in trials}
     labels = sorted({label for t in trials for label in t.params})
     buf = io.StringIO()
     writer = csv.writer(buf)
@@ -303,7 +367,9 @@ def export(study_id: StudyId, _: Reader, session: SessionDep) -> Response:
     for t in trials:
         dumped = t.model_dump(mode="json")
         row = [dumped.get(c) for c in EXPORT_COLUMNS]
-        row[EXPORT_COLUMNS.index("architecture")] = t.arch_summary
+        row[EXPORT_COLUMNS.index("architecture")] = (
+            _blend_summary(t, numbers) if t.source == TrialSource.BLEND else t.arch_summary
+        )
         row += [json.dumps(t.params[label]) if label in t.params else "" for label in labels]
         writer.writerow([csv_cell(cell) for cell in row])
     return Response(

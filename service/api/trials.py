@@ -15,6 +15,7 @@ from fastapi import APIRouter, BackgroundTasks, Request
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from protocol.options import PLUGIN_PREFIX
 from protocol.wire import (
     FINGERPRINT_LENGTH,
     CompleteIn,
@@ -59,15 +60,29 @@ def runs_on(state: StudyState, final: bool) -> bool:
     return allowed or state == StudyState.PAUSED
 
 
+def prunable(evaluator: str) -> bool:
+    """Whether the median stopping rule applies to a study of ``evaluator``: ``train``
+    (validation accuracy after each epoch) and ``plugin:NAME`` (a plugin's reports are its
+    own curve, docs/design.md section 4.1). Not ``screen``, whose one report (step 0) is
+    the score itself, already computed: pruning it would only throw it away; nor
+    ``pairs``, whose search reports the View 1 score once the same way (its fold means
+    come from finals, which are never pruned)."""
+    return evaluator == "train" or evaluator.startswith(PLUGIN_PREFIX)
+
+
 def _action(
     sessions: sessionmaker[Session], beat: Beat, step: int | None, value: float | None
 ) -> str:
     trial = beat.trial
     if not runs_on(beat.study_state, trial.is_final):
         return "stop"
-    # Only a multi-epoch protocol has a learning curve to compare; a screen reports its
-    # one final score, and a final (test) evaluation is never cut short.
-    if step is None or value is None or beat.study.evaluator != "train" or trial.is_final:
+    # A final (test) evaluation is never cut short, and only a study whose intermediate
+    # values are a learning curve is compared step by step (see prunable). A study with
+    # an ASHA schedule is not: its rungs are its early stopping, and its peers ran other
+    # budgets (docs/design.md section 5.1).
+    if step is None or value is None or trial.is_final or not prunable(beat.study.evaluator):
+        return "continue"
+    if beat.study.schedule is not None:
         return "continue"
     # Median stopping rule: prune when below the median of finished peers at this step
     # (the only case that reads more than the heartbeat's own transaction did).

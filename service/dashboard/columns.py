@@ -1,7 +1,9 @@
 """The COMPLETE search trials of a study, column by column, and the result cache.
 
 Holds :class:`Columns` and :func:`complete_columns` (one query over the COMPLETE search
-trials, turned into one float column per varying parameter label), and
+trials, each configuration once at its highest COMPLETE rung as
+``service.lifecycle.top_trials`` takes them, turned into one float column per varying
+parameter label), and
 :class:`ResultCache`, keyed by the number of COMPLETE search trials (:func:`cache_key`,
 :func:`n_complete`), which caches both the columns (:data:`COLUMNS_CACHE`) and the
 importance fits of ``importance``.
@@ -20,6 +22,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from ..lifecycle import top_trials
 from ..models import Study, Trial, TrialState
 from .common import IS_SEARCH, option_text, space_of
 
@@ -75,6 +78,7 @@ class Columns:
 
 
 COLUMNS_CACHE = ResultCache(size=8)
+MAX_ROWS = 1_000_000  # no real bound: every configuration is a column entry
 
 
 def n_complete(session: Session, study_id: int) -> int:
@@ -102,20 +106,22 @@ def complete_columns(session: Session, study: Study, cache: ResultCache | None =
         if (hit := cache.get(key)) is not None:
             return hit
         result = _columns(session, study)
-        # Trials may have completed between the count and the read: key by what was read.
-        cache.put(cache_key(session, study.id, len(result.numbers)), result)
+        # Keyed by the count read before: trials completing in between make the entry
+        # newer than its key, never older (the count only grows, so that key is not asked
+        # for again once it is stale). The rows read are configurations, fewer than the
+        # count when promotions completed: they cannot be the key.
+        cache.put(key, result)
         return result
 
 
 def _columns(session: Session, study: Study) -> Columns:
+    # Each configuration once, at its highest COMPLETE rung (top_trials' rule): with an
+    # ASHA schedule a promoted configuration has a COMPLETE row per rung it reached.
     rows = session.execute(
-        select(Trial.number, Trial.value, Trial.params)
-        .where(
-            Trial.study_id == study.id,
-            IS_SEARCH,
-            Trial.state == TrialState.COMPLETE,
-            Trial.value.is_not(None),
-        )
+        top_trials(study.id, MAX_ROWS)
+        .with_only_columns(Trial.number, Trial.value, Trial.params)
+        .where(Trial.value.is_not(None))
+        .order_by(None)
         .order_by(Trial.number)
     ).all()
     n = len(rows)

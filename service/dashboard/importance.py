@@ -47,7 +47,7 @@ def importance(session: Session, study_id: int, cache: ResultCache | None = None
         if (hit := cache.get(key)) is not None:
             return hit
         result = _fit_importance(study_id, complete_columns(session, study))
-        cache.put(cache_key(session, study_id, result.n_complete), result)
+        cache.put(key, result)  # the count read before: see columns.complete_columns
         return result
 
 

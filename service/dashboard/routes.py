@@ -106,6 +106,27 @@ def fmt_duration(seconds: float | None) -> str:
     return f"{hours} h {minutes:02d} min"
 
 
+def fmt_gflops(value: float | None) -> str:
+    """GFLOP per image with 3 significant digits; an en dash for none."""
+    return "\u2013" if value is None else f"{value:.3g}"
+
+
+def fmt_count(value: int | None) -> str:
+    """An integer with thousands separators; an en dash for none."""
+    return "\u2013" if value is None else f"{value:,}"
+
+
+def fmt_per_image(seconds: float | None) -> str:
+    """Seconds per image as ``1.23 ms`` (or ``45.6 \u00b5s``, ``1.2 s``); a dash for none."""
+    if seconds is None:
+        return "\u2013"
+    if seconds >= 1:
+        return f"{seconds:.3g} s"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.3g} ms"
+    return f"{seconds * 1e6:.3g} \u00b5s"
+
+
 def _environment() -> Environment:
     env = Environment(
         loader=FileSystemLoader(HERE / "templates"),
@@ -113,7 +134,14 @@ def _environment() -> Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(score=fmt_score, time=fmt_time, duration=fmt_duration)
+    env.filters.update(
+        score=fmt_score,
+        time=fmt_time,
+        duration=fmt_duration,
+        gflops=fmt_gflops,
+        thousands=fmt_count,
+        per_image=fmt_per_image,
+    )
     return env
 
 
@@ -206,8 +234,10 @@ def index(
 def study_page(
     request: Request, study_id: int, _: PageReader, session: SessionDep, partial: Partial = False
 ) -> HTMLResponse:
-    """One study: charts (best so far, scores by state, parallel coordinates, parameter
-    importance), counts by state, leaderboard, failures with reasons."""
+    """One study: charts (best so far, scores by state, accuracy against GFLOPs with the
+    Pareto front, the rungs of a schedule, parallel coordinates, parameter importance),
+    counts by state, leaderboard (cost columns, blends with links to their members),
+    failures with reasons."""
     data = _or_404(study_queries.summary, session, study_id)
     return render(
         request, "_study_live.html" if partial else "study.html", s=data, version=_version(data)
@@ -239,7 +269,8 @@ def trial_page(
         d=data,
         t=data.trial,
         version=_version(data),
-        model=model_view.model_section(data.trial.arch, dataset),
+        # A blend's arch lists its members' architectures: the page shows the members.
+        model=None if data.blend else model_view.model_section(data.trial.arch, dataset),
     )
 
 
@@ -247,9 +278,12 @@ def trial_page(
 PNG_HEADERS = {"Cache-Control": "private, max-age=86400"}  # a trial's model never changes
 
 
-def _trial_model(request: Request, study_id: int, number: int) -> tuple[Architecture, str]:
-    """The trial's architecture and its study's dataset; :class:`PageError` 404 when there
-    is no such trial or it has no (readable) architecture. Blocking: run in a thread."""
+def _trial_model(
+    request: Request, study_id: int, number: int
+) -> tuple[Architecture, model_view.ImageSource]:
+    """The trial's architecture and where its feature maps' image comes from (the study's
+    dataset and split options); :class:`PageError` 404 when there is no such trial or it
+    has no (readable) architecture. Blocking: run in a thread."""
     if not (1 <= study_id <= MAX_ID and 1 <= number <= MAX_ID):
         raise PageError(404, "no such page: an id out of range")
     session = request.app.state.sessions()
@@ -260,7 +294,9 @@ def _trial_model(request: Request, study_id: int, number: int) -> tuple[Architec
         )
         if study is None or arch is None:
             raise PageError(404, f"study {study_id} has no trial {number} with an architecture")
-        dataset = study.dataset
+        dataset = model_view.ImageSource.for_study(
+            study.dataset, study.seed, study.evaluator_options
+        )
     finally:
         close_quietly(session)
     try:

@@ -7,6 +7,8 @@ with the routes in ``service.api.results``. Scores are the study's search score
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, Field
 
 from protocol.wire import TrialOut, UtcDatetime
@@ -47,7 +49,10 @@ class Importance(BaseModel):
     """
 
     study_id: int
-    n_complete: int = Field(description="COMPLETE search trials the forest saw (its cache key).")
+    n_complete: int = Field(
+        description="COMPLETE search configurations the forest saw (each once, at its "
+        "highest COMPLETE rung)."
+    )
     n_fit: int = Field(description="Trials used in the fit (a fixed subsample when many).")
     method: str
     importances: list[ParamImportance] = Field(description="Highest first.")
@@ -83,6 +88,58 @@ class LeaderRow(BaseModel):
     test_value: float | None = Field(description="Test-split score once the final ran.")
     arch_summary: str | None
     worker_id: int | None
+    rung: int = Field(0, description="The rung of the value (0 without a schedule).")
+    gflops_per_image: float | None = Field(None, description="GFLOP per image.")
+    n_params: int | None = None
+    seconds_per_image: float | None = Field(
+        None, description="Measured by the worker (metrics.seconds_per_image)."
+    )
+
+
+class BlendMember(BaseModel):
+    """One member of a blend: a COMPLETE search trial."""
+
+    id: int
+    number: int | None = Field(description="Null when the member trial is gone.")
+    value: float | None
+    test_value: float | None
+    arch_summary: str | None
+    weight: float | None = Field(
+        description="Its weight in the blend as the worker reported it (metrics.weights); "
+        "null before the blend ran."
+    )
+
+
+class BlendRow(BaseModel):
+    """A blend trial (source "blend"): the best models' kernels combined."""
+
+    number: int
+    state: TrialState
+    value: float | None = Field(description="The blend's validation score.")
+    test_value: float | None = Field(description="The blend's test-split score.")
+    weights: str | None = Field(description="uniform or validation (how members are weighted).")
+    members: list[BlendMember] = Field(description="Best first, as queued.")
+    reason: str | None
+
+
+class RungScores(BaseModel):
+    rung: int
+    resource: int = Field(description="What one trial at this rung spends (the schedule's).")
+    reached: int = Field(description="Configurations with a trial at this rung (any state).")
+    complete: int = Field(description="Of these, COMPLETE at this rung.")
+    numbers: list[int] = Field(description="The COMPLETE trials at this rung, by number.")
+    values: list[float] = Field(description="Their scores, aligned with numbers.")
+
+
+class Rungs(BaseModel):
+    """The rung view: per rung of the study's ASHA schedule, how many configurations
+    reached it and their scores there. Lower rungs score on less data (fewer training
+    images per class, or epochs): compare scores within a rung."""
+
+    study_id: int
+    resource: str | None = Field(description="train_per_class or epochs; null: no schedule.")
+    note: str | None = None
+    rungs: list[RungScores] = Field(description="Lowest first; empty without a schedule.")
 
 
 class FailureRow(BaseModel):
@@ -112,12 +169,24 @@ class StudySummary(BaseModel):
     max_parallel: int
     top_k: int
     created_at: UtcDatetime
-    done: int = Field(description="Search trials that ended (any final state).")
-    counts: dict[str, int] = Field(description="Search trials by state (every state listed).")
-    finals: dict[str, int] = Field(description="Final test-split re-scores by state.")
+    done: int = Field(
+        description="Search trials that ended (any final state); with a schedule, only "
+        "first-rung ones (max_trials counts configurations)."
+    )
+    counts: dict[str, int] = Field(
+        description="Search trials by state (every state listed; promotions included)."
+    )
+    finals: dict[str, int] = Field(
+        description="The end phase by state: final test-split re-scores and blends."
+    )
     best_value: float | None
     workers_busy: int = Field(description="Distinct workers running one of its trials now.")
-    leaderboard: list[LeaderRow] = Field(description="Best COMPLETE search trials, best first.")
+    schedule: dict[str, Any] | None = Field(description="The ASHA schedule, if any.")
+    leaderboard: list[LeaderRow] = Field(
+        description="Best COMPLETE search configurations, best first (top_trials: highest "
+        "rung first)."
+    )
+    blends: list[BlendRow] = Field(description="The study's blend trials, newest first.")
     failures_total: int = Field(description="FAILED + INFEASIBLE search trials.")
     failures: list[FailureRow] = Field(description="The most recent of them, newest first.")
     reasons: list[ReasonCount] = Field(description="The most common (state, reason) pairs.")
@@ -184,3 +253,4 @@ class TrialDetail(BaseModel):
     timing: Timing
     final_of_number: int | None = Field(description="For a final trial: the trial it re-scores.")
     rescored_by_number: int | None = Field(description="The final trial re-scoring this one.")
+    blend: BlendRow | None = Field(None, description="For a blend trial: its members.")

@@ -25,9 +25,10 @@ from search_space import Space
 
 from .. import studies as studies_mod
 from ..errors import NotFound
-from ..lifecycle import top_trials
-from ..models import Trial, TrialState, Worker
+from ..lifecycle import IS_FIRST_RUNG, top_trials
+from ..models import Trial, TrialSource, TrialState, Worker
 from ..views import trial_out
+from .blends import blend_row, blend_rows
 from .columns import complete_columns
 from .common import (
     FAILURES,
@@ -39,6 +40,7 @@ from .common import (
     seconds_between,
     space_of,
 )
+from .cost_queries import cost_of, seconds_per_image
 from .schemas import (
     FailureRow,
     History,
@@ -59,11 +61,18 @@ from .schemas import (
 def _done_and_best(
     session: Session, study_ids: Sequence[int]
 ) -> tuple[dict[int, int], dict[int, float], dict[int, int]]:
-    """``(ended search trials, best COMPLETE value, distinct busy workers)`` per study."""
+    """``(ended first-rung search trials, best COMPLETE value, distinct busy workers)``
+    per study. With a schedule, max_trials counts configurations (their first rung), so
+    the progress does too."""
     done = dict(
         session.execute(
             select(Trial.study_id, func.count())
-            .where(Trial.study_id.in_(study_ids), IS_SEARCH, Trial.state.in_(FINISHED))
+            .where(
+                Trial.study_id.in_(study_ids),
+                IS_SEARCH,
+                IS_FIRST_RUNG,
+                Trial.state.in_(FINISHED),
+            )
             .group_by(Trial.study_id)
         ).all()
     )
@@ -118,7 +127,9 @@ def summary(
     """Progress, counts by state, the ``leaders`` best COMPLETE search trials (with
     architecture line and test score), the ``failures`` most recent FAILED/INFEASIBLE
     search trials with their reasons and the ``reasons`` most common (state, reason)
-    pairs. Bounded work whatever the study's size (grouped counts and LIMIT queries)."""
+    pairs. Each leader carries its rung and cost (GFLOP and parameters per image, the
+    worker's seconds per image); the study's blend trials come with their members.
+    Bounded work whatever the study's size (grouped counts and LIMIT queries)."""
     study = studies_mod.get_study(session, study_id)
     counts = {s.value: 0 for s in TrialState}
     finals = {s.value: 0 for s in TrialState}
@@ -160,22 +171,30 @@ def summary(
         finals=finals,
         best_value=best.get(study_id),
         workers_busy=busy.get(study_id, 0),
-        leaderboard=[
-            LeaderRow(
-                number=r.number,
-                value=r.value,
-                test_value=r.test_value,
-                arch_summary=arch_summary(r.arch),
-                worker_id=r.worker_id,
-            )
-            for r in top
-        ],
+        schedule=study.schedule,
+        leaderboard=[_leader(r) for r in top],
+        blends=blend_rows(session, study_id),
         failures_total=counts["FAILED"] + counts["INFEASIBLE"],
         failures=[
             FailureRow(number=r.number, state=r.state, reason=r.reason, finished_at=r.finished_at)
             for r in recent
         ],
         reasons=[ReasonCount(state=r.state, reason=r.reason, count=r.n) for r in common],
+    )
+
+
+def _leader(r: Trial) -> LeaderRow:
+    gflops, n_params, _ = cost_of(r.gflops_per_image, r.n_params, r.n_features, r.arch)
+    return LeaderRow(
+        number=r.number,
+        value=r.value,
+        test_value=r.test_value,
+        arch_summary=arch_summary(r.arch),
+        worker_id=r.worker_id,
+        rung=r.rung,
+        gflops_per_image=gflops,
+        n_params=n_params,
+        seconds_per_image=seconds_per_image(r.metrics),
     )
 
 
@@ -228,8 +247,9 @@ def parallel(session: Session, study_id: int, labels: Sequence[str] | None = Non
 
 # -- one trial --------------------------------------------------------------------------
 def trial_detail(session: Session, study_id: int, number: int) -> TrialDetail:
-    """A trial with its study's name, its worker's name, queue/run durations, and the
-    link between a search trial and its final test-split re-score."""
+    """A trial with its study's name, its worker's name, queue/run durations, the link
+    between a search trial and its final test-split re-score, and for a blend its
+    members."""
     study = studies_mod.get_study(session, study_id)
     trial = session.scalars(
         select(Trial).where(Trial.study_id == study_id, Trial.number == number)
@@ -257,6 +277,7 @@ def trial_detail(session: Session, study_id: int, number: int) -> TrialDetail:
         ),
         final_of_number=final_of,
         rescored_by_number=rescored_by,
+        blend=blend_row(session, trial) if trial.source == TrialSource.BLEND else None,
     )
 
 

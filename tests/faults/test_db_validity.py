@@ -46,6 +46,10 @@ def study_names(api) -> list[str]:
         ({"space": "pinto-cox\x00"}, "space"),
         ({"space": {"name": "x\x00", "input_size": 32, "layers": []}}, "space"),
         ({"space": {"name": "x", "input_size": 32, "layers": [], "k\x00": 1}}, "space"),
+        (
+            {"evaluator": "plugin:a.b", "evaluator_options": {"plugin_options": {"k": "\x00"}}},
+            "evaluator_options.plugin_options",
+        ),
     ],
 )
 def test_nul_in_a_study_is_refused(api, body, field):

@@ -79,3 +79,31 @@ class Api:
         r = self.client.post("/api/v1/workers", json={"name": name}, headers=self.worker)
         assert r.status_code == 201, r.text
         return r.json()["id"]
+
+    def claim_one(self, worker: int, study: int | None = None) -> int:
+        """The id of a trial ``worker`` claims (of ``study`` when given)."""
+        params = None if study is None else {"study": study}
+        r = self.client.post(f"/api/v1/workers/{worker}/claim", params=params, headers=self.worker)
+        assert r.status_code == 200, r.text
+        return r.json()["trial"]["id"]
+
+    def heartbeat(self, worker: int, trial: int, step: int, value: float) -> str:
+        """Report ``value`` at ``step`` for a running trial; the coordinator's action."""
+        body = {"worker_id": worker, "step": step, "value": value}
+        r = self.client.post(f"/api/v1/trials/{trial}/heartbeat", json=body, headers=self.worker)
+        assert r.status_code == 200, r.text
+        return r.json()["action"]
+
+
+def five_finished_peers(api: Api, worker: int, step: int, study: int | None = None) -> int:
+    """For the median stopping rule: five trials, one after another, each reporting its
+    value at ``step`` (answered ``continue``: fewer than five finished peers yet) and
+    completed with it, the values 0.5 to 0.9 (median 0.7); then the id of a sixth trial
+    claimed, to report below or above their median."""
+    for value in (0.5, 0.6, 0.7, 0.8, 0.9):
+        tid = api.claim_one(worker, study)
+        assert api.heartbeat(worker, tid, step, value) == "continue"
+        body = {"worker_id": worker, "value": value}
+        r = api.client.post(f"/api/v1/trials/{tid}/complete", json=body, headers=api.worker)
+        assert r.status_code == 200, r.text
+    return api.claim_one(worker, study)

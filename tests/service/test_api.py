@@ -8,6 +8,7 @@ import io
 import pytest
 
 from service.models import TrialState
+from tests.helpers.coordinator import five_finished_peers
 
 
 def error_of(response) -> dict:
@@ -609,30 +610,6 @@ def test_median_stopping_prunes_a_train_trial_below_its_peers(api):
     the same step answers ``prune`` (train protocol); at or above it, ``continue``."""
     api.new_study(evaluator="train", max_trials=8, max_parallel=8)
     w = api.new_worker()
-
-    def claim() -> int:
-        r = api.client.post(f"/api/v1/workers/{w}/claim", headers=api.worker)
-        assert r.status_code == 200, r.text
-        return r.json()["trial"]["id"]
-
-    def beat(tid: int, value: float) -> str:
-        r = api.client.post(
-            f"/api/v1/trials/{tid}/heartbeat",
-            json={"worker_id": w, "step": 1, "value": value},
-            headers=api.worker,
-        )
-        assert r.status_code == 200, r.text
-        return r.json()["action"]
-
-    for value in (0.5, 0.6, 0.7, 0.8, 0.9):
-        tid = claim()
-        assert beat(tid, value) == "continue"  # fewer than 5 finished peers so far
-        r = api.client.post(
-            f"/api/v1/trials/{tid}/complete",
-            json={"worker_id": w, "value": value},
-            headers=api.worker,
-        )
-        assert r.status_code == 200
-    tid = claim()
-    assert beat(tid, 0.75) == "continue"  # above the median (0.7)
-    assert beat(tid, 0.65) == "prune"
+    tid = five_finished_peers(api, w, step=1)
+    assert api.heartbeat(w, tid, 1, 0.75) == "continue"  # above the median (0.7)
+    assert api.heartbeat(w, tid, 1, 0.65) == "prune"

@@ -22,14 +22,16 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from archsearch.launch import LiveCoordinator, start_coordinator, stop_coordinator
 from client import Client
 from protocol import TrialOut
 from search_space.arch import walk
+from service.dashboard.model_view import feature_pngs
 from tests.helpers.coordinator import ADMIN_TOKEN, migrate
-from tests.service.test_model_view import SMALL, set_arch
+from tests.service.test_model_view import SMALL, loader_validation_image, set_arch
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -102,6 +104,16 @@ def coordinator(sqlite_url) -> Iterator[LiveCoordinator]:
         stop_coordinator(live)
 
 
+def claim_or_wait(c: Client, wid: int, studies: list[int] | None = None, seconds: float = 15):
+    """A claim, asked again for up to ``seconds`` while there is none: the suggestion
+    queue refills after each report in the background of the request, so a claim right
+    after one may find the queue empty for a moment (the slower, the busier the host)."""
+    deadline = time.monotonic() + seconds
+    while (got := c.claim(wid, studies=studies)) is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return got
+
+
 def fill(c: Client) -> tuple[int, int, int, TrialOut]:
     """A study with COMPLETE, FAILED and INFEASIBLE trials and intermediate values;
     returns ``(study id, worker id, number of a trial with intermediate values, the
@@ -118,7 +130,7 @@ def fill(c: Client) -> tuple[int, int, int, TrialOut]:
     wid = c.register_worker("gpu01", host="node1", device="cuda:0").id
     scored = None
     for k in range(1, 100):
-        got = c.claim(wid)
+        got = claim_or_wait(c, wid)
         assert got is not None, "the study ran out of trials"
         trial = got.trial
         if k == 20:
@@ -205,9 +217,88 @@ def test_every_page_renders_in_chromium(driver, coordinator, sqlite_url, tmp_pat
         ]
         assert f"{report.flops:,}" in driver.find_element(By.ID, "model-flops").text
         assert f"{report.n_params:,}" == driver.find_element(By.ID, "model-params").text
+        # The feature maps are of the study's first validation image, as a worker's loader
+        # and search split give it, and the page says so.
+        assert "the first validation image of builtin:digits" in (
+            driver.find_element(By.ID, "model").text
+        )
+        drawn = httpx.get(f"{base}/studies/{sid}/trials/{scored}/features/0.png").content
+        image, _ = loader_validation_image("builtin:digits", c.study(sid).seed, 0.2)
+        assert drawn == feature_pngs(SMALL, image)[0]
         lines = driver.find_elements(By.CSS_SELECTOR, "#chart-intermediate .scatterlayer .trace")
         assert lines, "no intermediate values drawn"
         visit("workers", "/workers", [])
         assert "gpu01" in driver.find_element(By.ID, "workers").text
     for name in ("studies", "study", "trial", "workers"):
         assert (shots / f"{name}.png").stat().st_size > 10_000, name
+
+
+def test_pareto_rungs_and_blend_draw_in_chromium(driver, coordinator, sqlite_url, tmp_path):
+    """The study page's accuracy-against-GFLOPs chart (its Pareto front) and rung view
+    draw one marker per configuration, and a blend row links to its members' pages."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests.helpers.coordinator import FG11_STUDY
+    from tests.service.test_dashboard import SCHEDULE, add_blend
+    from tests.service.test_pareto import value_of
+
+    shots = Path(os.environ.get("ARCHSEARCH_SCREENSHOT_DIR") or tmp_path / "screenshots")
+    shots.mkdir(parents=True, exist_ok=True)
+    base = coordinator.base_url
+    with Client(base, ADMIN_TOKEN) as c:
+        study = c.create_study(
+            **FG11_STUDY, name="asha", max_trials=12, max_parallel=3, top_k=0, schedule=SCHEDULE
+        )
+        wid = c.register_worker("gpu02").id
+        while (got := claim_or_wait(c, wid, [study.id], seconds=5)) is not None:
+            t = got.trial
+            c.complete(t.id, wid, value_of(t.model_dump()), {"seconds_per_image": 0.001})
+        assert c.study(study.id).state == "finished"
+        pareto = c.pareto(study.id, include_dominated=True)
+        trials = {t.number: t.model_dump(mode="json") for t in c.trials(study.id)}
+        complete = [t for t in trials.values() if t["state"] == "COMPLETE"]
+        # Scores per rung: what the rung view draws, one box per rung that has any.
+        per_rung = [sum(t["rung"] == k for t in complete) for k in range(3)]
+        assert len(pareto.front) >= 1 and per_rung[0] == 12 and per_rung[2] >= 1, per_rung
+        members = (pareto.front + pareto.dominated)[:3]
+        blend_number = add_blend(sqlite_url, study.id, [trials[p.number] for p in members])
+        assert c.trial(study.id, blend_number).source == "blend"
+
+    driver.get(f"{base}/studies/{study.id}")
+    WebDriverWait(driver, 30).until(
+        lambda d: d.execute_script("return document.body.dataset.chartsDrawn")
+    )
+    traces = driver.find_elements(By.CSS_SELECTOR, "#chart-pareto .scatterlayer .trace")
+    assert len(traces) == 2, "dominated points, then the front"
+    dominated, front = (len(t.find_elements(By.CSS_SELECTOR, ".point")) for t in traces)
+    assert (dominated, front) == (len(pareto.dominated), len(pareto.front))
+    assert driver.find_elements(By.CSS_SELECTOR, "#chart-pareto .scatterlayer .trace .js-line")
+    assert "log scale" in driver.find_element(By.ID, "chart-pareto").text
+
+    boxes = driver.find_elements(By.CSS_SELECTOR, "#chart-rungs .boxlayer .trace")
+    assert [len(b.find_elements(By.CSS_SELECTOR, ".point")) for b in boxes] == per_rung
+    bars = driver.find_elements(By.CSS_SELECTOR, "#chart-rungs .barlayer .point")
+    assert len(bars) == 3, "one bar per rung: the configurations that reached it"
+    labels = driver.find_element(By.ID, "chart-rungs").text
+    assert "rung 0 \u00b7 10 per class" in labels and "rung 2 \u00b7 90 per class" in labels
+
+    row = driver.find_element(By.CSS_SELECTOR, f'tr[data-blend="{blend_number}"]')
+    assert "blend of" in row.text
+    links = row.find_elements(By.CSS_SELECTOR, "a.member")
+    assert [a.text for a in links] == [f"#{p.number}" for p in members]
+    height = driver.execute_script("return document.documentElement.scrollHeight")
+    driver.set_window_size(1400, min(max(height + 160, 800), 5000))
+    time.sleep(0.3)  # plotly's responsive resize
+    driver.save_screenshot(str(shots / "study-pareto.png"))
+    driver.set_window_size(1400, 1000)
+    severe = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    assert not severe, f"console errors {severe}"
+    links[0].click()
+    WebDriverWait(driver, 30).until(
+        lambda d: d.find_element(By.TAG_NAME, "h1").text == f"Trial {members[0].number}"
+    )
+    driver.get(f"{base}/studies/{study.id}/trials/{blend_number}")
+    shown = driver.find_elements(By.CSS_SELECTOR, "#blend-members a.member")
+    assert [a.text for a in shown] == [str(p.number) for p in members]
+    assert not driver.find_elements(By.ID, "model")

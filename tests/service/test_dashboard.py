@@ -408,6 +408,8 @@ def test_openapi_documents_the_results_queries(api):
         "/api/v1/studies/{study_id}/history": "History",
         "/api/v1/studies/{study_id}/importance": "Importance",
         "/api/v1/studies/{study_id}/parallel": "Parallel",
+        "/api/v1/studies/{study_id}/pareto": "ParetoOut",
+        "/api/v1/studies/{study_id}/rungs": "Rungs",
         "/api/v1/studies/{study_id}/summary": "StudySummary",
         "/api/v1/workers/status": "WorkersStatus",
     }
@@ -447,3 +449,135 @@ def test_duration_format(seconds, text):
     from service.dashboard.routes import fmt_duration
 
     assert fmt_duration(seconds) == text
+
+
+# -- cost, the Pareto front, the rungs and blends on the pages ---------------------------------
+SCHEDULE = {"kind": "asha", "resource": "train_per_class", "min": 10, "max": 90, "eta": 3}
+
+
+def add_blend(db_url: str, study_id: int, members: list[dict], weights: str = "validation") -> int:
+    """A blend trial of ``members`` (trials as GET /trials lists them), queued through the
+    trial store in the row format of docs/design.md; returns its number."""
+    from service.db import make_engine, session_factory
+    from service.models import TrialSource
+    from service.trial_store import NewTrial, TrialStore
+
+    ids = [m["id"] for m in members]
+    engine = make_engine(db_url)
+    try:
+        store = TrialStore(session_factory(engine), lease_seconds=30, max_attempts=2)
+        with store.transaction(lock_study=study_id) as s:
+            rows = store.add_trials(
+                s,
+                study_id,
+                [
+                    NewTrial(
+                        params={"members": ids, "weights": weights},
+                        arch={"members": [m["arch"] for m in members]},
+                        config_hash=f"blend:{weights}:{','.join(map(str, ids))}",
+                        source=TrialSource.BLEND,
+                        priority=0,
+                    )
+                ],
+            )
+            return rows[0].number
+    finally:
+        engine.dispose()
+
+
+def test_blend_rows_show_their_scores_and_link_to_their_members(api):
+    f = fill(api, max_trials=30)
+    leaders = get_json(api, f"/api/v1/studies/{f.study_id}/summary")["leaderboard"][:3]
+    by_number = {t["number"]: t for t in f.trials}
+    members = [by_number[r["number"]] for r in leaders]
+    number = add_blend(api.url, f.study_id, members)
+
+    # Before it ran: listed with its state, no scores yet.
+    waiting = get_json(api, f"/api/v1/studies/{f.study_id}/summary")["blends"]
+    assert [(b["number"], b["state"], b["value"]) for b in waiting] == [(number, "WAITING", None)]
+
+    wid = api.new_worker("blender")  # f.worker_id holds a RUNNING trial: it gets that back
+    claim = api.client.post(f"/api/v1/workers/{wid}/claim", headers=api.worker)
+    blend = claim.json()["trial"]
+    assert blend["source"] == "blend" and blend["number"] == number
+    weights = [0.5, 0.3, 0.2]
+    done = api.client.post(
+        f"/api/v1/trials/{blend['id']}/complete",
+        json={
+            "worker_id": wid,
+            "value": 0.97,
+            "metrics": {"test_value": 0.91, "weights": weights, "members": 3},
+        },
+        headers=api.worker,
+    )
+    assert done.status_code == 200, done.text
+
+    got = get_json(api, f"/api/v1/studies/{f.study_id}/summary")
+    assert len(got["blends"]) == 1
+    row = got["blends"][0]
+    assert (row["number"], row["state"], row["value"], row["test_value"]) == (
+        number,
+        "COMPLETE",
+        0.97,
+        0.91,
+    )
+    assert row["weights"] == "validation"
+    assert [(m["number"], m["value"], m["weight"]) for m in row["members"]] == [
+        (t["number"], t["value"], w) for t, w in zip(members, weights, strict=True)
+    ]
+    # A blend is not a search trial: not ranked, not search history.
+    assert number not in [r["number"] for r in got["leaderboard"]]
+    history = get_json(api, f"/api/v1/studies/{f.study_id}/history")["points"]
+    assert number not in [p["number"] for p in history]
+
+    page = api.client.get(f"/studies/{f.study_id}", headers=api.reader).text
+    blend_row = page[
+        page.index(f'data-blend="{number}"') : page.index(
+            "</tr>", page.index(f'data-blend="{number}"')
+        )
+    ]
+    assert "blend of" in blend_row and "0.97" in blend_row and "0.91" in blend_row
+    for t in members:
+        assert f'href="/studies/{f.study_id}/trials/{t["number"]}">#{t["number"]}</a>' in blend_row
+
+    trial = api.client.get(f"/studies/{f.study_id}/trials/{number}", headers=api.reader)
+    assert trial.status_code == 200
+    assert 'id="blend-members"' in trial.text and 'id="model"' not in trial.text
+    for t in members:
+        assert f'href="/studies/{f.study_id}/trials/{t["number"]}">{t["number"]}</a>' in trial.text
+        assert esc(t["arch_summary"]) in trial.text
+    # The model pictures of a blend: no single architecture to draw, a 404 page (no 500).
+    png = api.client.get(f"/studies/{f.study_id}/trials/{number}/filters.png", headers=api.reader)
+    assert png.status_code == 404
+
+
+def test_study_page_shows_cost_columns_and_the_new_charts(api):
+    f = fill(api)
+    page = api.client.get(f"/studies/{f.study_id}", headers=api.reader).text
+    assert 'id="chart-pareto"' in page and 'id="chart-rungs"' not in page
+    summary = get_json(api, f"/api/v1/studies/{f.study_id}/summary")
+    by_number = {t["number"]: t for t in f.trials}
+    assert summary["schedule"] is None
+    for r in summary["leaderboard"]:
+        t = by_number[r["number"]]
+        assert r["gflops_per_image"] == t["gflops_per_image"] and r["n_params"] == t["n_params"]
+        assert r["rung"] == 0 and r["seconds_per_image"] is None
+    top = summary["leaderboard"][0]
+    leaderboard = page[page.index('id="leaderboard"') :]
+    assert "GFLOPs" in leaderboard and "Params" in leaderboard
+    assert f"{top['gflops_per_image']:.3g}" in leaderboard and f"{top['n_params']:,}" in leaderboard
+
+    sid = api.new_study(name="asha", max_trials=9, max_parallel=3, schedule=SCHEDULE)["id"]
+    page = api.client.get(f"/studies/{sid}", headers=api.reader).text
+    assert 'id="chart-pareto"' in page and 'id="chart-rungs"' in page
+    assert "ASHA over train_per_class, eta 3" in page
+
+
+@pytest.mark.parametrize(
+    "seconds, text",
+    [(None, "\u2013"), (2.5, "2.5 s"), (0.00123, "1.23 ms"), (4.2e-5, "42 \u00b5s")],
+)
+def test_per_image_format(seconds, text):
+    from service.dashboard.routes import fmt_per_image
+
+    assert fmt_per_image(seconds) == text

@@ -15,7 +15,7 @@ from service.models import Base
 
 
 def test_head_revision_has_readable_id():
-    assert head_revision() == "0004_trials_claim_order"
+    assert head_revision() == "0005_rungs_cost_blend"
 
 
 def test_upgrade_to_head_matches_models(db_url):
@@ -56,10 +56,10 @@ def test_cli_db_upgrade_is_idempotent(db_url, monkeypatch):
     runner = CliRunner()
     first = runner.invoke(app, ["db", "upgrade"])
     assert first.exit_code == 0, first.output
-    assert "(empty) -> 0004_trials_claim_order" in first.output
+    assert "(empty) -> 0005_rungs_cost_blend" in first.output
     second = runner.invoke(app, ["db", "upgrade"])
     assert second.exit_code == 0, second.output
-    assert "0004_trials_claim_order -> 0004_trials_claim_order" in second.output
+    assert "0005_rungs_cost_blend -> 0005_rungs_cost_blend" in second.output
 
 
 @pytest.mark.postgres

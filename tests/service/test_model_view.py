@@ -135,12 +135,20 @@ def test_a_cut_filter_bank_is_the_head_of_the_full_one():
 
 
 # -- the feature maps ---------------------------------------------------------------------
-def test_feature_maps_of_a_builtin_image_one_png_per_stage():
-    from sklearn.datasets import load_digits
+def loader_validation_image(dataset: str, seed: int, fraction: float, caps=None):  # type: ignore[no-untyped-def]
+    """The first validation image as a worker gets it: its loader, then ``search_split``."""
+    from workers.datasets import load_dataset, search_split
 
+    ds = load_dataset(dataset, color="gray", seed=seed, max_per_class=caps)
+    _, val = search_split(ds, fraction, seed)
+    return ds.x[val[0]].copy(), ds.is_test[val[0]]
+
+
+def test_feature_maps_of_a_builtin_image_one_png_per_stage():
     image, what = mv.sample_image("builtin:digits", SMALL)
-    expected = np.rint(load_digits().images[0] * 255 / 16).astype(np.uint8)
-    assert what == "image 0 of builtin:digits" and np.array_equal(image[0], expected)
+    expected, is_test = loader_validation_image("builtin:digits", 0, 0.2)
+    assert what.startswith("the first validation image of builtin:digits (image ")
+    assert np.array_equal(image, expected) and not is_test
     t0 = time.perf_counter()
     pngs = mv.feature_pngs(SMALL, image)
     elapsed = time.perf_counter() - t0
@@ -152,6 +160,30 @@ def test_feature_maps_of_a_builtin_image_one_png_per_stage():
     assert elapsed < 5, f"a small model took {elapsed:.2f} s"
     stage0 = png_pixels(pngs[0])
     assert stage0.min() == 0 and stage0.max() == 255  # the minmax input, stretched
+
+
+@pytest.mark.parametrize(
+    ("dataset", "seed", "options"),
+    [
+        ("builtin:digits", 7, {"validation_fraction": 0.5}),
+        ("builtin:mnist5k", 3, {"max_per_class": {"train": 30, "test": 10}}),
+        ("builtin:mnist5k", 11, {"max_per_class": 20, "validation_fraction": 0.3}),
+    ],
+)
+def test_the_image_is_the_studys_first_validation_image(dataset, seed, options):
+    """The coordinator picks what the worker's loader and search split give, for the
+    study's seed, validation fraction and caps (search_space.splits on both sides)."""
+    source = mv.ImageSource.for_study(dataset, seed, options)
+    image, what = mv.sample_image(source, SMALL)
+    fraction = options.get("validation_fraction", 0.2)
+    expected, is_test = loader_validation_image(
+        dataset, seed, fraction, options.get("max_per_class")
+    )
+    assert np.array_equal(image, expected) and not is_test, what
+    assert "first validation image" in what
+    # Another seed picks another image (the choice follows the study, not a constant).
+    other, _ = mv.sample_image(mv.ImageSource.for_study(dataset, seed + 1, options), SMALL)
+    assert not np.array_equal(other, image)
 
 
 def test_other_datasets_use_the_synthetic_pattern_with_the_models_channels():
@@ -263,7 +295,7 @@ def test_trial_page_shows_the_diagram_and_lazy_pictures(api, trial):
     assert f'src="/studies/{sid}/trials/{small}/filters.png"' in html
     for k in range(4):
         assert f'src="/studies/{sid}/trials/{small}/features/{k}.png"' in html
-    assert 'loading="lazy"' in html and "image 0 of builtin:digits" in html
+    assert 'loading="lazy"' in html and "the first validation image of builtin:digits" in html
     assert api.client.app.state.model_renderer.renders == 0  # the page renders no picture
     assert (
         "model"
@@ -304,8 +336,9 @@ def test_features_route_small_model_200_big_model_422(api, trial):
     base = f"/studies/{sid}/trials/{small}/features"
     got = [api.client.get(f"{base}/{k}.png", headers=api.reader) for k in range(4)]
     assert all(r.status_code == 200 and r.headers["content-type"] == "image/png" for r in got)
-    image, _ = mv.sample_image("builtin:digits", SMALL)
-    assert tuple(r.content for r in got) == mv.feature_pngs(SMALL, image)
+    study = api.client.get(f"/api/v1/studies/{sid}", headers=api.reader).json()
+    expected, _ = loader_validation_image("builtin:digits", study["seed"], 0.2)
+    assert tuple(r.content for r in got) == mv.feature_pngs(SMALL, expected)
     assert api.client.app.state.model_renderer.renders == 1  # four stages, one render
     assert api.client.get(f"{base}/4.png", headers=api.reader).status_code == 404
     refused = api.client.get(f"/studies/{sid}/trials/{big}/features/0.png", headers=api.reader)

@@ -23,6 +23,7 @@ from protocol import TrialOut
 from protocol.wire import CompleteIn, FailIn, ReportsIn
 from search_space import Architecture, InfeasibleArchitecture
 from service.models import Role
+from tests.helpers.archs import one_layer_space
 from tests.helpers.coordinator import ADMIN_TOKEN, FG11_STUDY, make_token, migrate
 from tests.helpers.waiting import wait_for
 from tests.workers.fake_worker import FakeData, FakeResult, fake_evaluate, fake_load, spawn
@@ -777,6 +778,15 @@ def test_next_studys_data_load_while_the_current_trial_runs(coordinator, tmp_pat
     assert second_start - a_end < 0.3, (loads, evals)
 
 
+# Up to 32 filters of 3x3 or 5x5 on 16 px digits.
+SMALL_SPACE = one_layer_space(
+    "small",
+    16,
+    {"type": "choice", "options": list(range(4, 33, 2))},
+    {"type": "choice", "options": [3, 5]},
+)
+
+
 def test_group_screening_in_the_daemon_equals_one_by_one(coordinator, tmp_path):
     # --group 4 on the CPU (a GPU worker groups by default): the batch's screen trials
     # of the study run together through workers.screen_group, each scored as it would
@@ -785,26 +795,10 @@ def test_group_screening_in_the_daemon_equals_one_by_one(coordinator, tmp_path):
     from workers.evaluators import evaluate as evaluate_alone
 
     live, _, token = coordinator
-    space = {
-        "name": "small",
-        "input_size": 16,
-        "layers": [
-            {
-                "n_filters": {"type": "choice", "options": list(range(4, 33, 2))},
-                "filter_size": {"type": "choice", "options": [3, 5]},
-                "min_out": 0,
-                "max_out": "inf",
-                "pool_size": 3,
-                "pool_order": 2,
-                "pool_stride": 2,
-                "norm_size": 3,
-            }
-        ],
-    }
     options = {"max_per_class": {"train": 40, "test": 10}}
     with Client(live.base_url, ADMIN_TOKEN) as admin:
         sid = admin.create_study(
-            name="group", dataset="builtin:digits", space=space, algorithm="random",
+            name="group", dataset="builtin:digits", space=SMALL_SPACE, algorithm="random",
             max_trials=12, max_parallel=12, top_k=0, evaluator_options=options,
         ).id  # fmt: skip
         daemon = daemon_for(
@@ -820,3 +814,69 @@ def test_group_screening_in_the_daemon_equals_one_by_one(coordinator, tmp_path):
         alone = evaluate_alone("screen", Architecture.from_dict(t.arch), ds, seed=0)  # study seed
         assert t.value == pytest.approx(alone.value, abs=1e-9), (t.metrics, alone.metrics)
         assert t.metrics["peak_rss_mb"] > 0 and t.metrics["threads"] >= 1
+
+
+# -- blends (issue 17): the trial of source blend runs alone through workers.blend ----------
+def test_a_blend_trial_runs_alone_on_real_data_and_reports_its_test_score(coordinator, tmp_path):
+    # Real evaluations, the real blend, finals screened in groups of 4: the blend (queued
+    # after the finals) must not join a group, and its value / test score must be what
+    # workers.blend computes for the study's best two, in that order.
+    from workers.blend import blend
+    from workers.datasets import DatasetCache, load_dataset
+    from workers.evaluators import evaluate
+
+    live, _, token = coordinator
+    options = {"max_per_class": {"train": 30, "test": 10}}
+    with Client(live.base_url, ADMIN_TOKEN) as admin:
+        sid = admin.create_study(
+            name="blend", dataset="builtin:digits", space=SMALL_SPACE, algorithm="random",
+            max_trials=4, max_parallel=4, top_k=2, blend_k=2, evaluator_options=options,
+        ).id  # fmt: skip
+        daemon = daemon_for(
+            live.base_url, token, tmp_path, evaluate=evaluate, load_data=DatasetCache().get,
+            group=4, batch=8,
+        )  # fmt: skip
+        daemon.run()
+        study = admin.study(sid)
+        trials = list(admin.trials(sid))
+    blends = [t for t in trials if t.source == "blend"]
+    assert study.state == "finished" and len(blends) == 1, [(t.source, t.state) for t in trials]
+    b = blends[0]
+    assert b.state == "COMPLETE", b.reason
+    by_id = {t.id: t for t in trials}
+    members = [Architecture.from_dict(by_id[i].arch) for i in b.params["members"]]
+    assert [by_id[i].value for i in b.params["members"]] == sorted(
+        (t.value for t in trials if t.source != "final" and t.source != "blend"), reverse=True
+    )[:2]
+    ds = load_dataset("builtin:digits", color="gray", max_per_class=options["max_per_class"])
+    expected = blend("screen", members, ds, seed=study.seed)
+    assert b.value == pytest.approx(expected.value, abs=1e-12)
+    assert b.test_value == pytest.approx(expected.test_value, abs=1e-12)
+    assert b.metrics["member_values"] == pytest.approx(
+        [by_id[i].value for i in b.params["members"]], abs=1e-12
+    )  # each member alone scores what its own trial scored
+    assert b.metrics["weights"] == [0.5, 0.5] and "group_size" not in b.metrics
+
+
+def test_a_blend_over_memory_is_reported_infeasible_with_the_reason(coordinator, tmp_path):
+    live, _, token = coordinator
+    seen: list[tuple[str, int, str]] = []
+
+    def blend(protocol, members, data, *, weights, **_):
+        seen.append((protocol, len(members), weights))
+        raise InfeasibleArchitecture("needs about 9000 MiB of memory for the blend of 2")
+
+    with Client(live.base_url, ADMIN_TOKEN) as admin:
+        sid = admin.create_study(
+            name="b", max_trials=3, max_parallel=1, top_k=1, blend_k=2,
+            blend_weights="validation", **FG11_STUDY,
+        ).id  # fmt: skip
+        config = WorkerConfig(
+            coordinator=live.base_url, token=token, data_dir=tmp_path / "w", device="cpu",
+            poll_seconds=0.1, idle_exit_seconds=1.0,
+        )  # fmt: skip
+        WorkerDaemon(config, evaluate=fake_evaluate(0.0), load_data=fake_load(), blend=blend).run()
+        trials = [t for t in admin.trials(sid) if t.source == "blend"]
+    assert seen == [("screen", 2, "validation")]
+    assert len(trials) == 1 and trials[0].state == "INFEASIBLE"
+    assert "needs about 9000 MiB" in (trials[0].reason or "")

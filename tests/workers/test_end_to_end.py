@@ -9,18 +9,17 @@ import math
 import statistics
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from archsearch.launch import start_coordinator, stop_coordinator
 from client import ApiError, Client
 from search_space.arch import Activation, Architecture, FBCorr, Layer, LNorm, LPool
-from service.models import Role
-from tests.helpers.coordinator import ADMIN_TOKEN, make_token, migrate
+from tests.helpers.archs import one_layer_space
+from tests.helpers.coordinator import ADMIN_TOKEN
 from tests.helpers.waiting import wait_finished
+from tests.helpers.worker import worker_thread
 from workers.daemon import WorkerConfig, WorkerDaemon
 from workers.datasets import load_dataset
 from workers.evaluators import evaluate
@@ -31,14 +30,6 @@ SUBSET = {"train": 60, "test": 20}
 # The TPE study took 108 s on 2 shared cores: it may wait for STUDY_WAIT, and the test may
 # run that plus the workers' shutdown (up to 60 s each) before pytest-timeout stops it.
 STUDY_WAIT = 300
-
-
-@pytest.fixture
-def system(sqlite_url):
-    migrate(sqlite_url)
-    live = start_coordinator(sqlite_url, admin_token=ADMIN_TOKEN)
-    yield live, make_token(sqlite_url, Role.WORKER)
-    stop_coordinator(live)
 
 
 def spawn_worker(base_url: str, token: str, data_dir: Path) -> subprocess.Popen:
@@ -112,23 +103,9 @@ def test_train_protocol_reports_every_epoch(system, tmp_path):
     with Client(live.base_url, ADMIN_TOKEN) as admin:
         # One fixed, trainable architecture (a random pinto-cox draw may well not learn
         # anything in two epochs, which is a fact about it, not about the protocol).
-        space = {
-            "name": "one-layer",
-            "input_size": 28,
-            "layers": [
-                {
-                    "n_filters": 32,
-                    "filter_size": 5,
-                    "min_out": 0,
-                    "max_out": "inf",
-                    "pool_size": 3,
-                    "pool_order": 2,
-                    "pool_stride": 2,
-                    "norm_size": 3,
-                }
-            ],
-            "train": {"lr": 0.01, "batch_size": 32, "dropout": 0.0},
-        }
+        space = one_layer_space(
+            "one-layer", 28, 32, 5, train={"lr": 0.01, "batch_size": 32, "dropout": 0.0}
+        )
         sid = admin.create_study(
             name="train",
             dataset="builtin:mnist5k",
@@ -140,21 +117,9 @@ def test_train_protocol_reports_every_epoch(system, tmp_path):
             top_k=0,
             evaluator_options={"max_per_class": SUBSET, "epochs": 2},
         ).id
-        daemon = WorkerDaemon(
-            WorkerConfig(
-                coordinator=live.base_url,
-                token=token,
-                data_dir=tmp_path / "w",
-                device="cpu",
-                idle_exit_seconds=2.0,
-                poll_seconds=0.2,
-            )
-        )
-        thread = threading.Thread(target=daemon.run)
-        thread.start()
         # One trial, measured 3.5 s: both waits together stay far below the 300 s timeout.
-        wait_finished(admin, sid, timeout=120)
-        thread.join(timeout=30)
+        with worker_thread(live.base_url, token, tmp_path / "w", join_timeout=30, poll_seconds=0.2):
+            wait_finished(admin, sid, timeout=120)
         trials = [t for t in admin.trials(sid) if t.state == "COMPLETE"]
     assert trials
     for t in trials:

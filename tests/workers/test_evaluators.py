@@ -38,38 +38,13 @@ from search_space.arch import (
     Readout,
     TrainSettings,
 )
+from tests.helpers.archs import one_layer_arch as small_arch
 from tests.helpers.data import ATT_FACES_MINI_ZIP, CIFAR10_MINI_ZIP
 from tests.workers.lfw_fixture import build_lfw_tree
 from workers import evaluators as ev
 from workers import pairs, screen, train
 from workers.datasets import Dataset, Pairs, load_dataset, search_split
 from workers.evaluators import EvalResult, Pruned, Stopped, TimedOut, evaluate
-
-
-def small_arch(
-    size: int = 16,
-    *,
-    readout: Readout | None = None,
-    train: TrainSettings | None = None,
-    n_filters: int = 16,
-) -> Architecture:
-    """16 -> lnorm0 3: 14 -> fbcorr 3: 12 -> pool 3 s2: 5 -> lnorm 3: 3; 3x3x16 = 144."""
-    return Architecture(
-        input_size=size,
-        input_channels=1,
-        lnorm0=LNorm(3, stretch=10.0, threshold=1.0),
-        layers=(
-            Layer(
-                FBCorr(n_filters, 3),
-                Activation(0.0, math.inf),
-                LPool(3, 2.0, 2),
-                LNorm(3, threshold=1.0),
-            ),
-        ),
-        readout=readout or Readout("ridge"),
-        seed=42,
-        train=train,
-    )
 
 
 @pytest.fixture(scope="module")

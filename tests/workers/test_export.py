@@ -4,9 +4,7 @@ daemon thread, real data, the CLI)."""
 
 from __future__ import annotations
 
-import math
 import pickle
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -16,49 +14,18 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from archsearch.cli import app
-from archsearch.launch import start_coordinator, stop_coordinator
 from client import Client
-from search_space.arch import Activation, Architecture, FBCorr, Layer, LNorm, LPool, Readout
-from service.models import Role
-from tests.helpers.coordinator import ADMIN_TOKEN, make_token, migrate
+from tests.helpers.archs import export_arch, one_layer_space
+from tests.helpers.coordinator import ADMIN_TOKEN
 from tests.helpers.data import CIFAR10_MINI_ZIP
+from tests.helpers.model_files import rewrite_model_file
 from tests.helpers.waiting import wait_finished
-from workers.daemon import WorkerConfig, WorkerDaemon
+from tests.helpers.worker import worker_thread
 from workers.datasets import load_dataset
 from workers.evaluators import evaluate
 from workers.export import ExportError, choose_trial, fit_screen
 from workers.model_file import FORMAT, ExportedModel, ModelFileError, load_model, save_model
 from workers.predict import PredictInputError, image_paths, read_images
-
-# One small layer: a feature map of 28 px mnist images in about a second on 2 cores.
-LAYER = {
-    "n_filters": 16,
-    "filter_size": 5,
-    "min_out": 0,
-    "max_out": "inf",
-    "pool_size": 3,
-    "pool_order": 2,
-    "pool_stride": 2,
-    "norm_size": 3,
-}
-
-
-def small_arch(channels: int = 1, size: int = 28) -> Architecture:
-    return Architecture(
-        input_size=size,
-        input_channels=channels,
-        lnorm0=LNorm(size=3),
-        layers=(
-            Layer(
-                fbcorr=FBCorr(n_filters=8, size=3),
-                activation=Activation(min_out=0.0, max_out=math.inf),
-                lpool=LPool(size=3, order=2.0, stride=2),
-                lnorm=LNorm(size=3),
-            ),
-        ),
-        readout=Readout(kind="ridge", l2=None),
-        seed=7,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +36,7 @@ def digits():
 @pytest.fixture(scope="module")
 def digits_model(digits, tmp_path_factory) -> tuple[Path, float]:
     """A digits model written to a file, with the final screen score of the same arch."""
-    arch = small_arch(size=16)
+    arch = export_arch(16)
     model, clf, acc = fit_screen(
         arch, digits, kind="ridge", seed=0, device=torch.device("cpu"), max_features=10**6
     )
@@ -93,13 +60,41 @@ def test_the_file_loads_with_plain_torch_weights_only(digits_model):
 
 def test_loaded_model_scores_what_the_final_screen_evaluation_scored(digits, digits_model):
     path, acc = digits_model
-    final = evaluate("screen", small_arch(size=16), digits, final=True, seed=0)
+    final = evaluate("screen", export_arch(16), digits, final=True, seed=0)
     assert acc == final.value
     loaded = load_model(path)
     test = digits.is_test
     pred = loaded.predict_indices(digits.x[test])
     assert int((pred == digits.y[test]).sum()) == round(final.value * test.sum())
     assert loaded.predict(digits.x[test][:3]) == [digits.classes[i] for i in pred[:3]]
+
+
+def test_a_scheduled_studys_export_refits_as_its_capped_final(digits):
+    """With a train_per_class schedule the finals fit on at most ``max`` images per class
+    (daemon._rung_budget); the export re-fits on the same rows, so it scores the same."""
+    from protocol.wire import StudyOut
+    from workers.export import final_train_per_class
+
+    base = {
+        "id": 1, "name": "s", "dataset": "builtin:digits", "dataset_fingerprint": None,
+        "space_name": None, "evaluator": "screen", "evaluator_options": {},
+        "algorithm": "tpe", "algorithm_options": {}, "state": "finished", "max_trials": 1,
+        "max_parallel": 1, "top_k": 1, "seed": 0, "created_at": "2026-01-01T00:00:00Z",
+        "space": {}, "counts": {}, "best_value": None, "infeasible_rate": None,
+    }  # fmt: skip
+    schedule = {"kind": "asha", "resource": "train_per_class", "min": 5, "max": 20, "eta": 3}
+    scheduled = StudyOut.model_validate({**base, "schedule": schedule})
+    assert final_train_per_class(scheduled) == 20
+    assert final_train_per_class(StudyOut.model_validate(base)) is None
+    arch = export_arch(16)
+    final = evaluate("screen", arch, digits, final=True, seed=0, train_per_class=20)
+    full = evaluate("screen", arch, digits, final=True, seed=0)
+    assert final.metrics["n_fit"] == 200 < full.metrics["n_fit"]
+    _, _, acc = fit_screen(
+        arch, digits, kind="ridge", seed=0, device=torch.device("cpu"), max_features=10**6,
+        train_per_class=20,
+    )  # fmt: skip
+    assert acc == final.value != full.value
 
 
 def test_wrong_size_or_channels_in_python_is_a_clear_error(digits_model):
@@ -110,12 +105,6 @@ def test_wrong_size_or_channels_in_python_is_a_clear_error(digits_model):
         loaded.predict(np.zeros((1, 3, 8, 8), np.uint8))
     with pytest.raises(ValueError, match="uint8"):
         loaded.predict(np.zeros((1, 1, 8, 8), np.float32))
-
-
-def _rewrite(path: Path, out: Path, change) -> None:  # type: ignore[no-untyped-def]
-    content = torch.load(path, weights_only=True)
-    change(content)
-    torch.save(content, out)
 
 
 @pytest.mark.parametrize(
@@ -130,15 +119,15 @@ def _rewrite(path: Path, out: Path, change) -> None:  # type: ignore[no-untyped-
 )
 def test_a_tampered_file_is_refused(digits_model, tmp_path, change):
     bad = tmp_path / "bad.pt"
-    _rewrite(digits_model[0], bad, change)
+    rewrite_model_file(digits_model[0], bad, change)
     with pytest.raises(ModelFileError, match="checksum mismatch"):
         load_model(bad)
 
 
 def test_a_newer_version_is_refused_by_name(digits_model, tmp_path):
-    bad = tmp_path / "v2.pt"
-    _rewrite(digits_model[0], bad, lambda c: c.update(version=2))
-    with pytest.raises(ModelFileError, match="version 2; this archsearch reads version 1"):
+    bad = tmp_path / "v3.pt"
+    rewrite_model_file(digits_model[0], bad, lambda c: c.update(version=3))
+    with pytest.raises(ModelFileError, match="version 3; this archsearch reads versions 1, 2"):
         load_model(bad)
 
 
@@ -222,18 +211,11 @@ def test_choose_trial_refuses_what_cannot_be_exported():
 
 
 # -- end to end: study -> export-model -> predict ---------------------------------------
-@pytest.fixture
-def system(sqlite_url):
-    migrate(sqlite_url)
-    live = start_coordinator(sqlite_url, admin_token=ADMIN_TOKEN)
-    yield live, make_token(sqlite_url, Role.WORKER)
-    stop_coordinator(live)
-
-
 def _run_study(live, token: str, tmp_path: Path, **study) -> int:  # type: ignore[no-untyped-def]
     """Create a one-trial screen study of the fixed one-layer space (top_k 1: the trial
     is re-scored on the test split) and run it to the end with a worker thread."""
-    space = {"name": "one-layer", "input_size": 28, "layers": [LAYER]}
+    # One small layer: a feature map of 28 px mnist images in about a second on 2 cores.
+    space = one_layer_space("one-layer", 28, 16, 5)
     with Client(live.base_url, ADMIN_TOKEN) as admin:
         sid = admin.create_study(
             name="export",
@@ -244,22 +226,8 @@ def _run_study(live, token: str, tmp_path: Path, **study) -> int:  # type: ignor
             top_k=1,
             **study,
         ).id
-        config = WorkerConfig(
-            coordinator=live.base_url,
-            token=token,
-            data_dir=tmp_path / "w",
-            device="cpu",
-            poll_seconds=0.1,
-            idle_exit_seconds=2.0,
-        )
-        daemon = WorkerDaemon(config)
-        thread = threading.Thread(target=daemon.run, daemon=True)
-        thread.start()
-        try:
+        with worker_thread(live.base_url, token, tmp_path / "w"):
             wait_finished(admin, sid, timeout=240)
-        finally:
-            daemon.stop_event.set()
-            thread.join(timeout=60)
     return sid
 
 
@@ -316,6 +284,18 @@ def test_exported_model_scores_the_trials_test_value_to_the_last_image(
     assert lines[0] == "path,label"
     assert [line.split(",")[1] for line in lines[1:]] == [ds.classes[p] for p in pred[:12]]
 
+    # The same trial as ONNX: onnxruntime labels the test images as the model file does.
+    import onnxruntime as ort
+
+    graph = tmp_path / "model.onnx"
+    cmd = ["study", "export-model", str(sid), "-o", str(graph), "--format", "onnx", *args]
+    result = runner.invoke(app, cmd)
+    assert result.exit_code == 0, result.output
+    assert "max relative difference to torch" in result.output
+    session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+    scores = session.run(["scores"], {"images": ds.x[test]})[0]
+    assert (loaded.readout.classes.numpy()[scores.argmax(1)] == pred).all()
+
 
 def test_predict_cli_refuses_bad_inputs_with_exit_1(tmp_path, digits_model):
     runner = CliRunner()
@@ -343,4 +323,4 @@ def test_export_model_refuses_a_train_study(system):
     args = ["--coordinator", live.base_url, "--token", ADMIN_TOKEN]
     result = CliRunner().invoke(app, ["study", "export-model", str(sid), "-o", "m.pt", *args])
     assert result.exit_code == 1, result.output
-    assert "uses the 'train' protocol; export supports screen" in result.output
+    assert "uses the 'train' protocol; export supports screen, pairs" in result.output

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import subprocess
 import sys
 import textwrap
@@ -33,7 +32,8 @@ import numpy as np
 import pytest
 import torch
 
-from search_space.arch import Activation, Architecture, FBCorr, Layer, LNorm, LPool, Readout
+from search_space.arch import Architecture, Readout
+from tests.helpers.archs import one_layer_arch
 from tests.workers.lfw_fixture import build_lfw_tree
 from workers import pair_kernels as pk
 from workers import pairs as pairs_mod
@@ -47,21 +47,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def arch32(n_filters: int = 16, readout: Readout | None = None, size: int = 32) -> Architecture:
     """32 -> lnorm0 3: 30 -> fbcorr 3: 28 -> pool 3 s2: 13 -> lnorm 3: 11; 11 x 11 x F."""
-    return Architecture(
-        input_size=size,
-        input_channels=1,
-        lnorm0=LNorm(3, stretch=10.0, threshold=1.0),
-        layers=(
-            Layer(
-                FBCorr(n_filters, 3),
-                Activation(0.0, math.inf),
-                LPool(3, 2.0, 2),
-                LNorm(3, threshold=1.0),
-            ),
-        ),
-        readout=readout or Readout("ridge"),
-        seed=42,
-    )
+    return one_layer_arch(n_filters, size=size, readout=readout)
 
 
 @pytest.fixture(scope="module")

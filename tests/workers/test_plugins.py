@@ -9,7 +9,9 @@ Entry points are registered from a temporary ``.dist-info`` directory put on
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -17,36 +19,21 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from archsearch.launch import start_coordinator, stop_coordinator
 from client import ApiError, Client
 from protocol.options import check_evaluator_name
 from protocol.wire import StudyCreate
-from service.models import Role
-from tests.helpers.coordinator import ADMIN_TOKEN, make_token, migrate
+from tests.helpers.archs import one_layer_space
+from tests.helpers.coordinator import ADMIN_TOKEN
 from tests.helpers.waiting import wait_finished, wait_for
-from workers.daemon import WorkerConfig, WorkerDaemon
+from tests.helpers.worker import worker_config, worker_thread
+from workers.daemon import WorkerDaemon
 from workers.datasets import load_dataset
 from workers.evaluators import evaluate
 from workers.plugins import GROUP, PluginError, PluginMissing
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_SRC = ROOT / "examples" / "archsearch-plugin-example" / "src"
-ONE_LAYER = {
-    "name": "one-layer",
-    "input_size": 28,
-    "layers": [
-        {
-            "n_filters": {"type": "randint", "low": 8, "high": 17},
-            "filter_size": 5,
-            "min_out": 0,
-            "max_out": "inf",
-            "pool_size": 3,
-            "pool_order": 2,
-            "pool_stride": 2,
-            "norm_size": 3,
-        }
-    ],
-}
+ONE_LAYER = one_layer_space("one-layer", 28, {"type": "randint", "low": 8, "high": 17}, 5)
 SUBSET = {"max_per_class": {"train": 40, "test": 20}}
 
 
@@ -61,6 +48,22 @@ def nan_score(call: Any) -> float:
 
 def not_a_number(call: Any) -> str:
     return "high"
+
+
+CURVE_FILE = "ARCHSEARCH_TEST_CURVE"
+
+
+def curve(call: Any) -> float:
+    """Reports the next value of the JSON list in the file $ARCHSEARCH_TEST_CURVE at steps
+    1 and 2 (a flat learning curve), one trial after another. A file, not a global: the
+    entry point may import this module apart from pytest's copy of it."""
+    path = Path(os.environ[CURVE_FILE])
+    values = json.loads(path.read_text())
+    value = values.pop(0)
+    path.write_text(json.dumps(values))
+    for step in (1, 2):
+        call.report(step, value)  # raises Pruned when the coordinator answers prune
+    return value
 
 
 @pytest.fixture
@@ -78,6 +81,7 @@ def plugins(tmp_path, monkeypatch) -> Path:
         "tests.raising = tests.workers.test_plugins:raising\n"
         "tests.nan = tests.workers.test_plugins:nan_score\n"
         "tests.words = tests.workers.test_plugins:not_a_number\n"
+        "tests.curve = tests.workers.test_plugins:curve\n"
         "tests.unimportable = no_such_module_anywhere:f\n"
     )
     monkeypatch.syspath_prepend(str(site))
@@ -138,6 +142,23 @@ def test_the_example_plugin_scores_and_reports_every_epoch(plugins, digits):
     assert result.metrics["split"] == "validation"
 
 
+def test_the_plugin_reads_its_own_options(plugins, digits):
+    result = evaluate(
+        "plugin:example.linear_probe",
+        _arch(),
+        digits,
+        epochs=1,
+        plugin_options={"lr": 0.05, "steps_per_epoch": 3},
+    )
+    assert (result.metrics["lr"], result.metrics["steps_per_epoch"]) == (0.05, 3)
+    default = evaluate("plugin:example.linear_probe", _arch(), digits, epochs=1)
+    assert (default.metrics["lr"], default.metrics["steps_per_epoch"]) == (0.01, 25)
+    with pytest.raises(ValueError, match=r"unknown plugin_options \['lrate'\]"):
+        evaluate("plugin:example.linear_probe", _arch(), digits, plugin_options={"lrate": 1})
+    with pytest.raises(ValueError, match=r"plugin_options.lr must be a number in \(0, 10\]"):
+        evaluate("plugin:example.linear_probe", _arch(), digits, plugin_options={"lr": "x"})
+
+
 @pytest.mark.parametrize(
     ("name", "error", "fragment"),
     [
@@ -155,40 +176,45 @@ def test_plugin_failures_are_named(plugins, digits, name, error, fragment):
 
 
 # -- through the system -------------------------------------------------------------------
-@pytest.fixture
-def system(sqlite_url):
-    migrate(sqlite_url)
-    live = start_coordinator(sqlite_url, admin_token=ADMIN_TOKEN)
-    yield live, make_token(sqlite_url, Role.WORKER)
-    stop_coordinator(live)
+def _daemon(  # type: ignore[no-untyped-def]
+    live, token: str, where: Path, loads: list[str] | None = None
+) -> tuple[WorkerDaemon, threading.Thread]:
+    """A worker daemon thread; ``loads`` (when given) collects every dataset URI it loads."""
+    daemon = WorkerDaemon(worker_config(live.base_url, token, where, idle_exit_seconds=3.0))
+    if loads is not None:
+        load = daemon.load_data
 
+        def recording(uri: str, **kwargs: Any) -> Any:
+            loads.append(uri)
+            return load(uri, **kwargs)
 
-def _daemon(live, token: str, where: Path) -> tuple[WorkerDaemon, threading.Thread]:  # type: ignore[no-untyped-def]
-    config = WorkerConfig(
-        coordinator=live.base_url,
-        token=token,
-        data_dir=where,
-        device="cpu",
-        poll_seconds=0.1,
-        idle_exit_seconds=3.0,
-    )
-    daemon = WorkerDaemon(config)
+        daemon.load_data = recording  # type: ignore[method-assign]
     thread = threading.Thread(target=daemon.run, daemon=True)
     thread.start()
     return daemon, thread
 
 
-def _create(admin: Client, evaluator: str, max_trials: int, top_k: int = 0) -> int:
+def _create(
+    admin: Client,
+    evaluator: str,
+    max_trials: int,
+    top_k: int = 0,
+    dataset: str = "builtin:mnist5k",
+    plugin_options: dict[str, Any] | None = None,
+) -> int:
+    options: dict[str, Any] = dict(SUBSET)
+    if plugin_options is not None:
+        options["plugin_options"] = plugin_options
     return admin.create_study(
         name=evaluator,
-        dataset="builtin:mnist5k",
+        dataset=dataset,
         space=ONE_LAYER,
         evaluator=evaluator,
         algorithm="random",
         max_trials=max_trials,
         max_parallel=2,
         top_k=top_k,
-        evaluator_options=SUBSET,
+        evaluator_options=options,
     ).id
 
 
@@ -198,7 +224,13 @@ def _create(admin: Client, evaluator: str, max_trials: int, top_k: int = 0) -> i
 def test_the_example_plugin_runs_a_study_end_to_end_with_two_workers(plugins, system, tmp_path):
     live, token = system
     with Client(live.base_url, ADMIN_TOKEN) as admin:
-        sid = _create(admin, "plugin:example.linear_probe", max_trials=4, top_k=1)
+        sid = _create(
+            admin,
+            "plugin:example.linear_probe",
+            max_trials=4,
+            top_k=1,
+            plugin_options={"lr": 0.05, "steps_per_epoch": 10},  # the plugin's own options
+        )
         workers = [_daemon(live, token, tmp_path / f"w{i}") for i in range(2)]
         try:
             wait_finished(admin, sid, timeout=240)
@@ -216,6 +248,9 @@ def test_the_example_plugin_runs_a_study_end_to_end_with_two_workers(plugins, sy
     assert len({t.worker_id for t in search}) == 2  # both workers took trials
     final = next(t for t in trials if t.is_final)
     assert final.state == "COMPLETE" and final.metrics["split"] == "test"
+    # The plugin read the study's plugin_options (it reports what it used).
+    for t in [*search, final]:
+        assert (t.metrics["lr"], t.metrics["steps_per_epoch"]) == (0.05, 10), t.metrics
 
 
 @pytest.mark.slow
@@ -224,10 +259,12 @@ def test_the_example_plugin_runs_a_study_end_to_end_with_two_workers(plugins, sy
 def test_plugin_failures_through_the_system(plugins, system, tmp_path):
     live, token = system
     with Client(live.base_url, ADMIN_TOKEN) as admin:
-        missing = _create(admin, "plugin:nobody.has_this", max_trials=1)
+        # The missing plugin's study alone uses digits: the worker must not load them.
+        missing = _create(admin, "plugin:nobody.has_this", max_trials=1, dataset="builtin:digits")
         raising_id = _create(admin, "plugin:tests.raising", max_trials=1)
         nan_id = _create(admin, "plugin:tests.nan", max_trials=1)
-        daemon, thread = _daemon(live, token, tmp_path / "w")
+        loads: list[str] = []
+        daemon, thread = _daemon(live, token, tmp_path / "w", loads)
         try:
             for sid in (raising_id, nan_id):
                 wait_finished(admin, sid, timeout=120)
@@ -244,6 +281,8 @@ def test_plugin_failures_through_the_system(plugins, system, tmp_path):
     assert nan.state == "FAILED" and "returned a non-finite score (nan)" in (nan.reason or "")
     # Given back, not failed: a worker that has the plugin can still run it.
     assert waiting.state == "WAITING" and waiting.value is None
+    # Found out before the data load (and no prefetch either), not after it.
+    assert "builtin:mnist5k" in loads and "builtin:digits" not in loads, loads
 
 
 @pytest.mark.slow
@@ -258,3 +297,45 @@ def test_the_coordinator_checks_only_the_form(system):
         with pytest.raises(ApiError) as info:
             admin.create_study(name="p", dataset="builtin:digits", evaluator="plugin:no way")
     assert info.value.status == 422 and info.value.field == "evaluator"
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(200)
+def test_a_plugin_below_the_median_curve_is_pruned_over_http(
+    plugins, system, tmp_path, monkeypatch
+):
+    """The median stopping rule answers plugin studies (their reports are a learning
+    curve): after five finished peers, a trial reporting below their median at step 1 is
+    told prune, and the worker ends it PRUNED with that value."""
+    live, token = system
+    values = tmp_path / "curve.json"
+    values.write_text(json.dumps([0.5, 0.6, 0.7, 0.8, 0.9, 0.1, 0.95]))
+    monkeypatch.setenv(CURVE_FILE, str(values))
+    with Client(live.base_url, ADMIN_TOKEN) as admin:
+        sid = admin.create_study(
+            name="curve",
+            dataset="builtin:digits",
+            space=ONE_LAYER,
+            evaluator="plugin:tests.curve",
+            algorithm="random",
+            max_trials=7,
+            max_parallel=1,  # one after another: each trial's peers have finished
+            top_k=0,
+        ).id
+        # batch 1: each report is delivered before the next claim.
+        with worker_thread(live.base_url, token, tmp_path / "w", idle_exit_seconds=3.0, batch=1):
+            wait_finished(admin, sid, timeout=150)
+        trials = sorted(admin.trials(sid), key=lambda t: t.number)
+    states = [(t.state, t.value) for t in trials]
+    assert states == [
+        ("COMPLETE", 0.5),
+        ("COMPLETE", 0.6),
+        ("COMPLETE", 0.7),
+        ("COMPLETE", 0.8),
+        ("COMPLETE", 0.9),
+        ("PRUNED", 0.1),  # below the median 0.7 of five finished peers at step 1
+        ("COMPLETE", 0.95),  # above it: runs to the end
+    ], [(t.state, t.value, t.reason) for t in trials]
+    pruned = trials[5]
+    assert pruned.intermediate == [[1, 0.1]]  # told at its first report: step 2 never came
+    assert "pruned by the coordinator" in (pruned.reason or "")

@@ -22,12 +22,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+
+# The splits are pure and shared with the coordinator (search_space.splits); the loaders
+# keep their historical private names.
+from search_space.splits import cap_indices as _cap_indices
+from search_space.splits import search_split_indices
+from search_space.splits import stratified_mask as _stratified_mask
 
 Color = Literal["gray", "rgb"]
 MaxPerClass = int | Mapping[str, int] | None
@@ -96,10 +101,7 @@ def search_split(
         raise DatasetError(f"validation_fraction must be in (0, 1), got {validation_fraction!r}")
     if not (isinstance(seed, int | np.integer) and seed >= 0):
         raise DatasetError(f"seed must be an integer >= 0, got {seed!r}")
-    seed = int(seed)
-    pool = np.flatnonzero(~ds.is_test)
-    val_mask = _stratified_mask(ds.y[pool], validation_fraction, seed, stream=1)
-    return pool[~val_mask], pool[val_mask]
+    return search_split_indices(ds.y, ds.is_test, validation_fraction, int(seed))
 
 
 # ======================================================================================
@@ -131,45 +133,6 @@ def _caps(uri: str, max_per_class: MaxPerClass) -> dict[bool, int] | None:
         if not (isinstance(n, int) and not isinstance(n, bool) and n >= 0):
             raise DatasetError(f"{uri}: max_per_class must be integers >= 0, got {max_per_class}")
     return caps
-
-
-def _stratified_mask(y: np.ndarray, fraction: float, seed: int, stream: int) -> np.ndarray:
-    """A bool mask choosing ``round(fraction * n_c)`` items of every class ``c``.
-
-    Seeded per (seed, stream, class), so one class's choice does not depend on the others.
-    A class with two or more items keeps at least one on each side when 0 < fraction < 1.
-    """
-    mask = np.zeros(len(y), dtype=bool)
-    if fraction <= 0:
-        return mask
-    for c in np.unique(y):
-        idx = np.flatnonzero(y == c)
-        n = len(idx)
-        k = math.floor(fraction * n + 0.5)
-        k = min(max(k, 1), n - 1) if n >= 2 else 0
-        perm = np.random.default_rng([seed, stream, int(c)]).permutation(n)
-        mask[idx[perm[:k]]] = True
-    return mask
-
-
-def _cap_indices(
-    y: np.ndarray, is_test: np.ndarray, caps: dict[bool, int], seed: int
-) -> np.ndarray:
-    """Sorted indices keeping at most ``caps[split]`` items per class and split.
-
-    The items of a class are taken in their given (sorted-file) order, then a seeded choice
-    of ``cap`` of them, so the selection is deterministic and independent of other classes.
-    """
-    keep = []
-    for split in (False, True):
-        cap = caps.get(split)
-        for c in np.unique(y):
-            idx = np.flatnonzero((y == c) & (is_test == split))
-            if cap is not None and len(idx) > cap:
-                rng = np.random.default_rng([seed, 2, int(split), int(c)])
-                idx = idx[np.sort(rng.choice(len(idx), cap, replace=False))]
-            keep.append(idx)
-    return np.sort(np.concatenate(keep)) if keep else np.zeros(0, dtype=np.int64)
 
 
 def _to_color(x: np.ndarray, color: Color) -> np.ndarray:

@@ -172,6 +172,73 @@
                  yaxis: { automargin: true } }));
   }
 
+  // Score against GFLOP per image: every COMPLETE configuration, the Pareto front as a
+  // staircase (trace 0: the dominated points, trace 1: the front).
+  function drawPareto(div, pareto, note) {
+    const front = pareto.front;
+    const others = pareto.dominated;
+    if (note) {
+      note.textContent = pareto.n_configurations
+        ? "(" + front.length + " of " + pareto.n_configurations + " on the front"
+          + (pareto.n_unknown_cost ? "; " + pareto.n_unknown_cost + " of unknown cost" : "")
+          + ")"
+        : "";
+    }
+    if (!front.length) {
+      return draw(div, [], emptyLayout("no COMPLETE configuration yet"));
+    }
+    const text = (p) => "trial " + p.number + (p.rung ? " (rung " + p.rung + ")" : "")
+      + "<br>" + (p.arch_summary || "");
+    const hover = "%{text}<br>score %{y:.4g} \u00b7 %{x:.3g} GFLOP<extra></extra>";
+    return draw(div, [
+      { type: "scatter", mode: "markers", name: "dominated",
+        x: others.map((p) => p.gflops_per_image), y: others.map((p) => p.value),
+        text: others.map(text), hovertemplate: hover,
+        marker: { size: 6, color: "rgba(138,148,166,0.55)" } },
+      { type: "scatter", mode: "lines+markers", name: "Pareto front",
+        x: front.map((p) => p.gflops_per_image), y: front.map((p) => p.value),
+        text: front.map(text), hovertemplate: hover, line: { shape: "hv", color: "#d23f3f", width: 2 },
+        marker: { size: 8, color: "#d23f3f" } },
+    ], layout({
+      showlegend: true, legend: { orientation: "h", y: -0.25 },
+      margin: { l: 56, r: 16, t: 32, b: 76 },
+      xaxis: { type: "log", title: { text: "GFLOP per image (log scale)" } },
+      yaxis: { title: { text: "score" } },
+    }));
+  }
+
+  // The rungs of an ASHA schedule: per rung, how many configurations reached it (bars,
+  // right axis) and the scores of those COMPLETE there (one box with every point).
+  function drawRungs(div, rungs) {
+    if (!rungs.rungs.length) {
+      return draw(div, [], emptyLayout(rungs.note || "no rungs"));
+    }
+    const unit = rungs.resource === "epochs" ? " epochs" : " per class";
+    const labels = rungs.rungs.map((r) => "rung " + r.rung + " \u00b7 " + r.resource + unit);
+    const traces = [{
+      type: "bar", name: "reached", x: labels, y: rungs.rungs.map((r) => r.reached),
+      yaxis: "y2", marker: { color: "rgba(47,111,219,0.15)" },
+      text: rungs.rungs.map((r) => r.reached + " reached, " + r.complete + " scored"),
+      textposition: "none", hovertemplate: "%{x}<br>%{text}<extra></extra>",
+    }];
+    rungs.rungs.forEach((r, i) => {
+      if (!r.values.length) { return; }
+      traces.push({
+        type: "box", name: labels[i], x: r.values.map(() => labels[i]), y: r.values,
+        boxpoints: "all", jitter: 0.5, pointpos: 0, marker: { size: 5, color: "#2e9d5b" },
+        line: { color: "#2e9d5b" }, fillcolor: "rgba(46,157,91,0.12)",
+        text: r.numbers.map((n) => "trial " + n), hoverinfo: "text+y",
+      });
+    });
+    return draw(div, traces, layout({
+      xaxis: { type: "category", categoryorder: "array", categoryarray: labels },
+      yaxis: { title: { text: "score at the rung" } },
+      yaxis2: { title: { text: "configurations reached" }, overlaying: "y", side: "right",
+                rangemode: "tozero", showgrid: false, tickmode: "auto", tickformat: "d" },
+      margin: { l: 56, r: 56, t: 32, b: 44 },
+    }));
+  }
+
   function parallelPath(base, importance) {
     const top = (importance && importance.importances || []).slice(0, MAX_PARALLEL_AXES);
     if (!top.length) { return base + "/parallel"; }
@@ -199,6 +266,13 @@
       : failed(div("importance"), importance.reason));
     jobs.push(parallel.then((p) => drawParallel(div("parallel"), p, imp),
                             (error) => failed(div("parallel"), error)));
+    jobs.push(getJSON(base + "/pareto?include_dominated=true").then(
+      (p) => drawPareto(div("pareto"), p, document.getElementById("pareto-note")),
+      (error) => failed(div("pareto"), error)));
+    if (div("rungs")) {  // only a study with a schedule has the rung view
+      jobs.push(getJSON(base + "/rungs").then((r) => drawRungs(div("rungs"), r),
+                                                (error) => failed(div("rungs"), error)));
+    }
     await Promise.all(jobs);
   }
 
