@@ -149,6 +149,7 @@ def fill(c: Client) -> tuple[int, int, int, TrialOut]:
 
 
 def test_every_page_renders_in_chromium(driver, coordinator, sqlite_url, tmp_path):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -189,9 +190,10 @@ def test_every_page_renders_in_chromium(driver, coordinator, sqlite_url, tmp_pat
         bars = driver.find_elements(By.CSS_SELECTOR, "#chart-importance .bars .point")
         assert bars, "the importance bars did not draw"
 
-        # The live refresh: a new best score shows up without a reload.
+        # The live refresh: a new best score shows up without a reload. The refresh
+        # replaces the element, so one found just before it may be stale when read.
         c.complete(running.id, wid, 0.999)
-        WebDriverWait(driver, 20).until(
+        WebDriverWait(driver, 20, ignored_exceptions=(StaleElementReferenceException,)).until(
             lambda d: d.find_element(By.ID, "best-value").text == "0.999"
         )
         assert not [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
@@ -236,6 +238,7 @@ def test_every_page_renders_in_chromium(driver, coordinator, sqlite_url, tmp_pat
 def test_pareto_rungs_and_blend_draw_in_chromium(driver, coordinator, sqlite_url, tmp_path):
     """The study page's accuracy-against-GFLOPs chart (its Pareto front) and rung view
     draw one marker per configuration, and a blend row links to its members' pages."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -295,7 +298,8 @@ def test_pareto_rungs_and_blend_draw_in_chromium(driver, coordinator, sqlite_url
     severe = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
     assert not severe, f"console errors {severe}"
     links[0].click()
-    WebDriverWait(driver, 30).until(
+    # The old page's h1 goes stale while the member's page loads.
+    WebDriverWait(driver, 30, ignored_exceptions=(StaleElementReferenceException,)).until(
         lambda d: d.find_element(By.TAG_NAME, "h1").text == f"Trial {members[0].number}"
     )
     driver.get(f"{base}/studies/{study.id}/trials/{blend_number}")
