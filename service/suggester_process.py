@@ -24,6 +24,7 @@ be read: nobody's fault, the refill is retried later).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -136,15 +137,19 @@ def new_trial(
     reason = None
     cost: dict[str, Any] = {}
     try:
-        cost = _cost(walk(arch))  # known even when a cap below refuses the candidate
-        validate(
-            arch,
-            max_features=options.max_features,
-            max_gflops_per_image=options.max_gflops_per_image,
-            max_activation_mb_per_image=options.max_activation_mb_per_image,
+        cost = _cost(
+            validate(
+                arch,
+                max_features=options.max_features,
+                max_gflops_per_image=options.max_gflops_per_image,
+                max_activation_mb_per_image=options.max_activation_mb_per_image,
+            )
         )
     except InfeasibleArchitecture as exc:
         reason = exc.reason
+        # A cap refused it, or a map vanished; in the first case the cost is still known.
+        with contextlib.suppress(InfeasibleArchitecture):
+            cost = _cost(walk(arch))
     return NewTrial(
         params=raw,
         arch=arch.to_dict(),
