@@ -718,6 +718,13 @@ def worker(
         help="Screen trials of one study evaluated together, sharing each image batch "
         "(0: 8 on a GPU, 1 on a CPU).",
     ),
+    feature_cache: str = typer.Option(
+        "2GiB",  # workers.feature_cache.DEFAULT_FEATURE_CACHE_BYTES
+        envvar="ARCHSEARCH_WORKER_FEATURE_CACHE",
+        help="Host memory for the screen features of a scheduled (ASHA) study's trials, "
+        "so that a promotion or final extracts only the images its rung adds, e.g. 2GiB; "
+        "0 keeps none. Under --max-memory at most a quarter of it.",
+    ),
     max_memory: str = typer.Option(
         None,
         envvar="ARCHSEARCH_WORKER_MAX_MEMORY",
@@ -743,6 +750,7 @@ def worker(
         raise typer.Exit(2) from None
     try:
         budget = parse_size(max_memory) if max_memory is not None else None
+        cache = 0 if feature_cache.strip() == "0" else parse_size(feature_cache)
         choice = choose_threads(threads)
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -762,6 +770,7 @@ def worker(
         batch=batch,
         max_memory=budget,
         group=group,
+        feature_cache=cache,
     )
     if name:
         config.name = name

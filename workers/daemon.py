@@ -67,6 +67,7 @@ from protocol import TrialSource
 from protocol.wire import MAX_REASON, ClaimOut, CompleteReport, FailReport, StudyBrief, TrialOut
 from search_space import Architecture, InfeasibleArchitecture
 
+from .feature_cache import DEFAULT_FEATURE_CACHE_BYTES, FeatureCache
 from .memory import MiB, PeakMemory, resident_bytes
 from .outcomes import Pruned, Stopped, TimedOut
 from .plugins import PluginMissing, check_plugin
@@ -193,6 +194,9 @@ class WorkerConfig:
     # Screen trials of one study evaluated together (``--group``; 0: GPU_GROUP on a GPU,
     # 1 on a CPU, which has no idle gaps between models for grouping to fill).
     group: int = 0
+    # Bytes of extracted screen features kept for promotions of a scheduled study
+    # (``--feature-cache``; 0: none). Under max_memory at most a quarter of it.
+    feature_cache: int = DEFAULT_FEATURE_CACHE_BYTES
     name: str = field(
         default_factory=lambda: f"{socket.gethostname()}-{random.getrandbits(24):06x}"
     )
@@ -204,6 +208,8 @@ class WorkerConfig:
             raise ValueError(f"--max-memory must be positive, got {self.max_memory}")
         if not 0 <= self.group <= MAX_BATCH:
             raise ValueError(f"--group must be 0..{MAX_BATCH}, got {self.group}")
+        if self.feature_cache < 0:
+            raise ValueError(f"--feature-cache must be >= 0, got {self.feature_cache}")
 
 
 class Backoff:
@@ -443,6 +449,11 @@ class WorkerDaemon:
                     f"trial: this worker already holds {held / MiB:.0f} MiB (torch and the "
                     f"libraries); give it at least {(held + MIN_TRIAL_MEMORY) / MiB:.0f} MiB"
                 )
+        cache = config.feature_cache
+        if config.max_memory is not None:
+            cache = min(cache, config.max_memory // 4)
+        # Features of scheduled screen trials, for their promotions and finals.
+        self.features = FeatureCache(cache)
         # The background load of the next trial's dataset (one at a time).
         self._prefetch: threading.Thread | None = None
         self.spool = Spool(config.data_dir / "spool")
@@ -1041,6 +1052,11 @@ class WorkerDaemon:
             if self.config.max_memory is not None:
                 held = resident_bytes()
                 budget = self.config.max_memory - held
+                if budget < MIN_TRIAL_MEMORY and self.features.nbytes:
+                    # Cached features are the one thing the worker can give up for a trial.
+                    self.features.clear()
+                    held = resident_bytes()
+                    budget = self.config.max_memory - held
                 if budget < MIN_TRIAL_MEMORY:
                     # The worker itself (its cached data) fills the budget: no candidate
                     # is to blame, so none is refused; the trials go back to others.
@@ -1062,6 +1078,10 @@ class WorkerDaemon:
             train_per_class, epochs = _rung_budget(claims[0])
             if train_per_class is not None:
                 shared["train_per_class"] = train_per_class
+            # A scheduled screen trial's promotions and final see its images again.
+            cached = {}
+            if train_per_class is not None and self.features.capacity:
+                cached = {"feature_cache": self.features}
             with peak:
                 if _is_blend(claims[0].trial):  # alone: _group_with never groups a blend
                     outcomes = [self._blend(claims[0], data, budget, controls[0], shared)]
@@ -1080,6 +1100,7 @@ class WorkerDaemon:
                                 report=report,
                                 tick=tick,
                                 deadline=deadline,
+                                **cached,
                                 **shared,
                             )
                         )
@@ -1092,7 +1113,7 @@ class WorkerDaemon:
                         GroupCandidate(arch, options.readout, tick, report, deadline)
                         for arch, (tick, report, deadline) in zip(archs, controls, strict=True)
                     ]
-                    outcomes = self.evaluate_group(candidates, data, **shared)
+                    outcomes = self.evaluate_group(candidates, data, **cached, **shared)
         except WorkerStopping:
             raise
         except Exception as exc:

@@ -101,6 +101,7 @@ from .train import _train
 
 if TYPE_CHECKING:
     from .datasets import Dataset
+    from .feature_cache import FeatureCache
 
 __all__ = [
     "EvalResult",
@@ -148,6 +149,7 @@ def evaluate(
     memory_budget: int | None = None,
     train_per_class: int | None = None,
     plugin_options: dict[str, Any] | None = None,
+    feature_cache: FeatureCache | None = None,
 ) -> EvalResult:
     """Score ``arch`` on ``ds`` with ``protocol`` (see the module docstring for the contract).
 
@@ -184,7 +186,10 @@ def evaluate(
     that estimate (host memory; 0 on a GPU). ``train_per_class`` (screen only: an ASHA
     rung's resource) fits the readout on at most that many images per class of the fit
     split (nested subsets, :func:`workers.stages.cap_per_class`); the scored split is the
-    same at every rung. Raises
+    same at every rung. ``feature_cache`` (screen only; :mod:`workers.feature_cache`)
+    serves the feature rows of images this architecture already saw on these data and
+    keeps the new ones, so a promoted rung extracts only the images it adds (metric
+    ``cached_images``); the value does not change. Raises
     ``InfeasibleArchitecture`` (infeasible or out of memory), :class:`Pruned`,
     :class:`Stopped`, :class:`TimedOut`, and ``ValueError`` for a bad request
     (unknown protocol / readout, channel mismatch, no test split, no pairs).
@@ -247,6 +252,7 @@ def evaluate(
             max_features=max_features,
             control=control,
             train_per_class=train_per_class,
+            feature_cache=feature_cache,
         )
     elif protocol == "pairs":
         result = _pairs(

@@ -21,6 +21,7 @@ from search_space.model import build_model
 
 from . import readout as ro
 from .evaluation_control import EvalResult, _Control, _json_safe, _oom_is_infeasible, _sync
+from .feature_cache import FeatureCache, FeatureKey
 from .stages import _extract_timed, _fit_readout, _labels, _splits
 
 if TYPE_CHECKING:
@@ -66,13 +67,17 @@ def _screen(
     max_features: int,
     control: _Control,
     train_per_class: int | None = None,
+    feature_cache: FeatureCache | None = None,
 ) -> EvalResult:
     t0 = time.perf_counter()
     fit_idx, score_idx, split = _splits(ds, final, validation_fraction, seed, train_per_class)
     with _oom_is_infeasible(device, "building the model"):
         model = build_model(arch, device=device, max_features=max_features)
     index = np.concatenate([fit_idx, score_idx])
-    feats, ext = _extract_timed(model, ds, index, device, batch_size, control)
+    cache = None
+    if feature_cache is not None:
+        cache = (feature_cache, FeatureKey.of(arch, ds.fingerprint, max_features, device))
+    feats, ext = _extract_timed(model, ds, index, device, batch_size, control, cache)
     control.tick()
     nf = len(fit_idx)
     y = _labels(ds, index, device)

@@ -92,7 +92,8 @@ from .evaluation_control import (
     is_oom,
 )
 from .evaluators import _check_data, _readout_kind
-from .screen import fit_and_score
+from .feature_cache import FeatureCache, FeatureKey
+from .screen import _screen, fit_and_score
 from .stages import (
     BATCH_SECONDS,
     FIRST_BATCH_FLOPS,
@@ -437,6 +438,7 @@ def screen_group(
     streams: bool | None = None,
     feature_budget: int | None = None,
     train_per_class: int | None = None,
+    feature_cache: FeatureCache | None = None,
 ) -> list[EvalResult | Exception]:
     """Screen ``candidates`` on ``ds`` together; one result per candidate, in order.
 
@@ -449,7 +451,10 @@ def screen_group(
     ``batch_size``: the group's largest batch (``None``: :func:`group_batch_size` of each
     sub-group). ``streams``: see :func:`extract_features_group`. ``feature_budget``: bytes
     the feature matrices of one sub-group may take (``None``:
-    :func:`feature_budget_bytes`). The other arguments are ``evaluate``'s, shared by all.
+    :func:`feature_budget_bytes`). ``feature_cache``: a candidate whose images it holds
+    in part (a promoted rung, a final) is screened alone with it (``_screen``: only the
+    missing images are extracted); the group's features are stored in it. The other
+    arguments are ``evaluate``'s, shared by all.
     """
     t0 = time.perf_counter()
     device = torch.device(device)
@@ -482,6 +487,13 @@ def screen_group(
     try:
         if members:
             index = np.concatenate([fit_idx, score_idx])
+            if feature_cache is not None:
+                members = _screen_cached(
+                    members, ds, results, index, feature_cache,
+                    final=final, validation_fraction=validation_fraction, seed=seed,
+                    device=device, batch_size=batch_size, max_features=max_features,
+                    train_per_class=train_per_class,
+                )  # fmt: skip
             budget = feature_budget if feature_budget is not None else feature_budget_bytes(device)
             sizes = [4 * len(index) * m.rep.n_features for m in members]
             for part in _partition(sizes, budget):
@@ -498,6 +510,7 @@ def screen_group(
                     max_features=max_features,
                     streams=streams,
                     t0=t0,
+                    cache=feature_cache,
                 )
     except Exception as exc:
         # Something no single candidate owns (the device, the batch size, the streams):
@@ -522,9 +535,11 @@ def _screen_members(
     max_features: int,
     streams: bool | None,
     t0: float,
+    cache: FeatureCache | None = None,
 ) -> None:
     """One sub-group: build, extract interleaved, then fit and score one by one; each
-    member's result (or exception) into ``results[member.pos]``."""
+    member's result (or exception) into ``results[member.pos]``; the features of each
+    member scored (so checked finite) into ``cache``."""
     built: list[_Member] = []
     for m in members:
         try:
@@ -571,7 +586,46 @@ def _screen_members(
             results[m.pos] = _score(m, feats, y, nf, split, seed, device, ext, c, group_metrics, t0)
         except Exception as exc:
             results[m.pos] = exc
+        else:
+            if cache is not None:
+                key = FeatureKey.of(m.arch, ds.fingerprint, max_features, device)
+                cache.store(key, index, feats)
         del feats
+
+
+def _screen_cached(
+    members: list[_Member],
+    ds: Dataset,
+    results: list[EvalResult | Exception | None],
+    index: np.ndarray,
+    cache: FeatureCache,
+    *,
+    final: bool,
+    validation_fraction: float,
+    seed: int,
+    device: torch.device,
+    batch_size: int | None,
+    max_features: int,
+    train_per_class: int | None,
+) -> list[_Member]:
+    """Screen alone, with ``cache``, each member whose images it holds in part (a shared
+    batch would extract them all again); the others, to be screened together, returned."""
+    rest: list[_Member] = []
+    for m in members:
+        if not cache.holds(FeatureKey.of(m.arch, ds.fingerprint, max_features, device), index):
+            rest.append(m)
+            continue
+        try:
+            results[m.pos] = _screen(
+                m.arch, ds, m.rep, final=final, validation_fraction=validation_fraction,
+                seed=seed, device=device, kind=m.kind,
+                batch_size=int(batch_size) if batch_size else default_batch_size(m.rep, device),
+                max_features=max_features, control=m.control,
+                train_per_class=train_per_class, feature_cache=cache,
+            )  # fmt: skip
+        except Exception as exc:
+            results[m.pos] = exc
+    return rest
 
 
 def _score(
@@ -609,6 +663,7 @@ def _score(
         "n_scored": n - nf,
         "train_accuracy": train_acc,
         "n_images": n,
+        "cached_images": 0,
         "batch_size": ext.batch_size,
         "oom_halvings": ext.oom_halvings,
         "extract_seconds": own,

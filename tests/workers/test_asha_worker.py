@@ -65,7 +65,8 @@ def test_rung_trials_spend_their_rungs_resource(sqlite_url, tmp_path):
     """A screen study (train_per_class 10 -> 20 -> 40) and a train study (epochs 1 -> 2
     -> 4), 4 configurations each, on 60 training images per class, run by one real
     worker daemon: every search trial's metrics show its rung's resource, the scored
-    split never changes, promotions happened, and finals spend max."""
+    split never changes, promotions happened and read their features from the worker's
+    cache, and finals spend max."""
     migrate(sqlite_url)
     live = start_coordinator(sqlite_url, admin_token=ADMIN_TOKEN)
     token = make_token(sqlite_url, Role.WORKER)
@@ -109,8 +110,13 @@ def test_rung_trials_spend_their_rungs_resource(sqlite_url, tmp_path):
         assert t.metrics["train_per_class"] == levels[t.rung]
         assert t.metrics["n_fit"] == 10 * levels[t.rung]  # 10 digit classes
         assert t.value > 0.3  # chance is 0.1
+        # The worker's feature cache: a promotion extracts only the fit images its rung
+        # adds; the validation split and the rung below's fit images come from the cache.
+        below = 10 * levels[t.rung - 1] if t.rung else 0
+        assert t.metrics["cached_images"] == (t.metrics["n_scored"] + below if t.rung else 0)
     (final,) = [t for t in rows if t.is_final]
     assert final.metrics["train_per_class"] == 40 and final.metrics["n_fit"] == 400
+    assert 0 < final.metrics["cached_images"] < final.metrics["n_images"]  # the test split is new
     assert final.final_of_id == next(t.id for t in search if t.rung == 2)
 
     epochs = ScheduleOptions.model_validate(train_schedule).resources()

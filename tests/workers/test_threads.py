@@ -154,7 +154,7 @@ def test_worker_process_splits_threads_reports_peak_memory_and_obeys_max_memory(
     assert "peak_rss_mb" not in (big.metrics or {})  # refused before it started
 
 
-def test_max_memory_below_the_workers_own_footprint_is_refused(tmp_path: Path) -> None:
+def test_too_small_a_max_memory_and_sizes_that_are_not_sizes_are_refused(tmp_path: Path) -> None:
     out = subprocess.run(
         [sys.executable, "-m", "archsearch", "worker", "--coordinator", "http://127.0.0.1:9",
          "--token", "x", "--device", "cpu", "--data-dir", str(tmp_path), "--max-memory", "50M"],
@@ -162,9 +162,10 @@ def test_max_memory_below_the_workers_own_footprint_is_refused(tmp_path: Path) -
     )  # fmt: skip
     assert out.returncode == 1, out
     assert "--max-memory 50 MiB leaves no room" in out.stderr, out.stderr
-    bad = subprocess.run(
-        [sys.executable, "-m", "archsearch", "worker", "--coordinator", "http://127.0.0.1:9",
-         "--token", "x", "--data-dir", str(tmp_path), "--max-memory", "lots"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert bad.returncode == 2 and "is not a size" in bad.stderr, bad.stderr
+    for option in ("--max-memory", "--feature-cache"):
+        bad = subprocess.run(
+            [sys.executable, "-m", "archsearch", "worker", "--coordinator", "http://127.0.0.1:9",
+             "--token", "x", "--data-dir", str(tmp_path), option, "lots"],
+            cwd=ROOT, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert bad.returncode == 2 and "'lots' is not a size" in bad.stderr, (option, bad.stderr)
