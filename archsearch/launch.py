@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,8 +58,10 @@ def start_coordinator(
     timeout: float = 60.0,
     quiet: bool = True,
     die_with_parent_process: bool = False,
+    serve_args: Sequence[str] = (),
 ) -> LiveCoordinator:
-    """Run ``python -m archsearch serve`` and wait until ``/healthz`` answers 200.
+    """Run ``python -m archsearch serve`` (plus ``serve_args``, e.g. ``["--keep-alive",
+    "1"]``) and wait until ``/healthz`` answers 200.
 
     The schema must already be migrated. Raises ``RuntimeError`` with the child's
     stderr when it exits early, or when it does not answer within ``timeout`` seconds
@@ -78,7 +81,7 @@ def start_coordinator(
     log_path = Path(tempfile.mkstemp(prefix=f"archsearch-coordinator-{port}-", suffix=".log")[1])
     with log_path.open("w") as log_file:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "archsearch", "serve", "--port", str(port)],
+            [sys.executable, "-m", "archsearch", "serve", "--port", str(port), *serve_args],
             env=child_env,
             stdout=subprocess.DEVNULL if quiet else None,
             stderr=log_file,

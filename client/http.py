@@ -12,6 +12,7 @@ with :func:`complete_report` / :func:`fail_report`, or directly).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -47,6 +48,14 @@ from .session import StudySession
 
 JSON = dict[str, Any]
 M = TypeVar("M", bound=BaseModel)
+log = logging.getLogger(__name__)
+
+# The connection broke with no answer, or in the middle of one. Most often the request
+# went out on a keep-alive connection at the moment the server closed it for idleness
+# (uvicorn's --keep-alive), a race that no client-side expiry closes: a process that
+# stalls (a long GC pause, a starved host) while an answer sits unread comes back to a
+# connection the server already counts as idle. A fresh connection then works.
+DROPPED_CONNECTION = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 __all__ = ["MAX_BATCH", "ApiError", "Client", "complete_report", "fail_report"]
 
 
@@ -104,7 +113,10 @@ class Client:
     """``Client("http://127.0.0.1:8000", token="...")``. Thread-safe (one httpx.Client).
 
     Transport errors (coordinator down) surface as ``httpx.TransportError``; callers that
-    must ride out an outage (the worker) retry those.
+    must ride out an outage (the worker) retry those. A request that the coordinator may
+    safely see twice (reads, claims, heartbeats, reports, batch releases: see
+    :meth:`_request`) is sent once more, at once, on a fresh connection when its
+    connection drops (:data:`DROPPED_CONNECTION`); any other surfaces that error.
     """
 
     def __init__(
@@ -131,8 +143,27 @@ class Client:
         self.close()
 
     # -- plumbing ---------------------------------------------------------------------
-    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        response = self._http.request(method, path, **kwargs)
+    def _request(
+        self, method: str, path: str, *, replay: bool | None = None, **kwargs: Any
+    ) -> httpx.Response:
+        """Send one request; raise :class:`ApiError` for a 4xx/5xx answer.
+
+        ``replay`` (default: for GET and HEAD only) says that the coordinator may see the
+        request twice with the outcome of once, even when the first copy was carried out
+        and only its answer lost: a claim answers the trials the worker already holds
+        first, a repeated report is answered as the stored result, a heartbeat renews
+        the same lease (a repeated intermediate value is not appended twice), a batch
+        release lists trials no longer held as lost. Such a request is sent a second time
+        when the connection drops; a second drop is raised.
+        """
+        replay = method in ("GET", "HEAD") if replay is None else replay
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except DROPPED_CONNECTION as exc:
+            if not replay:
+                raise
+            log.info("%s %s: connection dropped (%s); sending it again", method, path, exc)
+            response = self._http.request(method, path, **kwargs)
         if response.status_code >= 400:
             try:
                 err = response.json()["error"]
@@ -278,7 +309,7 @@ class Client:
         if exclude:
             params["exclude"] = exclude
         response = self._request(
-            "POST", f"/api/v1/workers/{worker_id}/claim", params=params or None
+            "POST", f"/api/v1/workers/{worker_id}/claim", params=params or None, replay=True
         )
         return None if response.status_code == 204 else ClaimOut.model_validate(response.json())
 
@@ -290,6 +321,7 @@ class Client:
             "POST",
             f"/api/v1/trials/{trial_id}/heartbeat",
             json={"worker_id": worker_id, "step": step, "value": value},
+            replay=True,
         )
 
     def complete(
@@ -304,7 +336,9 @@ class Client:
         body: JSON = {"worker_id": worker_id, "value": value, "metrics": metrics or {}}
         if dataset_fingerprint is not None:
             body["dataset_fingerprint"] = dataset_fingerprint
-        return self._model(TrialOut, "POST", f"/api/v1/trials/{trial_id}/complete", json=body)
+        return self._model(
+            TrialOut, "POST", f"/api/v1/trials/{trial_id}/complete", json=body, replay=True
+        )
 
     def fail(
         self,
@@ -321,7 +355,9 @@ class Client:
             body["value"] = value
         if dataset_fingerprint is not None:
             body["dataset_fingerprint"] = dataset_fingerprint
-        return self._model(TrialOut, "POST", f"/api/v1/trials/{trial_id}/fail", json=body)
+        return self._model(
+            TrialOut, "POST", f"/api/v1/trials/{trial_id}/fail", json=body, replay=True
+        )
 
     def release(self, trial_id: int, worker_id: int) -> TrialOut:
         return self._model(
@@ -343,7 +379,7 @@ class Client:
         token's worker, 422 a bad ``max_trials``)."""
         body: JSON = {"max_trials": max_trials, "study": study or None, "exclude": exclude or None}
         return self._model(
-            ClaimsOut, "POST", f"/api/v1/workers/{worker_id}/claims", json=body
+            ClaimsOut, "POST", f"/api/v1/workers/{worker_id}/claims", json=body, replay=True
         ).claims
 
     def report_many(
@@ -356,7 +392,7 @@ class Client:
         another token's worker, a malformed item: 422 naming ``reports.<i>.<field>``)."""
         body = {"reports": [r.model_dump(mode="json") for r in reports]}
         return self._model(
-            ReportsOut, "POST", f"/api/v1/workers/{worker_id}/reports", json=body
+            ReportsOut, "POST", f"/api/v1/workers/{worker_id}/reports", json=body, replay=True
         ).results
 
     def heartbeat_many(self, worker_id: int, trial_ids: Sequence[int]) -> HeartbeatsOut:
@@ -368,6 +404,7 @@ class Client:
             "POST",
             f"/api/v1/workers/{worker_id}/heartbeat",
             json={"trial_ids": list(trial_ids)},
+            replay=True,
         )
 
     def release_many(
@@ -380,4 +417,5 @@ class Client:
             "POST",
             f"/api/v1/workers/{worker_id}/releases",
             json={"trial_ids": list(trial_ids), "unstarted": unstarted},
+            replay=True,
         )

@@ -793,7 +793,8 @@ class TrialStore:
         *,
         caller: Caller | None = None,
     ) -> TrialRow:
-        """Extend the lease; record ``(step, value)`` as an intermediate value if given.
+        """Extend the lease; record ``(step, value)`` as an intermediate value if given
+        (not again when it is the last one recorded: a repeated heartbeat).
 
         Raises :class:`Conflict` when the worker no longer holds the trial,
         :class:`NotFound` for an unknown trial, :class:`InvalidInput` for a value outside
@@ -847,7 +848,12 @@ class TrialStore:
                         .returning(*_TRIALS.c, _STUDY_STATE)
                     ),
                 )
-                params["b_intermediate"] = [*row.intermediate, [step, value]]
+                # A heartbeat sent again after its answer was lost must not record the
+                # value twice (the median rule reads one value per step).
+                seen = bool(row.intermediate) and list(row.intermediate[-1]) == [step, value]
+                params["b_intermediate"] = (
+                    row.intermediate if seen else [*row.intermediate, [step, value]]
+                )
             got = s.execute(extend, params).first()
             if got is None:
                 self._not_held(s, trial_id, worker_id, "heartbeat")

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
+from client import Client
 from service.auth import create_token
 from service.db import make_engine, session_factory, session_scope
 from service.migrate import upgrade
@@ -50,6 +53,21 @@ def db_trials(url: str, study_id: int) -> list[Trial]:
         engine.dispose()
 
 
+def queued_study(base_url: str, name: str, n: int) -> tuple[int, int]:
+    """A random fg11 study of ``n`` trials on a live coordinator, all queued: ``(study
+    id, claimable trials)`` once every trial is WAITING or INFEASIBLE."""
+    with Client(base_url, ADMIN_TOKEN) as admin:
+        study = admin.create_study(name=name, max_trials=n, max_parallel=n, top_k=0, **FG11_STUDY)
+        # Creation answers after at most 2 s of suggesting; the queue fills in the background.
+        deadline = time.monotonic() + 120
+        while True:
+            counts = admin.study(study.id).counts
+            if counts.get("WAITING", 0) + counts.get("INFEASIBLE", 0) == n:
+                return study.id, counts.get("WAITING", 0)
+            assert time.monotonic() < deadline, counts
+            time.sleep(0.5)
+
+
 @dataclass
 class Api:
     """An in-process coordinator and the tokens to talk to it."""
@@ -74,6 +92,20 @@ class Api:
         r = self.client.post("/api/v1/studies", json=body, headers=self.admin)
         assert r.status_code == 201, r.text
         return r.json()
+
+    def counts_when(
+        self, study_id: int, ready: Callable[[dict[str, int]], bool], timeout: float = 60
+    ) -> dict[str, int]:
+        """The study's trial counts once ``ready(counts)`` holds (polled); fails the test
+        with the last counts after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            r = self.client.get(f"/api/v1/studies/{study_id}", headers=self.reader)
+            counts = r.json()["counts"]
+            if ready(counts):
+                return counts
+            assert time.monotonic() < deadline, counts
+            time.sleep(0.1)
 
     def new_worker(self, name: str = "w") -> int:
         r = self.client.post("/api/v1/workers", json={"name": name}, headers=self.worker)

@@ -21,12 +21,12 @@ def error_of(response) -> dict:
 def test_create_study_prefills_queue_and_reports_counts(api):
     study = api.new_study(max_trials=10, max_parallel=3)
     assert study["state"] == "running" and study["space_name"] == "pinto-cox"
-    waiting = study["counts"].get("WAITING", 0)
-    infeasible = study["counts"].get("INFEASIBLE", 0)
-    assert waiting == 3  # the queue is max_parallel deep
-    assert waiting + infeasible <= 10
-    got = api.client.get(f"/api/v1/studies/{study['id']}", headers=api.reader).json()
-    assert got["counts"] == study["counts"]
+    # Creation answers after at most 2 s of suggesting (less than 3 on a loaded host);
+    # the queue goes on filling in the background to max_parallel, and no deeper.
+    counts = api.counts_when(study["id"], lambda c: c.get("WAITING", 0) >= 3)
+    assert counts.get("WAITING", 0) == 3
+    assert counts.get("WAITING", 0) + counts.get("INFEASIBLE", 0) <= 10
+    assert study["counts"].get("WAITING", 0) <= 3
     listed = api.client.get("/api/v1/studies", headers=api.reader).json()["studies"]
     assert [s["id"] for s in listed] == [study["id"]]
 
@@ -516,7 +516,9 @@ def test_suggestions_from_a_process_pool(api_factory):
     """The default: TPE runs in a separate process; the queue is filled all the same."""
     api = api_factory(suggest_processes=1)
     study = api.new_study(algorithm="tpe", max_trials=6, max_parallel=3)
-    assert study["counts"].get("WAITING", 0) == 3
+    # The pool's process may still be starting when creation answers (after at most 2 s).
+    counts = api.counts_when(study["id"], lambda c: c.get("WAITING", 0) >= 3)
+    assert counts.get("WAITING", 0) == 3
 
 
 def _claimed(api, **study):

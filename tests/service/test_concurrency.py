@@ -3,8 +3,10 @@ and worker processes. Proves: no trial claimed twice, none lost, max_trials kept
 
 from __future__ import annotations
 
+import ctypes
 import json
 import multiprocessing
+import random
 import threading
 import time
 from collections import Counter
@@ -17,7 +19,14 @@ from archsearch.launch import start_coordinator, stop_coordinator
 from client import Client, complete_report
 from service.db import make_engine, session_factory
 from service.models import Role, Study, StudyState, TrialState
-from tests.helpers.coordinator import ADMIN_TOKEN, FG11_STUDY, db_trials, make_token, migrate
+from tests.helpers.coordinator import (
+    ADMIN_TOKEN,
+    FG11_STUDY,
+    db_trials,
+    make_token,
+    migrate,
+    queued_study,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -161,26 +170,12 @@ def run_workers(
     return [tid for ids in results for tid in ids]
 
 
-def _queued_study(base_url: str, name: str, n: int) -> tuple[int, int]:
-    """A random fg11 study of ``n`` trials, all queued: ``(study id, claimable trials)``."""
-    with Client(base_url, ADMIN_TOKEN) as admin:
-        study = admin.create_study(name=name, max_trials=n, max_parallel=n, top_k=0, **FG11_STUDY)
-        # Creation answers after at most 2 s of suggesting; the queue fills in the background.
-        deadline = time.monotonic() + 120
-        while True:
-            counts = admin.study(study.id).counts
-            if counts.get("WAITING", 0) + counts.get("INFEASIBLE", 0) == n:
-                return study.id, counts.get("WAITING", 0)
-            assert time.monotonic() < deadline, counts
-            time.sleep(0.5)
-
-
 @pytest.mark.parametrize("batches", [False, True], ids=["single", "batches"])
 def test_16_threads_and_4_processes_complete_500_trials_exactly_once(
     live, db_url, tmp_path, batches
 ):
     token = make_token(db_url, Role.WORKER)
-    sid, claimable = _queued_study(live.base_url, "race", 500)
+    sid, claimable = queued_study(live.base_url, "race", 500)
     assert claimable > 300  # most of fg11 at 200x200 can be built
 
     claimed = run_workers([live.base_url], token, sid, 16, 4, tmp_path, batches=batches)
@@ -197,6 +192,42 @@ def test_16_threads_and_4_processes_complete_500_trials_exactly_once(
     assert all(r.attempt == 1 for r in rows)
     with Client(live.base_url, ADMIN_TOKEN) as admin:
         assert admin.study(sid).state == "finished"
+
+
+def _stall_the_process(stop: threading.Event, seconds: float) -> None:
+    """Stop every thread of this process (the GIL held in C) for about ``seconds``, over
+    and over: what a long garbage collection or a starved host does to a worker."""
+    rng = random.Random(0)
+    usleep = ctypes.PyDLL(None).usleep  # PyDLL: the GIL is not released around the call
+    while not stop.wait(rng.uniform(0.1, 0.5)):
+        usleep(int(rng.uniform(0.9, 1.1) * seconds * 1e6))
+
+
+@pytest.mark.parametrize("batches", [False, True], ids=["single", "batches"])
+def test_workers_that_stall_ride_out_keep_alive_closes(db_url, tmp_path, batches):
+    """The coordinator closes keep-alive connections idle for 1 s; the worker threads'
+    process stalls for about that long again and again, so requests go out on connections
+    the coordinator is closing at that moment ("Server disconnected without sending a
+    response"). Every trial is still completed exactly once, at its first attempt, and
+    no worker sees an error: the client sends such a request again on a fresh connection,
+    which claims, heartbeats and reports allow."""
+    migrate(db_url)
+    live = start_coordinator(db_url, admin_token=ADMIN_TOKEN, serve_args=["--keep-alive", "1"])
+    stop = threading.Event()
+    staller = threading.Thread(target=_stall_the_process, args=(stop, 1.0), daemon=True)
+    try:
+        token = make_token(db_url, Role.WORKER)
+        sid, claimable = queued_study(live.base_url, "stalls", 200)
+        staller.start()
+        claimed = run_workers([live.base_url], token, sid, 12, 0, tmp_path, batches=batches)
+    finally:
+        stop.set()
+        staller.join()
+        stop_coordinator(live)
+    assert sorted(claimed) == sorted(set(claimed)), "a trial was completed by two workers"
+    rows = db_trials(db_url, sid)
+    assert len(claimed) == claimable == sum(r.state == TrialState.COMPLETE for r in rows)
+    assert all(r.attempt == 1 for r in rows)
 
 
 @pytest.mark.postgres
