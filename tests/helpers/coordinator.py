@@ -14,6 +14,7 @@ from service.auth import create_token
 from service.db import make_engine, session_factory, session_scope
 from service.migrate import upgrade
 from service.models import Role, Trial
+from tests.helpers.waiting import wait_for
 
 ADMIN_TOKEN = "admin-token-for-tests-0123456789"
 # A random-search study over fg11 (200 px, so nearly every draw can be built) for tests
@@ -96,16 +97,15 @@ class Api:
     def counts_when(
         self, study_id: int, ready: Callable[[dict[str, int]], bool], timeout: float = 60
     ) -> dict[str, int]:
-        """The study's trial counts once ``ready(counts)`` holds (polled); fails the test
-        with the last counts after ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
-        while True:
+        """The study's trial counts (non-empty) once ``ready(counts)`` holds, polled by
+        :func:`~tests.helpers.waiting.wait_for`; fails the test after ``timeout`` s."""
+
+        def counts() -> dict[str, int] | None:
             r = self.client.get(f"/api/v1/studies/{study_id}", headers=self.reader)
-            counts = r.json()["counts"]
-            if ready(counts):
-                return counts
-            assert time.monotonic() < deadline, counts
-            time.sleep(0.1)
+            got = r.json()["counts"]
+            return got if ready(got) else None
+
+        return wait_for(counts, timeout=timeout, what=f"the counts of study {study_id}")
 
     def new_worker(self, name: str = "w") -> int:
         r = self.client.post("/api/v1/workers", json={"name": name}, headers=self.worker)
